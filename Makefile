@@ -1,0 +1,78 @@
+# mamlc build. `make` builds the static library and the mamlc binary; `make test` runs the
+# Criterion suite, then the same suite again under AddressSanitizer + UBSan.
+
+CC       ?= cc
+BUILD    ?= build
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Icompiler -Iruntime -fopenmp
+CUDA_HOME ?= /usr/local/cuda
+# Data and YAML libraries are linked statically so one mamlc binary runs on machines without them.
+STATIC_LIBS := -Wl,-Bstatic -lyaml -lminizip -lpng -lz -Wl,-Bdynamic
+LDLIBS   := -lm -ldl -lpthread -fopenmp
+
+LIB_SRC  := $(sort $(wildcard compiler/*.c runtime/*.c))
+CLI_SRC  := $(sort $(wildcard cli/*.c))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+DEB_PACKAGES := libyaml-dev libcriterion-dev libpng-dev libminizip-dev zlib1g-dev pkg-config
+
+.PHONY: all deps run test test-plain test-asan clean format lint
+all: $(BUILD)/libmamlc.a mamlc
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libmamlc.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+mamlc: $(CLI_OBJ) $(BUILD)/libmamlc.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libmamlc.a tests/test_util.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libmamlc.a -lcriterion -lyaml -lminizip -lpng -lz $(LDLIBS)
+
+# Installs the Debian packages the build needs when any is missing (run as root on a fresh machine).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+run: deps all
+	./mamlc check graphs/omniglot_seed.yaml
+
+test: deps
+	$(MAKE) test-plain
+	$(MAKE) test-asan
+
+test-plain: all $(TEST_BIN)
+	@MAMLC=$(CURDIR)/mamlc tests/run_all.sh $(BUILD)/tests
+
+test-asan:
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  STATIC_LIBS="-lyaml -lminizip -lpng -lz" test-plain-asan
+
+test-plain-asan: $(BUILD)/libmamlc.a mamlc-asan $(TEST_BIN)
+	@MAMLC=$(CURDIR)/mamlc-asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  tests/run_all.sh $(BUILD)/tests
+
+mamlc-asan: $(CLI_OBJ) $(BUILD)/libmamlc.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)
+
+format:
+	clang-format -i compiler/*.[ch] runtime/*.[ch] cli/*.[ch] tests/*.[ch]
+
+lint:
+	clang-tidy --quiet $(LIB_SRC) $(CLI_SRC) -- $(CFLAGS)
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability -Icompiler -Iruntime compiler runtime cli
+
+clean:
+	rm -rf build build-asan mamlc mamlc-asan
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

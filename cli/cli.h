@@ -1,0 +1,22 @@
+/* The mamlc command line: one file per command, dispatched by main.c. Each command returns the
+ * process exit status (0 success, 1 runtime failure, 2 bad usage or bad input). */
+#ifndef MAMLC_CLI_H
+#define MAMLC_CLI_H
+
+/* Collects the repeated `--set KEY=VALUE` options of argv (any position). */
+typedef struct {
+    const char *items[64];
+    int n;
+} Overrides;
+
+/* If argv[*i] is "--set", consumes it and its value into ov and returns 1; returns -1 (after
+ * printing an error) when the value is missing or there are too many; 0 when argv[*i] is not
+ * "--set". */
+int cli_take_override(int argc, char **argv, int *i, Overrides *ov);
+
+/* Prints "mamlc: MESSAGE" to stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+int cmd_check(int argc, char **argv);
+
+#endif

@@ -1,0 +1,58 @@
+/* mamlc: compiles a MAML training graph from YAML and trains, evaluates or benchmarks it. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage;
+} Command;
+
+static const Command commands[] = {
+    {"check", cmd_check, "check GRAPH.yaml [--set KEY=VALUE ...]"},
+};
+
+#define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
+
+void cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("mamlc: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int cli_take_override(int argc, char **argv, int *i, Overrides *ov) {
+    if (strcmp(argv[*i], "--set") != 0) return 0;
+    if (*i + 1 >= argc) {
+        cli_error("--set needs KEY=VALUE");
+        return -1;
+    }
+    if (ov->n == (int)(sizeof ov->items / sizeof ov->items[0])) {
+        cli_error("too many --set options (at most %d)", ov->n);
+        return -1;
+    }
+    ov->items[ov->n++] = argv[++*i];
+    return 1;
+}
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: mamlc COMMAND ...\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(out, "  mamlc %s\n", commands[i].usage);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+    cli_error("unknown command '%s'", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,38 @@
+/* Error reporting shared by every stage.
+ *
+ * Functions that can fail return an int status (0 on success, -1 on failure) and fill a
+ * caller-owned MamlError with a one-line message. Messages that concern an input carry its
+ * location as "file:line:column: " so the CLI can print them unchanged. */
+#ifndef MAMLC_ERROR_H
+#define MAMLC_ERROR_H
+
+#include <stddef.h>
+
+#define MAML_ERROR_MAX 1024
+
+typedef struct {
+    char message[MAML_ERROR_MAX];
+} MamlError;
+
+/* A position in an input file; line and column are 1-based, 0 when unknown. */
+typedef struct {
+    const char *file;
+    int line;
+    int column;
+} SourceLoc;
+
+/* Formats the message into err (printf-style) and returns -1, so callers can write
+ * `return maml_fail(err, "...")`. A NULL err is allowed and ignored. */
+int maml_fail(MamlError *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Like maml_fail, prefixed with "file:line:column: " (parts that are unknown are left out). */
+int maml_fail_at(MamlError *err, SourceLoc loc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Allocation helpers that report failure through err instead of aborting. */
+void *maml_alloc(size_t size, MamlError *err);
+void *maml_calloc(size_t count, size_t size, MamlError *err);
+void *maml_realloc(void *ptr, size_t count, size_t size, MamlError *err);
+char *maml_strdup(const char *s, MamlError *err);
+
+#endif
