@@ -4,7 +4,7 @@
 CC       ?= cc
 BUILD    ?= build
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Icompiler -Iruntime -fopenmp
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Icompiler -Iruntime -fopenmp
 CUDA_HOME ?= /usr/local/cuda
 # Data and YAML libraries are linked statically so one mamlc binary runs on machines without them.
 STATIC_LIBS := -Wl,-Bstatic -lyaml -lminizip -lpng -lz -Wl,-Bdynamic

@@ -18,5 +18,7 @@ int cli_take_override(int argc, char **argv, int *i, Overrides *ov);
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 int cmd_check(int argc, char **argv);
+int cmd_grad(int argc, char **argv);
+int cmd_compile(int argc, char **argv);
 
 #endif

@@ -13,6 +13,10 @@ typedef struct {
 
 static const Command commands[] = {
     {"check", cmd_check, "check GRAPH.yaml [--set KEY=VALUE ...]"},
+    {"compile", cmd_compile, "compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--dot] [--set KEY=VALUE ...]"},
+    {"grad", cmd_grad,
+     "grad GRAPH.yaml --params P.safetensors --batch B.safetensors --out G.safetensors\n"
+     "        [--backend ref|cpu|cuda|auto] [--dtype f32|f64] [--set KEY=VALUE ...]"},
 };
 
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
