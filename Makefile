@@ -59,7 +59,7 @@ test-asan:
 	  STATIC_LIBS="-lyaml -lminizip -lpng -lz" test-plain-asan
 
 test-plain-asan: $(BUILD)/libmamlc.a mamlc-asan $(TEST_BIN)
-	@MAMLC=$(CURDIR)/mamlc-asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	@MAMLC=$(CURDIR)/mamlc-asan MAMLC_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  tests/run_all.sh $(BUILD)/tests
 
 mamlc-asan: $(CLI_OBJ) $(BUILD)/libmamlc.a

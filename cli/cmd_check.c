@@ -9,17 +9,17 @@
 
 static const char *shape_str_ex(const ExampleShape *s, char *buf, size_t size) {
     int n = snprintf(buf, size, "[");
-    for (int i = 0; i < s->rank; i++)
+    for (int i = 0; i < s->rank && (size_t)n < size; i++)
         n += snprintf(buf + n, size - (size_t)n, "%s%" PRId64, i ? ", " : "", s->dims[i]);
-    snprintf(buf + n, size - (size_t)n, "]");
+    if ((size_t)n < size) snprintf(buf + n, size - (size_t)n, "]");
     return buf;
 }
 
 static const char *param_shape_str(const ParamSpec *p, char *buf, size_t size) {
     int n = snprintf(buf, size, "[");
-    for (int i = 0; i < p->rank; i++)
+    for (int i = 0; i < p->rank && (size_t)n < size; i++)
         n += snprintf(buf + n, size - (size_t)n, "%s%" PRId64, i ? ", " : "", p->dims[i]);
-    snprintf(buf + n, size - (size_t)n, "]");
+    if ((size_t)n < size) snprintf(buf + n, size - (size_t)n, "]");
     return buf;
 }
 
@@ -38,13 +38,16 @@ static const char *thousands(int64_t v, char *buf, size_t size) {
 static void print_layers(const GraphSpec *s) {
     char shape[64], count[32];
     printf("%-3s %-16s %-16s %-14s %12s\n", "#", "layer", "kind", "output", "parameters");
-    printf("%-3s %-16s %-16s %-14s %12s\n", "", "(input)", "", shape_str_ex(&s->input, shape, sizeof shape), "");
+    printf("%-3s %-16s %-16s %s\n", "", "(input)", "",
+           shape_str_ex(&s->input, shape, sizeof shape));
     for (int i = 0; i < s->n_layers; i++) {
         const LayerSpec *l = &s->layers[i];
-        printf("%-3d %-16s %-16s %-14s %12s\n", i + 1, l->name[0] ? l->name : "-", layer_kind_name(l->kind),
-               shape_str_ex(&l->out_shape, shape, sizeof shape), thousands(l->n_params, count, sizeof count));
+        printf("%-3d %-16s %-16s %-14s %12s\n", i + 1, l->name[0] ? l->name : "-",
+               layer_kind_name(l->kind), shape_str_ex(&l->out_shape, shape, sizeof shape),
+               thousands(l->n_params, count, sizeof count));
     }
-    printf("total parameters: %s in %d tensors\n\n", thousands(s->total_params, count, sizeof count), s->n_params);
+    printf("total parameters: %s in %d tensors\n\n",
+           thousands(s->total_params, count, sizeof count), s->n_params);
 }
 
 static void print_params(const GraphSpec *s) {
@@ -66,34 +69,42 @@ static void print_maml(const GraphSpec *s) {
     static const char *const reductions[] = {"mean", "sum", "sum_over_k_shot"};
     const MamlSettings *m = &s->maml;
     printf("loss: %s\n", s->loss == LOSS_MSE ? "mse" : "cross_entropy");
-    printf("maml: n_way %d, k_shot %d, q_query %d (support %d, query %d examples per task), meta_batch %d\n",
-           m->n_way, m->k_shot, m->q_query, spec_support_size(s), spec_query_size(s), m->meta_batch);
+    printf("maml: n_way %d, k_shot %d, q_query %d (support %d, query %d examples per task), "
+           "meta_batch %d\n",
+           m->n_way, m->k_shot, m->q_query, spec_support_size(s), spec_query_size(s),
+           m->meta_batch);
     printf("  inner: steps %d, lr %s%g, %s order, reduction %s, adapt ", m->inner.steps,
-           m->inner.lr_learnable ? "learnable from " : "", m->inner.lr, m->inner.first_order ? "first" : "second",
-           reductions[m->inner.reduction]);
+           m->inner.lr_learnable ? "learnable from " : "", m->inner.lr,
+           m->inner.first_order ? "first" : "second", reductions[m->inner.reduction]);
     if (m->inner.n_adapt == 0) printf("all");
     for (int i = 0; i < m->inner.n_adapt; i++) printf("%s%s", i ? ", " : "", m->inner.adapt[i]);
     if (m->outer.optimizer == OPT_ADAM)
-        printf("\n  outer: adam, lr %g, beta1 %g, beta2 %g, eps %g\n", m->outer.lr, m->outer.beta1, m->outer.beta2,
-               m->outer.eps);
+        printf("\n  outer: adam, lr %g, beta1 %g, beta2 %g, eps %g\n", m->outer.lr, m->outer.beta1,
+               m->outer.beta2, m->outer.eps);
     else
         printf("\n  outer: sgd, lr %g\n", m->outer.lr);
-    printf("  eval:  inner_steps %d, lr %g, tasks %d\n", m->eval.inner_steps, m->eval.lr, m->eval.tasks);
+    printf("  eval:  inner_steps %d, lr %g, tasks %d\n", m->eval.inner_steps, m->eval.lr,
+           m->eval.tasks);
 }
 
 static void print_data(const GraphSpec *s) {
     const DataSettings *d = &s->data;
     if (d->dataset == DATASET_SINUSOID) {
-        printf("data: sinusoid, amplitude [%g, %g], phase [%g, %g], x_range [%g, %g], seed %" PRIu64 "\n",
-               d->amplitude[0], d->amplitude[1], d->phase[0], d->phase[1], d->x_range[0], d->x_range[1], d->seed);
+        printf("data: sinusoid, amplitude [%g, %g], phase [%g, %g], x_range [%g, %g], seed %" PRIu64
+               "\n",
+               d->amplitude[0], d->amplitude[1], d->phase[0], d->phase[1], d->x_range[0],
+               d->x_range[1], d->seed);
         return;
     }
-    printf("data: omniglot, split %s", d->split == SPLIT_SHUFFLED_CHARACTERS ? "shuffled_characters" : "background_evaluation");
-    if (d->split == SPLIT_SHUFFLED_CHARACTERS) printf(" (%d training characters)", d->train_characters);
+    printf("data: omniglot, split %s",
+           d->split == SPLIT_SHUFFLED_CHARACTERS ? "shuffled_characters" : "background_evaluation");
+    if (d->split == SPLIT_SHUFFLED_CHARACTERS)
+        printf(" (%d training characters)", d->train_characters);
     printf(", rotations [");
     for (int i = 0; i < d->n_rotations; i++) printf("%s%d", i ? ", " : "", d->rotations[i]);
     printf("], image_size %d, resize %s, invert %s, seed %" PRIu64 "\n", d->image_size,
-           d->resize == RESIZE_LANCZOS ? "lanczos" : "nearest", d->invert ? "true" : "false", d->seed);
+           d->resize == RESIZE_LANCZOS ? "lanczos" : "nearest", d->invert ? "true" : "false",
+           d->seed);
 }
 
 int cmd_check(int argc, char **argv) {
@@ -104,7 +115,9 @@ int cmd_check(int argc, char **argv) {
         if (took < 0) return 2;
         if (took) continue;
         if (argv[i][0] == '-' || path) {
-            cli_error(argv[i][0] == '-' ? "check: unknown option '%s'" : "check: unexpected argument '%s'", argv[i]);
+            cli_error(argv[i][0] == '-' ? "check: unknown option '%s'"
+                                        : "check: unexpected argument '%s'",
+                      argv[i]);
             return 2;
         }
         path = argv[i];

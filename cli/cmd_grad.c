@@ -6,7 +6,7 @@
 #include "cli.h"
 #include "maml.h"
 #include "params.h"
-#include "ref.h"
+#include "backend.h"
 #include "safetensors.h"
 
 typedef struct {
@@ -51,10 +51,6 @@ static int parse_args(int argc, char **argv, GradArgs *a) {
     }
     if (strcmp(a->dtype, "f32") != 0 && strcmp(a->dtype, "f64") != 0) {
         cli_error("grad: --dtype must be f32 or f64, not '%s'", a->dtype);
-        return -1;
-    }
-    if (strcmp(a->backend, "ref") != 0 && strcmp(a->backend, "auto") != 0) {
-        cli_error("grad: backend '%s' is not available in this build (use ref)", a->backend);
         return -1;
     }
     return 0;
@@ -106,16 +102,19 @@ static int run_grad(const GradArgs *a, MamlError *err) {
     if (rc == 0) rc = add_missing_inner_lrs(&g, &spec, &params, err);
     if (rc == 0) rc = merge(&params, &batch, err);
     Precision prec = strcmp(a->dtype, "f64") == 0 ? PREC_F64 : PREC_F32;
-    if (rc == 0) rc = ref_run(&g, prec, &params, &outputs, err);
+    Backend *backend = NULL;
+    if (rc == 0) rc = backend_open(a->backend, &g, prec, &backend, NULL, 0, err);
+    if (rc == 0) rc = backend_run(backend, &params, &outputs, err);
     if (rc == 0) rc = safetensors_write(a->out, &outputs, err);
     if (rc == 0) {
         const Tensor *loss = tensorset_find(&outputs, "meta_loss");
         const Tensor *acc = tensorset_find(&outputs, "meta_acc");
         printf("meta_loss %.9g", tensor_get(loss, 0));
         if (acc) printf("  meta_acc %.6g", tensor_get(acc, 0));
-        printf("  (%lld tasks, %d nodes, backend ref, %s) -> %s\n", (long long)tasks, g.n_nodes,
-               a->dtype, a->out);
+        printf("  (%lld tasks, %d nodes, backend %s, %s) -> %s\n", (long long)tasks, g.n_nodes,
+               backend->name, a->dtype, a->out);
     }
+    backend_close(backend);
     graph_free(&g);
     tensorset_free(&params);
     tensorset_free(&batch);

@@ -17,6 +17,14 @@ static const Command commands[] = {
     {"grad", cmd_grad,
      "grad GRAPH.yaml --params P.safetensors --batch B.safetensors --out G.safetensors\n"
      "        [--backend ref|cpu|cuda|auto] [--dtype f32|f64] [--set KEY=VALUE ...]"},
+    {"train", cmd_train,
+     "train GRAPH.yaml [--data DIR] [--steps N] [--backend auto|cuda|cpu|ref] [--out RUN_DIR]\n"
+     "        [--resume] [--val-every N] [--val-tasks N] [--ckpt-every N] [--seed S]\n"
+     "        [--progress auto|bar|lines|quiet] [--set KEY=VALUE ...]"},
+    {"eval", cmd_eval,
+     "eval GRAPH.yaml --checkpoint C.safetensors [--data DIR] [--tasks N] [--backend ...]\n"
+     "        [--tasks-per-run N] [--seed S] [--set KEY=VALUE ...]"},
+    {"plot", cmd_plot, "plot RUN_DIR [-o FILE.svg]"},
 };
 
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))

@@ -1,51 +1,71 @@
 /* The YAML front end: graph file -> GraphSpec.
  *
- * A graph file is one YAML mapping with three sections:
+ * A graph file is one YAML mapping with exactly the sections model, maml and data:
  *
  *   model:
- *     input: [1, 28, 28]        # one example: [C, H, W] or [features]
- *     loss: cross_entropy       # cross_entropy | mse
- *     blocks:                   # optional reusable blocks
+ *     input: [1, 28, 28]          # one example: [C, H, W] or [features]
+ *     loss: cross_entropy         # cross_entropy | mse
+ *     blocks:                     # optional: reusable layer sequences
  *       conv_block:
- *         args: {channels: 64}  # arguments with defaults (~ = must be passed)
+ *         args: {channels: 64}    # arguments and their defaults (~: must be passed)
  *         layers:
  *           - {conv2d: {name: conv2d, out_channels: $channels, kernel: 3, padding: 1}}
  *           - {batch_norm: {name: bn}}
  *           - relu
  *           - {max_pool2d: {kernel: 2}}
  *     layers:
- *       - {block: conv_block, name: conv1}        # parameters conv1.conv2d.weight, ...
+ *       - {block: conv_block, name: conv1}        # -> conv1.conv2d.weight, conv1.bn.bias, ...
  *       - {block: conv_block, name: conv2, args: {channels: 64}}
  *       - flatten
  *       - {linear: {name: logits, out_features: $maml.n_way}}
  *   maml:
- *     n_way: 5, k_shot: 1, q_query: 1, meta_batch: 32              (all required)
- *     inner: {steps, lr, lr_init, first_order, adapt, reduction}
- *     outer: {optimizer, lr, beta1, beta2, eps}
- *     eval:  {inner_steps, lr, tasks}
- *   data: {dataset, seed, ...}
+ *     n_way: 5                    # n_way, k_shot, q_query, meta_batch: required
+ *     k_shot: 1
+ *     q_query: 1                  # queries per class
+ *     meta_batch: 32
+ *     inner: {steps: 1, lr: 0.04, first_order: false, adapt: all, reduction: mean}
+ *     outer: {optimizer: adam, lr: 0.001}
+ *     eval:  {inner_steps: 3, tasks: 600}
+ *   data: {dataset: omniglot, split: background_evaluation, seed: 1206}
  *
- * A layer is a kind name (relu, flatten, global_avg_pool), a one-key mapping {KIND: {settings}},
- * or a block instance {block: NAME, name: N, args: {...}}. Layer kinds and their settings
- * (defaults in parentheses): conv2d name, out_channels, kernel, stride (1), padding (0),
- * bias (true); batch_norm name, scale (true), shift (true), eps (1e-5); max_pool2d kernel,
- * stride (kernel); linear name, out_features, in_features (inferred; checked when given),
- * bias (true). Names are identifiers; a block instance's name prefixes its layers' names with
- * "NAME.", which gives PyTorch's module paths.
+ * Layers. A layer is a kind name (relu, flatten, global_avg_pool), a one-key mapping
+ * {KIND: {settings}}, or a block instance {block: NAME, name: N, args: {...}} (name optional).
+ * Settings, defaults in parentheses, everything else required:
+ *   conv2d      name, out_channels, kernel, stride (1), padding (0), bias (true)
+ *   batch_norm  name, scale (true), shift (true), eps (1e-5); training-mode batch statistics
+ *   max_pool2d  kernel, stride (= kernel)
+ *   linear      name, out_features, in_features (inferred; checked when given), bias (true)
+ * Names are identifiers; a named block instance prefixes its layers' names with "NAME.", which
+ * gives PyTorch's module paths; parameters are NAME.weight / NAME.bias in PyTorch's layouts
+ * (batch norm: weight = scale, bias = shift).
  *
- * A plain scalar "$x" is a reference: inside a block, to the block argument x; otherwise (or
- * when x is no argument) to the dotted path x from the document root ("$maml.n_way").
- * Plain scalars are typed by the YAML 1.2 core schema (so `yes` is a string, `1e-5` a float);
- * quoted scalars are strings. Anchors/aliases and unknown keys are errors, and so are defaults
- * for settings that must be stated. `--set a.b.c=VALUE` replaces (or adds) a key in the parsed
- * document before it is interpreted, so overrides go through the same checks as the file.
+ * maml.inner: steps and lr required; lr may be `learnable` (per-layer, per-step rates, initial
+ * value lr_init); first_order (false); adapt (all, or a list of fnmatch globs over parameter
+ * names, each of which must match something); reduction (mean | sum | sum_over_k_shot).
+ * maml.outer: optimizer (adam | sgd) and lr required; adam's beta1 (0.9), beta2 (0.999),
+ * eps (1e-8). maml.eval: inner_steps and tasks required; lr (= inner lr).
+ * data: dataset (omniglot | sinusoid) and seed required. Omniglot: split
+ * (background_evaluation | shuffled_characters, the latter with train_characters), rotations
+ * ([0]; each of 0/90/180/270 listed is a class of its own), image_size (28), resize
+ * (nearest | lanczos; nearest), invert (false). Sinusoid: amplitude ([0.1, 5.0]),
+ * phase ([0, pi]), x_range ([-5, 5]).
  *
- * Everything is validated with file:line:column; the tree built from libyaml's events keeps
- * each node's mark. */
+ * References: a plain scalar "$x" is, inside a block, the block argument x; otherwise (or when
+ * x is no argument) the value at dotted path x from the document root ("$maml.n_way").
+ * Scalars: plain scalars are typed by the YAML 1.2 core schema (`yes` is a string, `1e-5` a
+ * float); quoted scalars are strings. Unknown keys, duplicate keys and YAML aliases are errors.
+ * Overrides: `--set a.b.c=VALUE` parses VALUE as YAML and puts it at that path of the parsed
+ * document before anything is interpreted, so overrides pass the same checks as the file; an
+ * unknown path is an "unknown setting".
+ * Limits: 1 MiB files, 32 nesting levels, 64 layers after expansion, 16 nested blocks, sizes
+ * up to 65536.
+ *
+ * The tree is built from libyaml's event stream so that every node keeps its mark; every error
+ * carries file:line:column (overrides: "--set KEY=VALUE"). */
 #include <errno.h>
-#include <stdarg.h>
 #include <fnmatch.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,8 +127,9 @@ static int ynode_append(YNode *n, YNode *key, YNode *item, MamlError *err) {
         int cap = n->cap ? 2 * n->cap : 4;
         YNode **items = maml_realloc(n->items, (size_t)cap, sizeof *items, err);
         if (items) n->items = items;
-        YNode **keys = items && n->kind == Y_MAP ? maml_realloc(n->keys, (size_t)cap, sizeof *keys, err)
-                                                 : NULL;
+        YNode **keys = items && n->kind == Y_MAP
+                           ? maml_realloc(n->keys, (size_t)cap, sizeof *keys, err)
+                           : NULL;
         if (keys) n->keys = keys;
         if (!items || (n->kind == Y_MAP && !keys)) {
             ynode_free(key);
@@ -133,194 +154,6 @@ static int map_index(const YNode *map, const char *key) {
     for (int i = 0; map && map->kind == Y_MAP && i < map->n; i++)
         if (strcmp(map->keys[i]->text, key) == 0) return i;
     return -1;
-}
-
-/* ---------------------------------------------------------------------------------------
- * Building the tree from libyaml events */
-
-typedef struct {
-    yaml_parser_t parser;
-    const char *text;
-    const char *label; /* SourceLoc.file of every node */
-    bool override;     /* nodes of a --set value carry no line/column */
-    MamlError *err;
-} Reader;
-
-static SourceLoc mark_loc(const Reader *r, yaml_mark_t m) {
-    if (r->override) return (SourceLoc){r->label, 0, 0};
-    return (SourceLoc){r->label, (int)m.line + 1, (int)m.column + 1};
-}
-
-/* Line and column of a byte offset, for libyaml's reader errors that only give an offset. */
-static SourceLoc offset_loc(const Reader *r, size_t offset) {
-    SourceLoc loc = {r->label, 1, 1};
-    if (r->override) return (SourceLoc){r->label, 0, 0};
-    for (size_t i = 0; i < offset && r->text[i]; i++) {
-        if (r->text[i] == '\n') loc.line++, loc.column = 1;
-        else if (((unsigned char)r->text[i] & 0xC0) != 0x80) loc.column++;
-    }
-    return loc;
-}
-
-static int syntax_error(Reader *r) {
-    const yaml_parser_t *p = &r->parser;
-    const char *problem = p->problem ? p->problem : "cannot parse the document";
-    if (p->error == YAML_MEMORY_ERROR) return maml_fail(r->err, "out of memory while parsing YAML");
-    if (p->error == YAML_READER_ERROR)
-        return maml_fail_at(r->err, offset_loc(r, p->problem_offset), "invalid YAML text: %s", problem);
-    if (p->context)
-        return maml_fail_at(r->err, mark_loc(r, p->problem_mark),
-                            "YAML syntax error: %s (%s that starts at line %d, column %d)", problem,
-                            p->context, (int)p->context_mark.line + 1, (int)p->context_mark.column + 1);
-    return maml_fail_at(r->err, mark_loc(r, p->problem_mark), "YAML syntax error: %s", problem);
-}
-
-static int next_event(Reader *r, yaml_event_t *ev) {
-    if (!yaml_parser_parse(&r->parser, ev)) return syntax_error(r);
-    return 0;
-}
-
-/* Core-schema tag check: an explicit tag must agree with what the node is. */
-static const char *const std_tags[] = {"str", "int", "float", "bool", "null", "seq", "map"};
-
-static int check_tag(Reader *r, const yaml_event_t *ev, const unsigned char *tag, const char *want) {
-    if (!tag) return 0;
-    const char *t = (const char *)tag;
-    const char *prefix = "tag:yaml.org,2002:";
-    if (strncmp(t, prefix, strlen(prefix)) == 0) {
-        t += strlen(prefix);
-        for (size_t i = 0; i < sizeof std_tags / sizeof *std_tags; i++)
-            if (strcmp(t, std_tags[i]) == 0 && (!want || strcmp(t, want) == 0)) return 0;
-    }
-    return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "unsupported YAML tag '%s' here",
-                        (const char *)tag);
-}
-
-static int read_node(Reader *r, yaml_event_t *ev, int depth, YNode **out);
-
-static int read_scalar(Reader *r, yaml_event_t *ev, YNode **out) {
-    const char *tag = (const char *)ev->data.scalar.tag;
-    bool quoted = ev->data.scalar.style != YAML_PLAIN_SCALAR_STYLE;
-    if (tag && check_tag(r, ev, ev->data.scalar.tag, NULL)) return -1;
-    if (tag && (strstr(tag, ":seq") || strstr(tag, ":map")))
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "tag '%s' on a scalar", tag);
-    if (tag && strstr(tag, ":str")) quoted = true;
-    if (strlen((const char *)ev->data.scalar.value) != ev->data.scalar.length)
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "NUL character in a scalar");
-    YNode *n = ynode_new(Y_SCALAR, mark_loc(r, ev->start_mark), r->err);
-    if (!n) return -1;
-    n->quoted = quoted;
-    n->text = maml_strdup((const char *)ev->data.scalar.value, r->err);
-    if (!n->text) return ynode_free(n), -1;
-    *out = n;
-    return 0;
-}
-
-/* Reads the children of a sequence or mapping until its end event. */
-static int read_children(Reader *r, YNode *n, yaml_event_type_t end, int depth) {
-    for (;;) {
-        yaml_event_t ev;
-        if (next_event(r, &ev)) return -1;
-        if (ev.type == end) return yaml_event_delete(&ev), 0;
-        YNode *key = NULL, *item = NULL;
-        int rc = read_node(r, &ev, depth + 1, n->kind == Y_MAP ? &key : &item);
-        yaml_event_delete(&ev);
-        if (rc) return -1;
-        if (n->kind == Y_MAP) {
-            if (key->kind != Y_SCALAR) {
-                rc = maml_fail_at(r->err, key->loc, "mapping keys must be scalars");
-            } else if (map_index(n, key->text) >= 0) {
-                rc = maml_fail_at(r->err, key->loc, "duplicate key '%s' (first at line %d)", key->text,
-                                  n->keys[map_index(n, key->text)]->loc.line);
-            } else if (!(rc = next_event(r, &ev))) {
-                rc = read_node(r, &ev, depth + 1, &item);
-                yaml_event_delete(&ev);
-            }
-            if (rc) return ynode_free(key), -1;
-        }
-        if (ynode_append(n, key, item, r->err)) return -1;
-    }
-}
-
-static int read_collection(Reader *r, yaml_event_t *ev, int depth, YNode **out) {
-    bool is_map = ev->type == YAML_MAPPING_START_EVENT;
-    const unsigned char *tag = is_map ? ev->data.mapping_start.tag : ev->data.sequence_start.tag;
-    if (check_tag(r, ev, tag, is_map ? "map" : "seq")) return -1;
-    YNode *n = ynode_new(is_map ? Y_MAP : Y_SEQ, mark_loc(r, ev->start_mark), r->err);
-    if (!n) return -1;
-    if (read_children(r, n, is_map ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT, depth))
-        return ynode_free(n), -1;
-    *out = n;
-    return 0;
-}
-
-/* Builds the node that starts with event ev (owned by the caller). */
-static int read_node(Reader *r, yaml_event_t *ev, int depth, YNode **out) {
-    if (depth > SPEC_MAX_DEPTH)
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark),
-                            "document nested deeper than %d levels", SPEC_MAX_DEPTH);
-    switch (ev->type) {
-    case YAML_SCALAR_EVENT: return read_scalar(r, ev, out);
-    case YAML_SEQUENCE_START_EVENT:
-    case YAML_MAPPING_START_EVENT: return read_collection(r, ev, depth, out);
-    case YAML_ALIAS_EVENT:
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark),
-                            "YAML aliases (*%s) are not supported; use blocks or $references",
-                            (const char *)ev->data.alias.anchor);
-    default:
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "unexpected YAML event");
-    }
-}
-
-/* Expects the stream to hold exactly one document and returns its root (NULL when empty). */
-static int read_stream(Reader *r, YNode **root) {
-    yaml_event_t ev;
-    if (next_event(r, &ev)) return -1; /* STREAM-START */
-    yaml_event_delete(&ev);
-    if (next_event(r, &ev)) return -1;
-    if (ev.type == YAML_STREAM_END_EVENT) return yaml_event_delete(&ev), 0;
-    yaml_event_delete(&ev); /* DOCUMENT-START */
-    if (next_event(r, &ev)) return -1;
-    int rc = read_node(r, &ev, 1, root);
-    yaml_event_delete(&ev);
-    if (rc || next_event(r, &ev)) return -1; /* DOCUMENT-END */
-    yaml_event_delete(&ev);
-    if (next_event(r, &ev)) return -1;
-    if (ev.type != YAML_STREAM_END_EVENT)
-        rc = maml_fail_at(r->err, mark_loc(r, ev.start_mark), "a graph file holds one YAML document");
-    yaml_event_delete(&ev);
-    return rc;
-}
-
-static int parse_yaml(const char *text, size_t len, const char *label, bool override, YNode **root,
-                      MamlError *err) {
-    Reader r = {.text = text, .label = label, .override = override, .err = err};
-    *root = NULL;
-    if (!yaml_parser_initialize(&r.parser)) return maml_fail(err, "cannot initialise libyaml");
-    yaml_parser_set_input_string(&r.parser, (const unsigned char *)text, len);
-    int rc = read_stream(&r, root);
-    yaml_parser_delete(&r.parser);
-    if (rc) ynode_free(*root), *root = NULL;
-    return rc;
-}
-
-static int read_file(const char *path, char **text, size_t *len, MamlError *err) {
-    SourceLoc loc = {path, 0, 0};
-    FILE *f = fopen(path, "rb");
-    if (!f) return maml_fail_at(err, loc, "cannot open: %s", strerror(errno));
-    char *buf = maml_alloc(SPEC_MAX_FILE_BYTES + 1, err);
-    if (!buf) return fclose(f), -1;
-    size_t n = fread(buf, 1, SPEC_MAX_FILE_BYTES + 1, f);
-    int rc = 0;
-    if (ferror(f)) rc = maml_fail_at(err, loc, "cannot read: %s", strerror(errno));
-    else if (n > SPEC_MAX_FILE_BYTES)
-        rc = maml_fail_at(err, loc, "file is larger than the limit of %d bytes", SPEC_MAX_FILE_BYTES);
-    fclose(f);
-    if (rc) return free(buf), -1;
-    buf[n] = '\0';
-    *text = buf;
-    *len = n;
-    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -380,8 +213,10 @@ static const char *describe(const YNode *n, char *buf, size_t size) {
     if (n->kind == Y_SEQ) return "a sequence";
     ScalarType t = scalar_type(n);
     if (t == S_NULL) return "null";
-    if (t == S_STR) snprintf(buf, size, "'%.60s%s'", n->text, strlen(n->text) > 60 ? "..." : "");
-    else snprintf(buf, size, "%.60s", n->text);
+    if (t == S_STR)
+        snprintf(buf, size, "'%.60s%s'", n->text, strlen(n->text) > 60 ? "..." : "");
+    else
+        snprintf(buf, size, "%.60s", n->text);
     return buf;
 }
 
@@ -398,6 +233,222 @@ static bool concat3(char *dst, size_t size, const char *a, const char *b, const 
 static bool is_identifier(const char *s) {
     if (!*s || (*s >= '0' && *s <= '9')) return false;
     return all_in(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Building the tree from libyaml events */
+
+typedef struct {
+    yaml_parser_t parser;
+    const char *text;
+    const char *label; /* SourceLoc.file of every node */
+    bool override;     /* nodes of a --set value carry no line/column */
+    MamlError *err;
+} Reader;
+
+static SourceLoc mark_loc(const Reader *r, yaml_mark_t m) {
+    if (r->override) return (SourceLoc){r->label, 0, 0};
+    return (SourceLoc){r->label, (int)m.line + 1, (int)m.column + 1};
+}
+
+/* Line and column of a byte offset, for libyaml's reader errors that only give an offset. */
+static SourceLoc offset_loc(const Reader *r, size_t offset) {
+    SourceLoc loc = {r->label, 1, 1};
+    if (r->override) return (SourceLoc){r->label, 0, 0};
+    for (size_t i = 0; i < offset && r->text[i]; i++) {
+        if (r->text[i] == '\n')
+            loc.line++, loc.column = 1;
+        else if (((unsigned char)r->text[i] & 0xC0) != 0x80)
+            loc.column++;
+    }
+    return loc;
+}
+
+static int syntax_error(Reader *r) {
+    const yaml_parser_t *p = &r->parser;
+    const char *problem = p->problem ? p->problem : "cannot parse the document";
+    if (p->error == YAML_MEMORY_ERROR) return maml_fail(r->err, "out of memory while parsing YAML");
+    if (p->error == YAML_READER_ERROR)
+        return maml_fail_at(r->err, offset_loc(r, p->problem_offset), "invalid YAML text: %s",
+                            problem);
+    if (p->context && r->override) /* a --set value: its own line and column mean little */
+        return maml_fail_at(r->err, mark_loc(r, p->problem_mark), "YAML syntax error: %s (%s)",
+                            problem, p->context);
+    if (p->context)
+        return maml_fail_at(r->err, mark_loc(r, p->problem_mark),
+                            "YAML syntax error: %s (%s that starts at line %d, column %d)", problem,
+                            p->context, (int)p->context_mark.line + 1,
+                            (int)p->context_mark.column + 1);
+    return maml_fail_at(r->err, mark_loc(r, p->problem_mark), "YAML syntax error: %s", problem);
+}
+
+static int next_event(Reader *r, yaml_event_t *ev) {
+    if (!yaml_parser_parse(&r->parser, ev)) return syntax_error(r);
+    return 0;
+}
+
+/* Core-schema tag check: an explicit tag must agree with what the node is. */
+static const char *const std_tags[] = {"str", "int", "float", "bool", "null", "seq", "map"};
+
+static int check_tag(Reader *r, const yaml_event_t *ev, const unsigned char *tag,
+                     const char *want) {
+    if (!tag) return 0;
+    const char *t = (const char *)tag;
+    const char *prefix = "tag:yaml.org,2002:";
+    if (strncmp(t, prefix, strlen(prefix)) == 0) {
+        t += strlen(prefix);
+        for (size_t i = 0; i < sizeof std_tags / sizeof *std_tags; i++)
+            if (strcmp(t, std_tags[i]) == 0 && (!want || strcmp(t, want) == 0)) return 0;
+    }
+    return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "unsupported YAML tag '%s' here",
+                        (const char *)tag);
+}
+
+static int read_node(Reader *r, yaml_event_t *ev, int depth, YNode **out);
+
+/* Whether scalar n (typed as plain text) is what its core-schema tag says. */
+static bool tag_fits(const YNode *n, const char *tag) {
+    ScalarType t = scalar_type(n);
+    if (strstr(tag, ":int")) return t == S_INT;
+    if (strstr(tag, ":float")) return t == S_INT || t == S_FLOAT;
+    if (strstr(tag, ":bool")) return t == S_BOOL;
+    if (strstr(tag, ":null")) return t == S_NULL;
+    return true;
+}
+
+static int read_scalar(Reader *r, yaml_event_t *ev, YNode **out) {
+    const char *tag = (const char *)ev->data.scalar.tag;
+    bool quoted = ev->data.scalar.style != YAML_PLAIN_SCALAR_STYLE;
+    if (tag && check_tag(r, ev, ev->data.scalar.tag, NULL)) return -1;
+    if (tag && (strstr(tag, ":seq") || strstr(tag, ":map")))
+        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "tag '%s' on a scalar", tag);
+    /* !!str makes a string; !!int and friends type the text as if it were plain, and must fit */
+    if (tag) quoted = strstr(tag, ":str") != NULL;
+    if (strlen((const char *)ev->data.scalar.value) != ev->data.scalar.length)
+        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "NUL character in a scalar");
+    YNode *n = ynode_new(Y_SCALAR, mark_loc(r, ev->start_mark), r->err);
+    if (!n) return -1;
+    n->quoted = quoted;
+    n->text = maml_strdup((const char *)ev->data.scalar.value, r->err);
+    if (!n->text) return ynode_free(n), -1;
+    if (tag && !tag_fits(n, tag)) {
+        maml_fail_at(r->err, n->loc, "'%s' is not a valid %s", n->text, strrchr(tag, ':') + 1);
+        return ynode_free(n), -1;
+    }
+    *out = n;
+    return 0;
+}
+
+/* Reads the children of a sequence or mapping until its end event. */
+static int read_children(Reader *r, YNode *n, yaml_event_type_t end, int depth) {
+    for (;;) {
+        yaml_event_t ev;
+        if (next_event(r, &ev)) return -1;
+        if (ev.type == end) return yaml_event_delete(&ev), 0;
+        YNode *key = NULL, *item = NULL;
+        int rc = read_node(r, &ev, depth + 1, n->kind == Y_MAP ? &key : &item);
+        yaml_event_delete(&ev);
+        if (rc) return -1;
+        if (n->kind == Y_MAP) {
+            if (key->kind != Y_SCALAR) {
+                rc = maml_fail_at(r->err, key->loc, "mapping keys must be scalars");
+            } else if (map_index(n, key->text) >= 0) {
+                rc = maml_fail_at(r->err, key->loc, "duplicate key '%s' (first at line %d)",
+                                  key->text, n->keys[map_index(n, key->text)]->loc.line);
+            } else if (!(rc = next_event(r, &ev))) {
+                rc = read_node(r, &ev, depth + 1, &item);
+                yaml_event_delete(&ev);
+            }
+            if (rc) return ynode_free(key), -1;
+        }
+        if (ynode_append(n, key, item, r->err)) return -1;
+    }
+}
+
+static int read_collection(Reader *r, yaml_event_t *ev, int depth, YNode **out) {
+    bool is_map = ev->type == YAML_MAPPING_START_EVENT;
+    const unsigned char *tag = is_map ? ev->data.mapping_start.tag : ev->data.sequence_start.tag;
+    if (check_tag(r, ev, tag, is_map ? "map" : "seq")) return -1;
+    YNode *n = ynode_new(is_map ? Y_MAP : Y_SEQ, mark_loc(r, ev->start_mark), r->err);
+    if (!n) return -1;
+    if (read_children(r, n, is_map ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT, depth))
+        return ynode_free(n), -1;
+    *out = n;
+    return 0;
+}
+
+/* Builds the node that starts with event ev (owned by the caller). */
+static int read_node(Reader *r, yaml_event_t *ev, int depth, YNode **out) {
+    if (depth > SPEC_MAX_DEPTH)
+        return maml_fail_at(r->err, mark_loc(r, ev->start_mark),
+                            "document nested deeper than %d levels", SPEC_MAX_DEPTH);
+    switch (ev->type) {
+    case YAML_SCALAR_EVENT:
+        return read_scalar(r, ev, out);
+    case YAML_SEQUENCE_START_EVENT:
+    case YAML_MAPPING_START_EVENT:
+        return read_collection(r, ev, depth, out);
+    case YAML_ALIAS_EVENT:
+        return maml_fail_at(r->err, mark_loc(r, ev->start_mark),
+                            "YAML aliases (*%s) are not supported; use blocks or $references",
+                            (const char *)ev->data.alias.anchor);
+    default:
+        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "unexpected YAML event");
+    }
+}
+
+/* Expects the stream to hold exactly one document and returns its root (NULL when empty). */
+static int read_stream(Reader *r, YNode **root) {
+    yaml_event_t ev;
+    if (next_event(r, &ev)) return -1; /* STREAM-START */
+    yaml_event_delete(&ev);
+    if (next_event(r, &ev)) return -1;
+    if (ev.type == YAML_STREAM_END_EVENT) return yaml_event_delete(&ev), 0;
+    yaml_event_delete(&ev); /* DOCUMENT-START */
+    if (next_event(r, &ev)) return -1;
+    int rc = read_node(r, &ev, 1, root);
+    yaml_event_delete(&ev);
+    if (rc || next_event(r, &ev)) return -1; /* DOCUMENT-END */
+    yaml_event_delete(&ev);
+    if (next_event(r, &ev)) return -1;
+    if (ev.type != YAML_STREAM_END_EVENT)
+        rc = maml_fail_at(r->err, mark_loc(r, ev.start_mark),
+                          "a graph file holds one YAML document");
+    yaml_event_delete(&ev);
+    return rc;
+}
+
+static int parse_yaml(const char *text, size_t len, const char *label, bool override, YNode **root,
+                      MamlError *err) {
+    Reader r = {.text = text, .label = label, .override = override, .err = err};
+    *root = NULL;
+    if (!yaml_parser_initialize(&r.parser)) return maml_fail(err, "cannot initialise libyaml");
+    yaml_parser_set_input_string(&r.parser, (const unsigned char *)text, len);
+    int rc = read_stream(&r, root);
+    yaml_parser_delete(&r.parser);
+    if (rc) ynode_free(*root), *root = NULL;
+    return rc;
+}
+
+static int read_file(const char *path, char **text, size_t *len, MamlError *err) {
+    SourceLoc loc = {path, 0, 0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return maml_fail_at(err, loc, "cannot open: %s", strerror(errno));
+    char *buf = maml_alloc(SPEC_MAX_FILE_BYTES + 1, err);
+    if (!buf) return fclose(f), -1;
+    size_t n = fread(buf, 1, SPEC_MAX_FILE_BYTES + 1, f);
+    int rc = 0;
+    if (ferror(f))
+        rc = maml_fail_at(err, loc, "cannot read: %s", strerror(errno));
+    else if (n > SPEC_MAX_FILE_BYTES)
+        rc = maml_fail_at(err, loc, "file is larger than the limit of %d bytes",
+                          SPEC_MAX_FILE_BYTES);
+    fclose(f);
+    if (rc) return free(buf), -1;
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -418,7 +469,7 @@ typedef struct {
     GraphSpec *spec;
     MamlError *err;
     /* nodes remembered for checks that span sections */
-    const YNode *input, *loss, *n_way, *k_shot, *q_query, *dataset, *image_size;
+    const YNode *input, *loss, *n_way, *q_query;
     const YNode **globs; /* maml.inner.adapt patterns, parallel to spec->maml.inner.adapt */
 } Ctx;
 
@@ -432,7 +483,7 @@ static bool is_ref_path(const char *p) {
     strcpy(buf, p);
     for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok; tok = strtok_r(NULL, ".", &save))
         if (!is_identifier(tok)) return false;
-    return *p && p[strlen(p) - 1] != '.' && !strstr(p, "..");
+    return *p && p[0] != '.' && p[strlen(p) - 1] != '.' && !strstr(p, "..");
 }
 
 /* Looks up a dotted path ("maml.n_way") from the document root. */
@@ -440,7 +491,8 @@ static const YNode *doc_lookup(const YNode *root, const char *path) {
     char buf[SPEC_NAME_MAX];
     snprintf(buf, sizeof buf, "%s", path);
     const YNode *n = root;
-    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok && n; tok = strtok_r(NULL, ".", &save))
+    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok && n;
+         tok = strtok_r(NULL, ".", &save))
         n = map_find(n, tok);
     return n;
 }
@@ -460,7 +512,8 @@ static int deref(const Ctx *c, const Scope *s, const YNode *n, const YNode **out
             return maml_fail_at(c->err, start->loc, "reference '%s' is cyclic", start->text);
         if (!is_ref_path(name))
             return maml_fail_at(c->err, n->loc,
-                                "malformed reference '%s' (expected $NAME or $dotted.path)", n->text);
+                                "malformed reference '%s' (expected $NAME or $dotted.path)",
+                                n->text);
         const YNode *target = hops == 0 ? scope_find(s, name) : NULL;
         if (!target) target = doc_lookup(c->root, name);
         if (!target) return maml_fail_at(c->err, n->loc, "undefined reference '%s'", n->text);
@@ -470,9 +523,8 @@ static int deref(const Ctx *c, const Scope *s, const YNode *n, const YNode **out
     return 0;
 }
 
-/* Type errors point at the value, which is where the user has to change something; when the
- * value came through a reference, the message names the reference too. */
-
+/* Errors about a value point at the value, which is where the user has to change something;
+ * when the value came through a reference, the message names the reference too. */
 static int value_error(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -487,16 +539,19 @@ static int value_error(const Ctx *c, const YNode *raw, const YNode *v, const cha
     return maml_fail_at(c->err, v->loc, "%s (via %s at line %d)", msg, raw->text, raw->loc.line);
 }
 
-static int type_error(const Ctx *c, const YNode *raw, const YNode *v, const char *key, const char *want) {
+static int type_error(const Ctx *c, const YNode *raw, const YNode *v, const char *key,
+                      const char *want) {
     char buf[96];
-    return value_error(c, raw, v, "'%s' must be %s, got %s", key, want, describe(v, buf, sizeof buf));
+    return value_error(c, raw, v, "'%s' must be %s, got %s", key, want,
+                       describe(v, buf, sizeof buf));
 }
 
 static int as_int(const Ctx *c, const Scope *s, const YNode *raw, const char *key, int64_t lo,
                   int64_t hi, int64_t *out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, &v)) return -1;
-    if (v->kind != Y_SCALAR || scalar_type(v) != S_INT) return type_error(c, raw, v, key, "an integer");
+    if (v->kind != Y_SCALAR || scalar_type(v) != S_INT)
+        return type_error(c, raw, v, key, "an integer");
     const char *t = v->text;
     int base = !strncmp(t, "0o", 2) ? 8 : !strncmp(t, "0x", 2) ? 16 : 10;
     errno = 0;
@@ -508,7 +563,7 @@ static int as_int(const Ctx *c, const Scope *s, const YNode *raw, const char *ke
         return value_error(c, raw, v, "'%s' must not be negative, got %lld", key, x);
     if (x < lo || x > hi)
         return value_error(c, raw, v, "'%s' must be between %lld and %lld, got %lld", key,
-                            (long long)lo, (long long)hi, x);
+                           (long long)lo, (long long)hi, x);
     *out = x;
     return 0;
 }
@@ -524,9 +579,11 @@ static int as_number(const Ctx *c, const Scope *s, const YNode *raw, const char 
     const char *digits = v->text + (v->text[0] == '-' || v->text[0] == '+');
     double x = strtod(v->text, NULL);
     if (!strncmp(v->text, "0o", 2)) x = (double)strtoll(v->text + 2, NULL, 8);
-    if (digits[0] == '.' && (digits[1] == 'i' || digits[1] == 'I' || digits[1] == 'n' || digits[1] == 'N'))
+    if (digits[0] == '.' &&
+        (digits[1] == 'i' || digits[1] == 'I' || digits[1] == 'n' || digits[1] == 'N'))
         x = INFINITY; /* .inf and .nan, which strtod does not read: both are refused below */
-    if (!isfinite(x)) return value_error(c, raw, v, "'%s' must be a finite number, got %s", key, v->text);
+    if (!isfinite(x))
+        return value_error(c, raw, v, "'%s' must be a finite number, got %s", key, v->text);
     if (rule == NUM_POSITIVE && !(x > 0))
         return value_error(c, raw, v, "'%s' must be positive, got %s", key, v->text);
     if (rule == NUM_NONNEG && x < 0)
@@ -540,15 +597,18 @@ static int as_number(const Ctx *c, const Scope *s, const YNode *raw, const char 
 static int as_bool(const Ctx *c, const Scope *s, const YNode *raw, const char *key, bool *out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, &v)) return -1;
-    if (v->kind != Y_SCALAR || scalar_type(v) != S_BOOL) return type_error(c, raw, v, key, "true or false");
+    if (v->kind != Y_SCALAR || scalar_type(v) != S_BOOL)
+        return type_error(c, raw, v, key, "true or false");
     *out = v->text[0] == 't' || v->text[0] == 'T';
     return 0;
 }
 
-static int as_string(const Ctx *c, const Scope *s, const YNode *raw, const char *key, const char **out) {
+static int as_string(const Ctx *c, const Scope *s, const YNode *raw, const char *key,
+                     const char **out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, &v)) return -1;
-    if (v->kind != Y_SCALAR || scalar_type(v) != S_STR) return type_error(c, raw, v, key, "a string");
+    if (v->kind != Y_SCALAR || scalar_type(v) != S_STR)
+        return type_error(c, raw, v, key, "a string");
     *out = v->text;
     return 0;
 }
@@ -562,12 +622,14 @@ static int as_enum(const Ctx *c, const Scope *s, const YNode *raw, const char *k
         if (strcmp(v->text, names[i]) == 0) return *out = i, 0;
     char list[256] = "", buf[96];
     for (int i = 0; i < n; i++)
-        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? (i == n - 1 ? " or " : ", ") : "",
-                 names[i]);
-    return value_error(c, raw, v, "'%s' must be %s, got %s", key, list, describe(v, buf, sizeof buf));
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s",
+                 i ? (i == n - 1 ? " or " : ", ") : "", names[i]);
+    return value_error(c, raw, v, "'%s' must be %s, got %s", key, list,
+                       describe(v, buf, sizeof buf));
 }
 
-static int as_map(const Ctx *c, const Scope *s, const YNode *raw, const char *key, const YNode **out) {
+static int as_map(const Ctx *c, const Scope *s, const YNode *raw, const char *key,
+                  const YNode **out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, &v)) return -1;
     if (v->kind != Y_MAP) return type_error(c, raw, v, key, "a mapping");
@@ -575,7 +637,8 @@ static int as_map(const Ctx *c, const Scope *s, const YNode *raw, const char *ke
     return 0;
 }
 
-static int as_seq(const Ctx *c, const Scope *s, const YNode *raw, const char *key, const YNode **out) {
+static int as_seq(const Ctx *c, const Scope *s, const YNode *raw, const char *key,
+                  const YNode **out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, &v)) return -1;
     if (v->kind != Y_SEQ) return type_error(c, raw, v, key, "a sequence");
@@ -584,19 +647,24 @@ static int as_seq(const Ctx *c, const Scope *s, const YNode *raw, const char *ke
 }
 
 /* Rejects keys of map that are not in allowed (a NULL-terminated list). */
-static int check_keys(const Ctx *c, const YNode *map, const char *where, const char *const *allowed) {
+static int check_keys(const Ctx *c, const YNode *map, const char *where,
+                      const char *const *allowed) {
     for (int i = 0; i < map->n; i++) {
         const YNode *k = map->keys[i];
         bool ok = false;
         for (int j = 0; allowed[j] && !ok; j++) ok = strcmp(k->text, allowed[j]) == 0;
         if (ok) continue;
-        if (k->override_path) return maml_fail_at(c->err, k->loc, "unknown setting '%s'", k->override_path);
+        if (k->override_path)
+            return maml_fail_at(c->err, k->loc, "unknown setting '%s'", k->override_path);
         char list[512] = "";
         for (int j = 0; allowed[j]; j++)
-            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "", allowed[j]);
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "",
+                     allowed[j]);
         if (!allowed[0])
-            return maml_fail_at(c->err, k->loc, "unknown key '%s': a %s takes no settings", k->text, where);
-        return maml_fail_at(c->err, k->loc, "unknown key '%s' in %s (expected %s)", k->text, where, list);
+            return maml_fail_at(c->err, k->loc, "unknown key '%s': a %s takes no settings", k->text,
+                                where);
+        return maml_fail_at(c->err, k->loc, "unknown key '%s' in %s (expected %s)", k->text, where,
+                            list);
     }
     return 0;
 }
@@ -607,25 +675,27 @@ static SourceLoc key_loc(const YNode *map, const char *key) {
     return i >= 0 ? map->keys[i]->loc : map->loc;
 }
 
-static int require(const Ctx *c, const YNode *map, const char *where, const char *key, const YNode **out) {
+static int require(const Ctx *c, const YNode *map, const char *where, const char *key,
+                   const YNode **out) {
     *out = map_find(map, key);
     if (*out) return 0;
     return maml_fail_at(c->err, map->loc, "missing '%s' in %s", key, where);
 }
 
 /* Integer setting in [lo, SPEC_MAX_DIM]; required or, with `optional`, left alone when absent. */
-static int get_int(const Ctx *c, const Scope *s, const YNode *map, const char *where, const char *key,
-                   int lo, bool optional, int *out) {
+static int get_int(const Ctx *c, const Scope *s, const YNode *map, const char *where,
+                   const char *key, int lo, bool optional, int *out) {
     const YNode *raw = map_find(map, key);
     if (!raw && optional) return 0;
     int64_t x;
-    if ((!raw && require(c, map, where, key, &raw)) || as_int(c, s, raw, key, lo, SPEC_MAX_DIM, &x)) return -1;
+    if ((!raw && require(c, map, where, key, &raw)) || as_int(c, s, raw, key, lo, SPEC_MAX_DIM, &x))
+        return -1;
     *out = (int)x;
     return 0;
 }
 
-static int get_number(const Ctx *c, const Scope *s, const YNode *map, const char *where, const char *key,
-                      NumRule rule, bool optional, double *out) {
+static int get_number(const Ctx *c, const Scope *s, const YNode *map, const char *where,
+                      const char *key, NumRule rule, bool optional, double *out) {
     const YNode *raw = map_find(map, key);
     if (!raw && optional) return 0;
     if (!raw && require(c, map, where, key, &raw)) return -1;
@@ -656,12 +726,14 @@ static int override_child(YNode *map, const char *key, const char *prefix, const
     YNode *child = (YNode *)map_find(map, key);
     if (child) {
         if (child->kind != Y_MAP)
-            return maml_fail_at(err, loc, "unknown setting '%s' ('%s' is a value, not a mapping)", path, prefix);
+            return maml_fail_at(err, loc, "unknown setting '%s' ('%s' is a value, not a mapping)",
+                                path, prefix);
         *out = child;
         return 0;
     }
     YNode *k = ynode_new(Y_SCALAR, loc, err), *v = ynode_new(Y_MAP, loc, err);
-    if (k && v && (k->text = maml_strdup(key, err)) && (k->override_path = maml_strdup(path, err))) {
+    if (k && v && (k->text = maml_strdup(key, err)) &&
+        (k->override_path = maml_strdup(path, err))) {
         if (ynode_append(map, k, v, err)) return -1;
         *out = v;
         return 0;
@@ -672,7 +744,8 @@ static int override_child(YNode *map, const char *key, const char *prefix, const
 }
 
 /* Puts value under key in map, replacing an existing value. Takes ownership of value. */
-static int override_put(YNode *map, const char *key, const char *path, YNode *value, MamlError *err) {
+static int override_put(YNode *map, const char *key, const char *path, YNode *value,
+                        MamlError *err) {
     int i = map_index(map, key);
     if (i >= 0) {
         ynode_free(map->items[i]);
@@ -699,7 +772,8 @@ static int apply_override(YNode *root, const char *setting, const char *label, M
     const char *eq = strchr(setting, '=');
     char path[SPEC_NAME_MAX];
     if (!eq || eq == setting) return maml_fail_at(err, loc, "expected KEY=VALUE");
-    if ((size_t)(eq - setting) >= sizeof path) return maml_fail_at(err, loc, "setting path too long");
+    if ((size_t)(eq - setting) >= sizeof path)
+        return maml_fail_at(err, loc, "setting path too long");
     memcpy(path, setting, (size_t)(eq - setting));
     path[eq - setting] = '\0';
     if (!is_ref_path(path))
@@ -724,18 +798,19 @@ static int apply_override(YNode *root, const char *setting, const char *label, M
 /* ---------------------------------------------------------------------------------------
  * The model: layers and blocks */
 
-static const char *const kind_names[] = {"conv2d", "batch_norm", "relu", "max_pool2d",
-                                         "global_avg_pool", "flatten", "linear"};
+static const char *const kind_names[] = {"conv2d",          "batch_norm", "relu",  "max_pool2d",
+                                         "global_avg_pool", "flatten",    "linear"};
 #define N_KINDS ((int)(sizeof kind_names / sizeof *kind_names))
 
-static const char *const conv_keys[] = {"name", "out_channels", "kernel", "stride", "padding", "bias", NULL};
+static const char *const conv_keys[] = {"name",    "out_channels", "kernel", "stride",
+                                        "padding", "bias",         NULL};
 static const char *const bn_keys[] = {"name", "scale", "shift", "eps", NULL};
 static const char *const pool_keys[] = {"kernel", "stride", NULL};
 static const char *const linear_keys[] = {"name", "out_features", "in_features", "bias", NULL};
 static const char *const no_keys[] = {NULL};
 
-static const char *const *const kind_keys[] = {conv_keys, bn_keys,  no_keys,    pool_keys,
-                                                no_keys,   no_keys, linear_keys};
+static const char *const *const kind_keys[] = {conv_keys, bn_keys, no_keys,    pool_keys,
+                                               no_keys,   no_keys, linear_keys};
 
 static int find_kind(const char *name) {
     for (int k = 0; k < N_KINDS; k++)
@@ -761,8 +836,10 @@ static int check_new_name(const Ctx *c, SourceLoc at, const char *name) {
     for (int i = 0; i < c->spec->n_layers; i++) {
         const LayerSpec *other = &c->spec->layers[i];
         if (path_within(other->name, name) || path_within(name, other->name))
-            return maml_fail_at(c->err, at, "layer name '%s' clashes with layer '%s' (line %d): parameter names must be unique",
-                                name, other->name, other->loc.line);
+            return maml_fail_at(
+                c->err, at,
+                "layer name '%s' clashes with layer '%s' (line %d): parameter names must be unique",
+                name, other->name, other->loc.line);
     }
     return 0;
 }
@@ -774,24 +851,28 @@ static int read_layer_name(const Ctx *c, const Scope *s, const YNode *set, const
     const char *name;
     if (require(c, set, where, "name", &raw) || as_string(c, s, raw, "name", &name)) return -1;
     if (!is_identifier(name))
-        return maml_fail_at(c->err, raw->loc, "layer name '%s' must be an identifier (letters, digits, _)", name);
+        return maml_fail_at(c->err, raw->loc,
+                            "layer name '%s' must be an identifier (letters, digits, _)", name);
     if (!concat3(l->name, sizeof l->name, prefix, name, ""))
-        return maml_fail_at(c->err, raw->loc, "layer name '%s%s' is longer than %d characters", prefix, name,
-                            SPEC_NAME_MAX - 1);
+        return maml_fail_at(c->err, raw->loc, "layer name '%s%s' is longer than %d characters",
+                            prefix, name, SPEC_NAME_MAX - 1);
     return check_new_name(c, raw->loc, l->name);
 }
 
-static int read_conv2d(const Ctx *c, const Scope *s, const YNode *set, const char *w, LayerSpec *l) {
+static int read_conv2d(const Ctx *c, const Scope *s, const YNode *set, const char *w,
+                       LayerSpec *l) {
     l->stride = 1, l->padding = 0, l->bias = true;
     if (get_int(c, s, set, w, "out_channels", 1, false, &l->out_channels) ||
         get_int(c, s, set, w, "kernel", 1, false, &l->kernel) ||
         get_int(c, s, set, w, "stride", 1, true, &l->stride) ||
-        get_int(c, s, set, w, "padding", 0, true, &l->padding) || get_bool(c, s, set, "bias", &l->bias))
+        get_int(c, s, set, w, "padding", 0, true, &l->padding) ||
+        get_bool(c, s, set, "bias", &l->bias))
         return -1;
     return 0;
 }
 
-static int read_batch_norm(const Ctx *c, const Scope *s, const YNode *set, const char *w, LayerSpec *l) {
+static int read_batch_norm(const Ctx *c, const Scope *s, const YNode *set, const char *w,
+                           LayerSpec *l) {
     l->scale = true, l->shift = true, l->eps = 1e-5; /* PyTorch's BatchNorm2d defaults */
     if (get_bool(c, s, set, "scale", &l->scale) || get_bool(c, s, set, "shift", &l->shift) ||
         get_number(c, s, set, w, "eps", NUM_POSITIVE, true, &l->eps))
@@ -799,25 +880,30 @@ static int read_batch_norm(const Ctx *c, const Scope *s, const YNode *set, const
     return 0;
 }
 
-static int read_max_pool2d(const Ctx *c, const Scope *s, const YNode *set, const char *w, LayerSpec *l) {
+static int read_max_pool2d(const Ctx *c, const Scope *s, const YNode *set, const char *w,
+                           LayerSpec *l) {
     if (get_int(c, s, set, w, "kernel", 1, false, &l->kernel)) return -1;
     l->stride = l->kernel; /* PyTorch's default */
     return get_int(c, s, set, w, "stride", 1, true, &l->stride);
 }
 
-static int read_linear(const Ctx *c, const Scope *s, const YNode *set, const char *w, LayerSpec *l) {
+static int read_linear(const Ctx *c, const Scope *s, const YNode *set, const char *w,
+                       LayerSpec *l) {
     l->bias = true;
     if (get_int(c, s, set, w, "out_features", 1, false, &l->out_features) ||
-        get_int(c, s, set, w, "in_features", 1, true, &l->in_features) || get_bool(c, s, set, "bias", &l->bias))
+        get_int(c, s, set, w, "in_features", 1, true, &l->in_features) ||
+        get_bool(c, s, set, "bias", &l->bias))
         return -1;
     return 0;
 }
 
 /* Appends one layer of the given kind; set is its settings mapping (NULL: none). */
-static int add_layer(Ctx *c, const Scope *s, int kind, const YNode *at, const YNode *set, const char *prefix) {
+static int add_layer(Ctx *c, const Scope *s, int kind, const YNode *at, const YNode *set,
+                     const char *prefix) {
     GraphSpec *spec = c->spec;
     if (spec->n_layers == SPEC_MAX_LAYERS)
-        return maml_fail_at(c->err, at->loc, "more than %d layers after block expansion", SPEC_MAX_LAYERS);
+        return maml_fail_at(c->err, at->loc, "more than %d layers after block expansion",
+                            SPEC_MAX_LAYERS);
     LayerSpec *l = &spec->layers[spec->n_layers];
     memset(l, 0, sizeof *l);
     l->kind = (LayerKind)kind;
@@ -826,16 +912,27 @@ static int add_layer(Ctx *c, const Scope *s, int kind, const YNode *at, const YN
     snprintf(where, sizeof where, "%s layer", kind_names[kind]);
     YNode none = {.kind = Y_MAP, .loc = at->loc};
     if (!set) set = &none;
-    bool named = kind == LAYER_CONV2D || kind == LAYER_BATCH_NORM || kind == LAYER_LINEAR; /* has params */
-    if (check_keys(c, set, where, kind_keys[kind]) || (named && read_layer_name(c, s, set, where, prefix, l)))
+    bool named =
+        kind == LAYER_CONV2D || kind == LAYER_BATCH_NORM || kind == LAYER_LINEAR; /* has params */
+    if (check_keys(c, set, where, kind_keys[kind]) ||
+        (named && read_layer_name(c, s, set, where, prefix, l)))
         return -1;
     int rc = 0;
     switch (l->kind) {
-    case LAYER_CONV2D: rc = read_conv2d(c, s, set, where, l); break;
-    case LAYER_BATCH_NORM: rc = read_batch_norm(c, s, set, where, l); break;
-    case LAYER_MAX_POOL2D: rc = read_max_pool2d(c, s, set, where, l); break;
-    case LAYER_LINEAR: rc = read_linear(c, s, set, where, l); break;
-    default: break;
+    case LAYER_CONV2D:
+        rc = read_conv2d(c, s, set, where, l);
+        break;
+    case LAYER_BATCH_NORM:
+        rc = read_batch_norm(c, s, set, where, l);
+        break;
+    case LAYER_MAX_POOL2D:
+        rc = read_max_pool2d(c, s, set, where, l);
+        break;
+    case LAYER_LINEAR:
+        rc = read_linear(c, s, set, where, l);
+        break;
+    default:
+        break;
     }
     if (rc) return -1;
     spec->n_layers++;
@@ -863,21 +960,30 @@ static int bind_args(const Ctx *c, const Scope *caller, const char *block, const
     for (int i = 0; args && i < args->n; i++) {
         int j = map_index(params, args->keys[i]->text);
         if (j < 0)
-            return maml_fail_at(c->err, args->keys[i]->loc, "block '%s' has no argument '%s'", block,
-                                args->keys[i]->text);
+            return maml_fail_at(c->err, args->keys[i]->loc, "block '%s' has no argument '%s'",
+                                block, args->keys[i]->text);
         if (deref(c, caller, args->items[i], &ns->values[j])) return -1;
     }
     for (int j = 0; j < n; j++) {
         if (ns->values[j]) continue;
         const YNode *d = params->items[j];
         if (d->kind == Y_SCALAR && scalar_type(d) == S_NULL)
-            return maml_fail_at(c->err, inst->loc, "block '%s' needs argument '%s'", block, params->keys[j]->text);
+            return maml_fail_at(c->err, inst->loc, "block '%s' needs argument '%s'", block,
+                                params->keys[j]->text);
         if (deref(c, NULL, d, &ns->values[j])) return -1;
     }
     return 0;
 }
 
 static const char *const instance_keys[] = {"block", "name", "args", NULL};
+
+/* A block's layer list, following a $reference as check_block_def does. The raw node of a
+ * referenced list is a scalar with no items: expanding it gave nothing, and blocks of such
+ * empty blocks fanned a 2 KB file out into billions of expansions (tests/test_fuzz_regressions.c). */
+static const YNode *block_layers(const Ctx *c, const YNode *def) {
+    const YNode *layers = NULL;
+    return as_seq(c, NULL, map_find(def, "layers"), "layers", &layers) ? NULL : layers;
+}
 
 static int expand_block(Ctx *c, const Scope *s, const YNode *inst, const char *prefix, int depth) {
     const YNode *def, *args = NULL, *raw_name = map_find(inst, "name");
@@ -887,18 +993,23 @@ static int expand_block(Ctx *c, const Scope *s, const YNode *inst, const char *p
         find_block(c, map_find(inst, "block"), block, &def))
         return -1;
     if (depth + 1 > SPEC_MAX_BLOCK_DEPTH)
-        return maml_fail_at(c->err, inst->loc, "blocks nested deeper than %d levels", SPEC_MAX_BLOCK_DEPTH);
+        return maml_fail_at(c->err, inst->loc, "blocks nested deeper than %d levels",
+                            SPEC_MAX_BLOCK_DEPTH);
     if (raw_name && as_string(c, s, raw_name, "name", &name)) return -1;
     if (raw_name && !is_identifier(name))
-        return maml_fail_at(c->err, raw_name->loc, "block instance name '%s' must be an identifier", name);
+        return maml_fail_at(c->err, raw_name->loc, "block instance name '%s' must be an identifier",
+                            name);
     if (map_find(inst, "args") && as_map(c, s, map_find(inst, "args"), "args", &args)) return -1;
     char path[SPEC_NAME_MAX], inner[SPEC_NAME_MAX]; /* "conv1" and the prefix "conv1." */
-    if (!concat3(path, sizeof path, prefix, name, "") || !concat3(inner, sizeof inner, prefix, name, *name ? "." : ""))
-        return maml_fail_at(c->err, inst->loc, "layer names get longer than %d characters", SPEC_NAME_MAX - 1);
+    if (!concat3(path, sizeof path, prefix, name, "") ||
+        !concat3(inner, sizeof inner, prefix, name, *name ? "." : ""))
+        return maml_fail_at(c->err, inst->loc, "layer names get longer than %d characters",
+                            SPEC_NAME_MAX - 1);
     if (*name && check_new_name(c, raw_name->loc, path)) return -1;
     Scope ns = {0};
     int rc = bind_args(c, s, block, def, inst, args, &ns);
-    if (!rc) rc = expand_list(c, &ns, map_find(def, "layers"), inner, depth + 1);
+    const YNode *layers = rc ? NULL : block_layers(c, def);
+    if (!rc) rc = layers ? expand_list(c, &ns, layers, inner, depth + 1) : -1;
     free(ns.values);
     return rc;
 }
@@ -911,17 +1022,21 @@ static int expand_item(Ctx *c, const Scope *s, const YNode *item, const char *pr
         return add_layer(c, s, kind, item, NULL, prefix);
     }
     if (item->kind != Y_MAP || item->n == 0)
-        return maml_fail_at(c->err, item->loc, "a layer must be a kind name, {KIND: {settings}} or {block: NAME}");
+        return maml_fail_at(c->err, item->loc,
+                            "a layer must be a kind name, {KIND: {settings}} or {block: NAME}");
     if (map_find(item, "block")) return expand_block(c, s, item, prefix, depth);
     int kind = find_kind(item->keys[0]->text);
     if (kind < 0) return unknown_kind(c, item->keys[0], item->keys[0]->text);
     if (item->n > 1)
-        return maml_fail_at(c->err, item->keys[1]->loc,
-                            "unexpected key '%s': a layer is {%s: {settings}} with the settings inside",
-                            item->keys[1]->text, kind_names[kind]);
+        return maml_fail_at(
+            c->err, item->keys[1]->loc,
+            "unexpected key '%s': a layer is {%s: {settings}} with the settings inside",
+            item->keys[1]->text, kind_names[kind]);
     const YNode *set = item->items[0];
-    if (set->kind == Y_SCALAR && scalar_type(set) == S_NULL) set = NULL;
-    else if (set->kind != Y_MAP) return type_error(c, set, set, kind_names[kind], "a mapping of settings");
+    if (set->kind == Y_SCALAR && scalar_type(set) == S_NULL)
+        set = NULL;
+    else if (set->kind != Y_MAP)
+        return type_error(c, set, set, kind_names[kind], "a mapping of settings");
     return add_layer(c, s, kind, item, set, prefix);
 }
 
@@ -940,16 +1055,19 @@ static int check_block_def(const Ctx *c, const YNode *name, const YNode *def) {
     snprintf(where, sizeof where, "block '%s'", name->text);
     if (!is_identifier(name->text))
         return maml_fail_at(c->err, name->loc, "block name '%s' must be an identifier", name->text);
-    if (def->kind != Y_MAP) return type_error(c, def, def, name->text, "a block definition {args, layers}");
+    if (def->kind != Y_MAP)
+        return type_error(c, def, def, name->text, "a block definition {args, layers}");
     if (check_keys(c, def, where, block_keys) || require(c, def, where, "layers", &layers) ||
         as_seq(c, NULL, layers, "layers", &layers))
         return -1;
-    if (layers->n == 0) return maml_fail_at(c->err, layers->loc, "block '%s' has no layers", name->text);
-    if ((args = map_find(def, "args")) && args->kind != Y_MAP) return type_error(c, args, args, "args", "a mapping");
+    if (layers->n == 0)
+        return maml_fail_at(c->err, layers->loc, "block '%s' has no layers", name->text);
+    if ((args = map_find(def, "args")) && args->kind != Y_MAP)
+        return type_error(c, args, args, "args", "a mapping");
     for (int i = 0; args && i < args->n; i++)
         if (!is_identifier(args->keys[i]->text))
-            return maml_fail_at(c->err, args->keys[i]->loc, "argument name '%s' must be an identifier",
-                                args->keys[i]->text);
+            return maml_fail_at(c->err, args->keys[i]->loc,
+                                "argument name '%s' must be an identifier", args->keys[i]->text);
     return 0;
 }
 
@@ -965,7 +1083,8 @@ static int cycle_error(const Ctx *c, const YNode *use, const char **path, int de
 
 /* Depth-first search over the blocks each block uses; state: 0 new, 1 on the path, 2 done. */
 static int visit_block(const Ctx *c, int b, int *state, const char **path, int depth) {
-    const YNode *layers = map_find(c->blocks->items[b], "layers");
+    const YNode *layers = block_layers(c, c->blocks->items[b]);
+    if (!layers) return -1;
     path[depth] = c->blocks->keys[b]->text;
     if (depth + 1 > SPEC_MAX_BLOCK_DEPTH)
         return maml_fail_at(c->err, c->blocks->keys[b]->loc, "blocks nested deeper than %d levels",
@@ -974,7 +1093,8 @@ static int visit_block(const Ctx *c, int b, int *state, const char **path, int d
     for (int i = 0; i < layers->n; i++) {
         const YNode *use = map_find(layers->items[i], "block");
         if (!use) continue;
-        if (use->kind != Y_SCALAR || scalar_type(use) != S_STR) return type_error(c, use, use, "block", "a block name");
+        if (use->kind != Y_SCALAR || scalar_type(use) != S_STR)
+            return type_error(c, use, use, "block", "a block name");
         int j = map_index(c->blocks, use->text);
         if (j < 0) return maml_fail_at(c->err, use->loc, "unknown block '%s'", use->text);
         if (state[j] == 1) return cycle_error(c, use, path, depth);
@@ -1004,7 +1124,8 @@ static int read_input(Ctx *c, const YNode *model) {
     const YNode *raw = NULL, *seq = NULL;
     if (require(c, model, "model", "input", &raw) || as_seq(c, NULL, raw, "input", &seq)) return -1;
     if (seq->n != 1 && seq->n != 3)
-        return maml_fail_at(c->err, seq->loc, "'input' must be [C, H, W] or [features], got %d dimensions", seq->n);
+        return maml_fail_at(c->err, seq->loc,
+                            "'input' must be [C, H, W] or [features], got %d dimensions", seq->n);
     ExampleShape *in = &c->spec->input;
     in->rank = seq->n;
     for (int i = 0; i < seq->n; i++)
@@ -1019,10 +1140,11 @@ static const char *const loss_names[] = {"cross_entropy", "mse"};
 static int read_model(Ctx *c) {
     const YNode *raw = NULL, *model = NULL, *layers = NULL;
     int loss;
-    if (require(c, c->root, "the graph file", "model", &raw) || as_map(c, NULL, raw, "model", &model) ||
-        check_keys(c, model, "model", model_keys) || read_input(c, model) ||
-        get_enum(c, model, "model", "loss", loss_names, 2, false, &loss) || check_blocks(c, model) ||
-        require(c, model, "model", "layers", &raw) || as_seq(c, NULL, raw, "layers", &layers))
+    if (require(c, c->root, "the graph file", "model", &raw) ||
+        as_map(c, NULL, raw, "model", &model) || check_keys(c, model, "model", model_keys) ||
+        read_input(c, model) || get_enum(c, model, "model", "loss", loss_names, 2, false, &loss) ||
+        check_blocks(c, model) || require(c, model, "model", "layers", &raw) ||
+        as_seq(c, NULL, raw, "layers", &layers))
         return -1;
     c->spec->loss = (LossKind)loss;
     c->loss = map_find(model, "loss");
@@ -1035,8 +1157,10 @@ static int read_model(Ctx *c) {
 /* ---------------------------------------------------------------------------------------
  * MAML settings */
 
-static const char *const maml_keys[] = {"n_way", "k_shot", "q_query", "meta_batch", "inner", "outer", "eval", NULL};
-static const char *const inner_keys[] = {"steps", "lr", "lr_init", "first_order", "adapt", "reduction", NULL};
+static const char *const maml_keys[] = {"n_way", "k_shot", "q_query", "meta_batch",
+                                        "inner", "outer",  "eval",    NULL};
+static const char *const inner_keys[] = {"steps", "lr",        "lr_init", "first_order",
+                                         "adapt", "reduction", NULL};
 static const char *const outer_keys[] = {"optimizer", "lr", "beta1", "beta2", "eps", NULL};
 static const char *const eval_keys[] = {"inner_steps", "lr", "tasks", NULL};
 static const char *const reduction_names[] = {"mean", "sum", "sum_over_k_shot"};
@@ -1057,10 +1181,13 @@ static int read_inner_lr(Ctx *c, const YNode *inner) {
     m->inner.lr_learnable = v->kind == Y_SCALAR && !v->quoted && !strcmp(v->text, "learnable");
     if (!m->inner.lr_learnable) {
         if (init)
-            return maml_fail_at(c->err, key_loc(inner, "lr_init"), "'lr_init' applies only when 'lr' is learnable");
+            return maml_fail_at(c->err, key_loc(inner, "lr_init"),
+                                "'lr_init' applies only when 'lr' is learnable");
         return as_number(c, NULL, raw, "lr", NUM_POSITIVE, &m->inner.lr);
     }
-    if (!init) return maml_fail_at(c->err, v->loc, "'lr: learnable' needs 'lr_init' (the initial inner learning rate)");
+    if (!init)
+        return maml_fail_at(c->err, v->loc,
+                            "'lr: learnable' needs 'lr_init' (the initial inner learning rate)");
     return as_number(c, NULL, init, "lr_init", NUM_POSITIVE, &m->inner.lr);
 }
 
@@ -1070,7 +1197,8 @@ static int read_adapt(Ctx *c, const YNode *inner) {
     const YNode *raw = map_find(inner, "adapt"), *v = NULL;
     if (!raw || deref(c, NULL, raw, &v)) return raw ? -1 : 0;
     if (v->kind == Y_SCALAR && !v->quoted && !strcmp(v->text, "all")) return 0;
-    if (v->kind != Y_SEQ || v->n == 0) return type_error(c, raw, v, "adapt", "all or a non-empty list of globs");
+    if (v->kind != Y_SEQ || v->n == 0)
+        return type_error(c, raw, v, "adapt", "all or a non-empty list of globs");
     m->inner.adapt = maml_calloc((size_t)v->n, sizeof *m->inner.adapt, c->err);
     c->globs = maml_calloc((size_t)v->n, sizeof *c->globs, c->err);
     if (!m->inner.adapt || !c->globs) return -1;
@@ -1090,8 +1218,9 @@ static int read_inner(Ctx *c, const YNode *maml) {
     int red = REDUCE_MEAN;
     m->inner.first_order = false; /* MAML proper is second order */
     if (section(c, maml, "maml", "inner", "maml.inner", inner_keys, &inner) ||
-        get_int(c, NULL, inner, "maml.inner", "steps", 1, false, &m->inner.steps) || read_inner_lr(c, inner) ||
-        get_bool(c, NULL, inner, "first_order", &m->inner.first_order) || read_adapt(c, inner) ||
+        get_int(c, NULL, inner, "maml.inner", "steps", 1, false, &m->inner.steps) ||
+        read_inner_lr(c, inner) || get_bool(c, NULL, inner, "first_order", &m->inner.first_order) ||
+        read_adapt(c, inner) ||
         get_enum(c, inner, "maml.inner", "reduction", reduction_names, 3, true, &red))
         return -1;
     m->inner.reduction = (LossReduction)red;
@@ -1110,8 +1239,8 @@ static int read_outer(Ctx *c, const YNode *maml) {
     m->outer.optimizer = (OptimizerKind)opt;
     for (int i = 2; m->outer.optimizer == OPT_SGD && outer_keys[i]; i++)
         if (map_find(outer, outer_keys[i]))
-            return maml_fail_at(c->err, key_loc(outer, outer_keys[i]), "'%s' applies only to optimizer adam",
-                                outer_keys[i]);
+            return maml_fail_at(c->err, key_loc(outer, outer_keys[i]),
+                                "'%s' applies only to optimizer adam", outer_keys[i]);
     if (get_number(c, NULL, outer, "maml.outer", "beta1", NUM_FRACTION, true, &m->outer.beta1) ||
         get_number(c, NULL, outer, "maml.outer", "beta2", NUM_FRACTION, true, &m->outer.beta2) ||
         get_number(c, NULL, outer, "maml.outer", "eps", NUM_POSITIVE, true, &m->outer.eps))
@@ -1138,11 +1267,10 @@ static int read_maml(Ctx *c) {
         get_int(c, NULL, maml, "maml", "n_way", 1, false, &m->n_way) ||
         get_int(c, NULL, maml, "maml", "k_shot", 1, false, &m->k_shot) ||
         get_int(c, NULL, maml, "maml", "q_query", 1, false, &m->q_query) ||
-        get_int(c, NULL, maml, "maml", "meta_batch", 1, false, &m->meta_batch) || read_inner(c, maml) ||
-        read_outer(c, maml) || read_eval(c, maml))
+        get_int(c, NULL, maml, "maml", "meta_batch", 1, false, &m->meta_batch) ||
+        read_inner(c, maml) || read_outer(c, maml) || read_eval(c, maml))
         return -1;
     c->n_way = map_find(maml, "n_way");
-    c->k_shot = map_find(maml, "k_shot");
     c->q_query = map_find(maml, "q_query");
     return 0;
 }
@@ -1153,9 +1281,11 @@ static int read_maml(Ctx *c) {
 static const char *const dataset_names[] = {"omniglot", "sinusoid"};
 static const char *const split_names[] = {"background_evaluation", "shuffled_characters"};
 static const char *const resize_names[] = {"nearest", "lanczos"};
-static const char *const omniglot_keys[] = {"dataset", "seed", "split", "train_characters", "rotations",
-                                            "image_size", "resize", "invert", NULL};
-static const char *const sinusoid_keys[] = {"dataset", "seed", "amplitude", "phase", "x_range", NULL};
+static const char *const omniglot_keys[] = {"dataset",          "seed",      "split",
+                                            "train_characters", "rotations", "image_size",
+                                            "resize",           "invert",    NULL};
+static const char *const sinusoid_keys[] = {"dataset", "seed",    "amplitude",
+                                            "phase",   "x_range", NULL};
 
 static int read_rotations(Ctx *c, const YNode *data) {
     DataSettings *d = &c->spec->data;
@@ -1169,10 +1299,12 @@ static int read_rotations(Ctx *c, const YNode *data) {
         int64_t r;
         if (as_int(c, NULL, seq->items[i], "rotations", 0, 270, &r)) return -1;
         if (r % 90)
-            return maml_fail_at(c->err, seq->items[i]->loc, "rotation %lld is not one of 0, 90, 180, 270", (long long)r);
+            return maml_fail_at(c->err, seq->items[i]->loc,
+                                "rotation %lld is not one of 0, 90, 180, 270", (long long)r);
         for (int j = 0; j < i; j++)
             if (d->rotations[j] == r)
-                return maml_fail_at(c->err, seq->items[i]->loc, "rotation %lld is listed twice", (long long)r);
+                return maml_fail_at(c->err, seq->items[i]->loc, "rotation %lld is listed twice",
+                                    (long long)r);
         d->rotations[i] = (int)r;
     }
     d->n_rotations = seq->n;
@@ -1192,16 +1324,18 @@ static int read_omniglot(Ctx *c, const YNode *data) {
         return -1;
     d->split = (SplitKind)split;
     d->resize = (ResizeFilter)resize;
-    c->image_size = map_find(data, "image_size");
     if (d->image_size > OMNIGLOT_PNG_SIZE)
-        return maml_fail_at(c->err, c->image_size->loc, "'image_size' %d is larger than the %dx%d Omniglot images",
+        return maml_fail_at(c->err, map_find(data, "image_size")->loc,
+                            "'image_size' %d is larger than the %dx%d Omniglot images",
                             d->image_size, OMNIGLOT_PNG_SIZE, OMNIGLOT_PNG_SIZE);
     if (d->split == SPLIT_BACKGROUND_EVALUATION && tc)
         return maml_fail_at(c->err, key_loc(data, "train_characters"),
                             "'train_characters' applies only to split shuffled_characters");
     if (d->split != SPLIT_SHUFFLED_CHARACTERS) return 0;
     int64_t n;
-    if (!tc) return maml_fail_at(c->err, data->loc, "split shuffled_characters needs 'train_characters'");
+    if (!tc)
+        return maml_fail_at(c->err, data->loc,
+                            "split shuffled_characters needs 'train_characters'");
     if (as_int(c, NULL, tc, "train_characters", 1, OMNIGLOT_CHARACTERS - 1, &n)) return -1;
     d->train_characters = (int)n;
     return 0;
@@ -1216,7 +1350,8 @@ static int read_range(Ctx *c, const YNode *data, const char *key, bool nonneg, d
     double v[2];
     for (int i = 0; i < 2; i++)
         if (as_number(c, NULL, seq->items[i], key, nonneg ? NUM_NONNEG : NUM_ANY, &v[i])) return -1;
-    if (v[0] > v[1]) return maml_fail_at(c->err, seq->loc, "'%s' must be [low, high] with low <= high", key);
+    if (v[0] > v[1])
+        return maml_fail_at(c->err, seq->loc, "'%s' must be [low, high] with low <= high", key);
     out[0] = v[0], out[1] = v[1];
     return 0;
 }
@@ -1227,8 +1362,10 @@ static int read_sinusoid(Ctx *c, const YNode *data) {
     d->amplitude[0] = 0.1, d->amplitude[1] = 5.0;
     d->phase[0] = 0.0, d->phase[1] = M_PI;
     d->x_range[0] = -5.0, d->x_range[1] = 5.0;
-    if (check_keys(c, data, "data (sinusoid)", sinusoid_keys) || read_range(c, data, "amplitude", true, d->amplitude) ||
-        read_range(c, data, "phase", false, d->phase) || read_range(c, data, "x_range", false, d->x_range))
+    if (check_keys(c, data, "data (sinusoid)", sinusoid_keys) ||
+        read_range(c, data, "amplitude", true, d->amplitude) ||
+        read_range(c, data, "phase", false, d->phase) ||
+        read_range(c, data, "x_range", false, d->x_range))
         return -1;
     return 0;
 }
@@ -1238,11 +1375,11 @@ static int read_data(Ctx *c) {
     const YNode *raw = NULL, *data = NULL;
     int dataset;
     int64_t seed;
-    if (require(c, c->root, "the graph file", "data", &raw) || as_map(c, NULL, raw, "data", &data) ||
+    if (require(c, c->root, "the graph file", "data", &raw) ||
+        as_map(c, NULL, raw, "data", &data) ||
         get_enum(c, data, "data", "dataset", dataset_names, 2, false, &dataset))
         return -1;
     d->dataset = (DatasetKind)dataset;
-    c->dataset = map_find(data, "dataset");
     if ((d->dataset == DATASET_OMNIGLOT ? read_omniglot(c, data) : read_sinusoid(c, data)) ||
         require(c, data, "data", "seed", &raw) || as_int(c, NULL, raw, "seed", 0, INT64_MAX, &seed))
         return -1;
@@ -1257,31 +1394,40 @@ static int check_omniglot(const Ctx *c) {
     const GraphSpec *s = c->spec;
     const DataSettings *d = &s->data;
     if (s->loss != LOSS_CROSS_ENTROPY)
-        return maml_fail_at(c->err, c->loss->loc, "Omniglot is classification: 'loss' must be cross_entropy");
+        return maml_fail_at(c->err, c->loss->loc,
+                            "Omniglot is classification: 'loss' must be cross_entropy");
     const ExampleShape *in = &s->input;
-    if (in->rank != 3 || in->dims[0] != 1 || in->dims[1] != d->image_size || in->dims[2] != d->image_size)
-        return maml_fail_at(c->err, c->input->loc, "'input' must be [1, %d, %d] for Omniglot images of size %d",
+    if (in->rank != 3 || in->dims[0] != 1 || in->dims[1] != d->image_size ||
+        in->dims[2] != d->image_size)
+        return maml_fail_at(c->err, c->input->loc,
+                            "'input' must be [1, %d, %d] for Omniglot images of size %d",
                             d->image_size, d->image_size, d->image_size);
     if (s->maml.k_shot + s->maml.q_query > OMNIGLOT_DRAWINGS)
-        return maml_fail_at(c->err, c->q_query->loc,
-                            "k_shot + q_query = %d exceeds the %d drawings of an Omniglot character",
-                            s->maml.k_shot + s->maml.q_query, OMNIGLOT_DRAWINGS);
+        return maml_fail_at(
+            c->err, c->q_query->loc,
+            "k_shot + q_query = %d exceeds the %d drawings of an Omniglot character",
+            s->maml.k_shot + s->maml.q_query, OMNIGLOT_DRAWINGS);
     int train = d->split == SPLIT_SHUFFLED_CHARACTERS ? d->train_characters : OMNIGLOT_BACKGROUND;
-    int test = d->split == SPLIT_SHUFFLED_CHARACTERS ? OMNIGLOT_CHARACTERS - train : OMNIGLOT_EVALUATION;
+    int test =
+        d->split == SPLIT_SHUFFLED_CHARACTERS ? OMNIGLOT_CHARACTERS - train : OMNIGLOT_EVALUATION;
     int classes = (train < test ? train : test) * d->n_rotations;
     if (s->maml.n_way < 2 || s->maml.n_way > classes)
-        return maml_fail_at(c->err, c->n_way->loc, "'n_way' must be between 2 and %d (the classes of the smaller split), got %d",
-                            classes, s->maml.n_way);
+        return maml_fail_at(
+            c->err, c->n_way->loc,
+            "'n_way' must be between 2 and %d (the classes of the smaller split), got %d", classes,
+            s->maml.n_way);
     return 0;
 }
 
 static int check_sinusoid(const Ctx *c) {
     const GraphSpec *s = c->spec;
-    if (s->loss != LOSS_MSE) return maml_fail_at(c->err, c->loss->loc, "sinusoid is regression: 'loss' must be mse");
+    if (s->loss != LOSS_MSE)
+        return maml_fail_at(c->err, c->loss->loc, "sinusoid is regression: 'loss' must be mse");
     if (s->input.rank != 1 || s->input.dims[0] != 1)
         return maml_fail_at(c->err, c->input->loc, "'input' must be [1] for the sinusoid dataset");
     if (s->maml.n_way != 1)
-        return maml_fail_at(c->err, c->n_way->loc, "'n_way' must be 1 for the sinusoid dataset (one function per task)");
+        return maml_fail_at(c->err, c->n_way->loc,
+                            "'n_way' must be 1 for the sinusoid dataset (one function per task)");
     return 0;
 }
 
@@ -1290,7 +1436,8 @@ static int check_globs(const Ctx *c) {
     const GraphSpec *s = c->spec;
     for (int i = 0; i < s->maml.inner.n_adapt; i++) {
         bool hit = false;
-        for (int p = 0; p < s->n_params && !hit; p++) hit = fnmatch(s->maml.inner.adapt[i], s->params[p].name, 0) == 0;
+        for (int p = 0; p < s->n_params && !hit; p++)
+            hit = fnmatch(s->maml.inner.adapt[i], s->params[p].name, 0) == 0;
         if (!hit)
             return maml_fail_at(c->err, c->globs[i]->loc, "adapt pattern '%s' matches no parameter",
                                 s->maml.inner.adapt[i]);
@@ -1303,8 +1450,8 @@ static int check_globs(const Ctx *c) {
 
 /* spec->path holds the file's path followed by one "--set KEY=VALUE" label per override, so
  * the locations of nodes that came from an override stay valid as long as the spec. */
-static int make_labels(GraphSpec *spec, const char *path, const char *const *ov, int n, const char **labels,
-                       MamlError *err) {
+static int make_labels(GraphSpec *spec, const char *path, const char *const *ov, int n,
+                       const char **labels, MamlError *err) {
     size_t size = strlen(path) + 1;
     for (int i = 0; i < n; i++) size += strlen("--set ") + strlen(ov[i]) + 1;
     char *p = spec->path = maml_alloc(size, err);
@@ -1327,17 +1474,21 @@ static int load(Ctx *c, const char *path, const char *const *overrides, int n_ov
     if (!rc) rc = read_file(path, &text, &len, c->err);
     if (!rc) rc = parse_yaml(text, len, c->file, false, &c->root, c->err);
     free(text);
-    if (!rc && !c->root) rc = maml_fail_at(c->err, (SourceLoc){c->file, 1, 1}, "the graph file is empty");
+    if (!rc && !c->root)
+        rc = maml_fail_at(c->err, (SourceLoc){c->file, 1, 1}, "the graph file is empty");
     if (!rc && c->root->kind != Y_MAP)
-        rc = maml_fail_at(c->err, c->root->loc, "the graph file must be a mapping with model, maml and data");
-    for (int i = 0; !rc && i < n_overrides; i++) rc = apply_override(c->root, overrides[i], labels[i], c->err);
+        rc = maml_fail_at(c->err, c->root->loc,
+                          "the graph file must be a mapping with model, maml and data");
+    for (int i = 0; !rc && i < n_overrides; i++)
+        rc = apply_override(c->root, overrides[i], labels[i], c->err);
     free(labels);
     return rc;
 }
 
 static const char *const top_keys[] = {"model", "maml", "data", NULL};
 
-int spec_load(const char *path, const char *const *overrides, int n_overrides, GraphSpec *out, MamlError *err) {
+int spec_load(const char *path, const char *const *overrides, int n_overrides, GraphSpec *out,
+              MamlError *err) {
     memset(out, 0, sizeof *out);
     Ctx c = {.spec = out, .err = err};
     int rc = load(&c, path, overrides, n_overrides);
@@ -1358,7 +1509,8 @@ int spec_load(const char *path, const char *const *overrides, int n_overrides, G
 
 void spec_free(GraphSpec *spec) {
     if (!spec) return;
-    for (int i = 0; spec->maml.inner.adapt && i < spec->maml.inner.n_adapt; i++) free(spec->maml.inner.adapt[i]);
+    for (int i = 0; spec->maml.inner.adapt && i < spec->maml.inner.n_adapt; i++)
+        free(spec->maml.inner.adapt[i]);
     free(spec->maml.inner.adapt);
     free(spec->path);
     free(spec->layers);

@@ -1,0 +1,192 @@
+#include "memplan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* A group is a chain of buffers sharing bytes through in-place writes; it is placed as one. */
+typedef struct {
+    int rep;            /* first buffer of the chain */
+    int first, last;    /* union of the members' lifetimes */
+    int64_t bytes;
+    int64_t offset;
+    bool placed;
+} Group;
+
+static int64_t round_up(int64_t n, int64_t a) {
+    return (n + a - 1) / a * a;
+}
+
+static int liveness(const KernelProgram *p, MemPlan *m, MamlError *err) {
+    int *reads = maml_alloc(((size_t)p->n_bufs + 1) * sizeof *reads, err);
+    if (!reads) return -1;
+    for (int b = 0; b < p->n_bufs; b++) {
+        m->bytes[b] = round_up(p->bufs[b].numel * (int64_t)m->elem_size, MEMPLAN_ALIGN);
+        m->first[b] = p->bufs[b].kind == BUF_INPUT ? -1 : p->n_kernels;
+        m->last[b] = p->bufs[b].is_output ? p->n_kernels : -1;
+        m->inplace[b] = -1;
+    }
+    for (int k = 0; k < p->n_kernels; k++) {
+        int w = kernel_writes(&p->kernels[k]);
+        if (m->first[w] > k) m->first[w] = k;
+        int n = kernel_reads(&p->kernels[k], reads, p->n_bufs);
+        for (int i = 0; i < n; i++)
+            if (m->last[reads[i]] < k) m->last[reads[i]] = k;
+    }
+    for (int b = 0; b < p->n_bufs; b++)
+        if (m->last[b] < m->first[b]) m->last[b] = m->first[b]; /* written, never read */
+    free(reads);
+    return 0;
+}
+
+/* Lets each loop kernel take over an operand that dies there, when that is legal. */
+static int plan_inplace(const KernelProgram *p, MemPlan *m, MamlError *err) {
+    int *reads = maml_alloc(((size_t)p->n_bufs + 1) * sizeof *reads, err);
+    if (!reads) return -1;
+    bool *taken = maml_calloc((size_t)p->n_bufs + 1, sizeof *taken, err);
+    if (!taken) {
+        free(reads);
+        return -1;
+    }
+    for (int k = 0; k < p->n_kernels; k++) {
+        const Kernel *kn = &p->kernels[k];
+        int w = kernel_writes(kn);
+        if (m->first[w] != k) continue;
+        int n = kernel_reads(kn, reads, p->n_bufs);
+        for (int i = 0; i < n; i++) {
+            int b = reads[i];
+            if (taken[b] || m->last[b] != k || p->bufs[b].is_output || m->bytes[b] != m->bytes[w] ||
+                !kernel_can_write_in_place(kn, b))
+                continue;
+            m->inplace[w] = b;
+            taken[b] = true;
+            m->n_inplace++;
+            break;
+        }
+    }
+    free(taken);
+    free(reads);
+    return 0;
+}
+
+static int64_t compute_lower_bound(const KernelProgram *p, const MemPlan *m, MamlError *err) {
+    /* live bytes at time t (t = -1 .. n_kernels) via a difference array */
+    int64_t *delta = maml_calloc((size_t)p->n_kernels + 3, sizeof *delta, err);
+    if (!delta) return -1;
+    for (int b = 0; b < p->n_bufs; b++) {
+        delta[m->first[b] + 1] += m->bytes[b];
+        delta[m->last[b] + 2] -= m->bytes[b];
+    }
+    int64_t live = 0, best = 0;
+    for (int t = 0; t < p->n_kernels + 2; t++) {
+        live += delta[t];
+        if (live > best) best = live;
+    }
+    free(delta);
+    return best;
+}
+
+static int group_cmp(const void *a, const void *b) {
+    const Group *x = a, *y = b;
+    if (x->bytes != y->bytes) return x->bytes < y->bytes ? 1 : -1;
+    return x->first - y->first;
+}
+
+static bool overlaps(const Group *a, const Group *b) {
+    return a->first <= b->last && b->first <= a->last;
+}
+
+static int offset_cmp(const void *a, const void *b) {
+    const Group *x = *(Group *const *)a, *y = *(Group *const *)b;
+    return (x->offset > y->offset) - (x->offset < y->offset);
+}
+
+/* Best fit: the smallest gap between already placed groups that overlap g in time. */
+static void place(Group *groups, int n, Group *g, Group **tmp) {
+    int c = 0;
+    for (int i = 0; i < n; i++)
+        if (groups[i].placed && overlaps(&groups[i], g)) tmp[c++] = &groups[i];
+    qsort(tmp, (size_t)c, sizeof *tmp, offset_cmp);
+    int64_t at = 0, best = -1, best_gap = INT64_MAX;
+    for (int i = 0; i < c; i++) {
+        int64_t gap = tmp[i]->offset - at;
+        if (gap >= g->bytes && gap < best_gap) best = at, best_gap = gap;
+        int64_t end = tmp[i]->offset + tmp[i]->bytes;
+        if (end > at) at = end;
+    }
+    g->offset = best >= 0 ? best : at;
+    g->placed = true;
+}
+
+static int place_groups(const KernelProgram *p, MemPlan *m, MamlError *err) {
+    int *group_of = maml_alloc(((size_t)p->n_bufs + 1) * sizeof *group_of, err);
+    Group *groups = maml_calloc((size_t)p->n_bufs + 1, sizeof *groups, err);
+    Group **tmp = maml_calloc((size_t)p->n_bufs + 1, sizeof *tmp, err);
+    int n = 0, rc = (!group_of || !groups || !tmp) ? -1 : 0;
+    /* buffers come in kernel order, so an in-place source's group already exists */
+    for (int b = 0; rc == 0 && b < p->n_bufs; b++) {
+        int src = m->inplace[b];
+        if (src >= 0 && src < b) {
+            Group *g = &groups[group_of[src]];
+            group_of[b] = group_of[src];
+            if (m->last[b] > g->last) g->last = m->last[b];
+            continue;
+        }
+        groups[n] = (Group){.rep = b, .first = m->first[b], .last = m->last[b], .bytes = m->bytes[b]};
+        group_of[b] = n++;
+    }
+    if (rc == 0) {
+        qsort(groups, (size_t)n, sizeof *groups, group_cmp);
+        for (int i = 0; i < n; i++) place(groups, n, &groups[i], tmp);
+        for (int i = 0; i < n; i++) {
+            m->offset[groups[i].rep] = groups[i].offset;
+            int64_t end = groups[i].offset + groups[i].bytes;
+            if (end > m->arena_bytes) m->arena_bytes = end;
+        }
+        /* in-place members follow their source (buffer order is kernel order) */
+        for (int b = 0; b < p->n_bufs; b++)
+            if (m->inplace[b] >= 0) m->offset[b] = m->offset[m->inplace[b]];
+    }
+    free(group_of);
+    free(groups);
+    free(tmp);
+    return rc;
+}
+
+int memplan_build(const KernelProgram *p, size_t elem_size, MemPlan *out, MamlError *err) {
+    memset(out, 0, sizeof *out);
+    size_t n = (size_t)p->n_bufs + 1;
+    out->n_bufs = p->n_bufs;
+    out->elem_size = elem_size;
+    out->offset = maml_calloc(n, sizeof *out->offset, err);
+    out->bytes = maml_calloc(n, sizeof *out->bytes, err);
+    out->first = maml_calloc(n, sizeof *out->first, err);
+    out->last = maml_calloc(n, sizeof *out->last, err);
+    out->inplace = maml_calloc(n, sizeof *out->inplace, err);
+    int rc = (!out->offset || !out->bytes || !out->first || !out->last || !out->inplace) ? -1 : 0;
+    if (rc == 0) rc = liveness(p, out, err);
+    if (rc == 0) rc = plan_inplace(p, out, err);
+    if (rc == 0) rc = place_groups(p, out, err);
+    if (rc == 0) {
+        out->lower_bound = compute_lower_bound(p, out, err);
+        if (out->lower_bound < 0) rc = -1;
+    }
+    for (int b = 0; rc == 0 && b < p->n_bufs; b++) {
+        if (p->bufs[b].kind == BUF_INPUT) out->input_bytes += out->bytes[b];
+        else out->temp_bytes += out->bytes[b];
+    }
+    if (rc) memplan_free(out);
+    return rc;
+}
+
+void memplan_free(MemPlan *m) {
+    free(m->offset);
+    free(m->bytes);
+    free(m->first);
+    free(m->last);
+    free(m->inplace);
+    memset(m, 0, sizeof *m);
+}
+
+bool memplan_overlap(const MemPlan *m, int a, int b) {
+    return m->offset[a] < m->offset[b] + m->bytes[b] && m->offset[b] < m->offset[a] + m->bytes[a];
+}
