@@ -80,7 +80,10 @@
 #define SPEC_MAX_BLOCK_DEPTH 16       /* nested block instances */
 #define SPEC_MAX_DIM 65536            /* any size or count in the file */
 #define SPEC_MAX_REF_HOPS 16          /* $a -> $b -> ... before we call it a cycle */
-#define OMNIGLOT_DRAWINGS 20          /* drawings per Omniglot character */
+/* Entries of one YAML mapping or sequence: the duplicate-key check is quadratic, and a 1 MiB
+ * mapping of 100k keys took half a minute; no graph needs more than a few dozen. */
+#define SPEC_MAX_ENTRIES 1024
+#define OMNIGLOT_DRAWINGS 20 /* drawings per Omniglot character */
 #define OMNIGLOT_CHARACTERS 1623
 #define OMNIGLOT_BACKGROUND 964
 #define OMNIGLOT_EVALUATION 659
@@ -345,6 +348,11 @@ static int read_children(Reader *r, YNode *n, yaml_event_type_t end, int depth) 
         yaml_event_t ev;
         if (next_event(r, &ev)) return -1;
         if (ev.type == end) return yaml_event_delete(&ev), 0;
+        if (n->n == SPEC_MAX_ENTRIES) {
+            yaml_event_delete(&ev);
+            return maml_fail_at(r->err, n->loc, "%s with more than %d entries",
+                                n->kind == Y_MAP ? "mapping" : "sequence", SPEC_MAX_ENTRIES);
+        }
         YNode *key = NULL, *item = NULL;
         int rc = read_node(r, &ev, depth + 1, n->kind == Y_MAP ? &key : &item);
         yaml_event_delete(&ev);
@@ -777,7 +785,9 @@ static int apply_override(YNode *root, const char *setting, const char *label, M
     memcpy(path, setting, (size_t)(eq - setting));
     path[eq - setting] = '\0';
     if (!is_ref_path(path))
-        return maml_fail_at(err, loc, "malformed setting path '%s' (expected dotted names)", path);
+        return maml_fail_at(
+            err, loc,
+            "malformed setting path '%s' (expected dotted key names such as maml.inner.lr)", path);
     YNode *value;
     if (parse_override_value(eq + 1, label, &value, err)) return -1;
     YNode *map = root;
@@ -979,7 +989,8 @@ static const char *const instance_keys[] = {"block", "name", "args", NULL};
 
 /* A block's layer list, following a $reference as check_block_def does. The raw node of a
  * referenced list is a scalar with no items: expanding it gave nothing, and blocks of such
- * empty blocks fanned a 2 KB file out into billions of expansions (tests/test_fuzz_regressions.c). */
+ * empty blocks fanned a 2 KB file out into billions of expansions (tests/test_fuzz_regressions.c).
+ */
 static const YNode *block_layers(const Ctx *c, const YNode *def) {
     const YNode *layers = NULL;
     return as_seq(c, NULL, map_find(def, "layers"), "layers", &layers) ? NULL : layers;
@@ -1487,6 +1498,13 @@ static int load(Ctx *c, const char *path, const char *const *overrides, int n_ov
 
 static const char *const top_keys[] = {"model", "maml", "data", NULL};
 
+/* Messages quote the user's text, which may hold line breaks ("a\nb" keys, block scalars);
+ * errors are one line. */
+static void one_line(MamlError *err) {
+    for (char *p = err ? err->message : NULL; p && *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = ' ';
+}
+
 int spec_load(const char *path, const char *const *overrides, int n_overrides, GraphSpec *out,
               MamlError *err) {
     memset(out, 0, sizeof *out);
@@ -1503,7 +1521,7 @@ int spec_load(const char *path, const char *const *overrides, int n_overrides, G
     if (!rc) rc = check_globs(&c);
     ynode_free(c.root);
     free(c.globs);
-    if (rc) spec_free(out);
+    if (rc) spec_free(out), one_line(err);
     return rc;
 }
 

@@ -527,9 +527,9 @@ Test(overrides, wrong_type_goes_through_the_same_checks_as_the_file) {
 Test(overrides, missing_equals_sign_and_bad_path_are_rejected) {
     expect_override_error("maml.n_way", "--set maml.n_way: expected KEY=VALUE");
     expect_override_error("=3", "--set =3: expected KEY=VALUE");
-    expect_override_error(
-        "maml..n_way=3",
-        "--set maml..n_way=3: malformed setting path 'maml..n_way' (expected dotted names)");
+    expect_override_error("maml..n_way=3",
+                          "--set maml..n_way=3: malformed setting path 'maml..n_way' (expected "
+                          "dotted key names such as maml.inner.lr)");
 }
 
 Test(overrides, malformed_yaml_value_reports_the_override) {
@@ -657,6 +657,11 @@ Test(malformed, unsupported_tag_is_refused) {
 Test(malformed, unknown_top_level_key) {
     expect_edit_error("maml:\n", "mamll: {}\nmaml:\n",
                       "17:1: unknown key 'mamll' in the graph file (expected model, maml, data)");
+}
+
+Test(malformed, messages_stay_on_one_line_when_quoting_multiline_text) {
+    expect_edit_error("  loss: cross_entropy\n", "  loss: cross_entropy\n  \"lo\\nss\": mse\n",
+                      "4:3: unknown key 'lo ss' in model (expected input, loss, blocks, layers)");
 }
 
 Test(malformed, unknown_key_in_model) {
