@@ -33,35 +33,49 @@ static int emit_pool(Graph *g, const Node *n) {
 int pass_emit(Graph *g, const Node *n) {
     const int *in = n->in;
     switch (n->op) {
-    case OP_INPUT: return g_input(g, n->name, n->input_kind, n->dtype, n->shape);
-    case OP_CONST: return g_const(g, n->attr.value, n->shape);
+    case OP_INPUT:
+        return g_input(g, n->name, n->input_kind, n->dtype, n->shape);
+    case OP_CONST:
+        return g_const(g, n->attr.value, n->shape);
     case OP_ADD:
     case OP_SUB:
     case OP_MUL:
     case OP_DIV:
     case OP_GT:
-    case OP_EQ: return g_binary(g, n->op, in[0], in[1]);
+    case OP_EQ:
+        return g_binary(g, n->op, in[0], in[1]);
     case OP_NEG:
     case OP_EXP:
     case OP_LOG:
     case OP_RSQRT:
     case OP_SQRT:
-    case OP_STOP_GRAD: return g_unary(g, n->op, in[0]);
-    case OP_SELECT: return g_select(g, in[0], in[1], in[2]);
+    case OP_STOP_GRAD:
+        return g_unary(g, n->op, in[0]);
+    case OP_SELECT:
+        return g_select(g, in[0], in[1], in[2]);
     case OP_REDUCE_SUM:
-    case OP_REDUCE_MAX: return g_reduce(g, n->op, in[0], n->attr.axes);
-    case OP_BROADCAST: return g_broadcast(g, in[0], n->shape);
-    case OP_RESHAPE: return g_reshape(g, in[0], n->shape);
-    case OP_PERMUTE: return g_permute(g, in[0], n->attr.perm);
-    case OP_MATMUL: return g_matmul(g, in[0], in[1], n->attr.trans_a, n->attr.trans_b);
+    case OP_REDUCE_MAX:
+        return g_reduce(g, n->op, in[0], n->attr.axes);
+    case OP_BROADCAST:
+        return g_broadcast(g, in[0], n->shape);
+    case OP_RESHAPE:
+        return g_reshape(g, in[0], n->shape);
+    case OP_PERMUTE:
+        return g_permute(g, in[0], n->attr.perm);
+    case OP_MATMUL:
+        return g_matmul(g, in[0], in[1], n->attr.trans_a, n->attr.trans_b);
     case OP_CONV2D:
     case OP_CONV2D_GRAD_INPUT:
-    case OP_CONV2D_GRAD_WEIGHT: return emit_conv(g, n);
+    case OP_CONV2D_GRAD_WEIGHT:
+        return emit_conv(g, n);
     case OP_MAX_POOL2D:
     case OP_POOL_SCATTER:
-    case OP_POOL_GATHER: return emit_pool(g, n);
-    case OP_ONE_HOT: return g_one_hot(g, in[0], n->attr.depth);
-    case OP_COUNT: break;
+    case OP_POOL_GATHER:
+        return emit_pool(g, n);
+    case OP_ONE_HOT:
+        return g_one_hot(g, in[0], n->attr.depth);
+    case OP_COUNT:
+        break;
     }
     return g_reshape(g, -1, shape_scalar()); /* records the failure in g */
 }
@@ -70,6 +84,11 @@ int pass_copy(Rewrite *rw, int i) {
     Node n = rw->src->nodes[i];
     for (int k = 0; k < n.n_in; k++) n.in[k] = rw->map[n.in[k]];
     return pass_emit(rw->dst, &n);
+}
+
+bool pass_single_use(const Rewrite *rw, int d) {
+    int s = d >= 0 && d < rw->cap_stands_for ? rw->stands_for[d] : -1;
+    return s >= 0 && rw->uses[s] == 1;
 }
 
 void pass_hit(Rewrite *rw, PassRule r) {
@@ -84,7 +103,9 @@ void pass_hit(Rewrite *rw, PassRule r) {
 static int check_replacement(const Rewrite *rw, const char *pass, int i, MamlError *err) {
     const Node *s = &rw->src->nodes[i];
     int d = rw->map[i];
-    if (d < 0 || d >= rw->dst->n_nodes) return 0; /* builder failure, reported by the caller */
+    if (d < 0 || d >= rw->dst->n_nodes)
+        return maml_fail(err, "pass %s: node %d (%s) has no replacement", pass, i,
+                         op_info[s->op].name);
     const Node *t = &rw->dst->nodes[d];
     if (shape_equal(s->shape, t->shape) && s->dtype == t->dtype) return 0;
     char a[96], b[96];
@@ -108,37 +129,71 @@ static int finish_pass(Rewrite *rw, const char *pass, MamlError *err) {
     return maml_fail(err, "pass %s: %s", pass, why);
 }
 
-/* Runs rule (NULL: keep only the nodes with live[i]) over every node of src into a fresh dst. */
 typedef struct {
     const char *name;
-    NodeRule rule;     /* NULL: copy */
-    const bool *live;  /* NULL: every node; else only those marked */
+    NodeRule rule;    /* NULL: copy */
+    const bool *live; /* NULL: every node; else only those marked */
     void *ctx;
 } PassDef;
 
+static int *count_uses(const Graph *g, MamlError *err) {
+    int *uses = maml_calloc((size_t)(g->n_nodes ? g->n_nodes : 1), sizeof *uses, err);
+    if (!uses) return NULL;
+    for (int i = 0; i < g->n_nodes; i++)
+        for (int k = 0; k < g->nodes[i].n_in; k++) uses[g->nodes[i].in[k]]++;
+    for (int o = 0; o < g->n_outputs; o++) uses[g->outputs[o].node]++;
+    return uses;
+}
+
+/* Records which src node the dst nodes made for src node i stand for (see Rewrite). */
+static int note_made(Rewrite *rw, int i, int first_new, MamlError *err) {
+    int n = rw->dst->n_nodes;
+    if (n > rw->cap_stands_for) {
+        int cap = rw->cap_stands_for ? rw->cap_stands_for : 256;
+        while (cap < n) cap *= 2;
+        int *p = maml_realloc(rw->stands_for, (size_t)cap, sizeof *p, err);
+        if (!p) return -1;
+        rw->stands_for = p;
+        rw->cap_stands_for = cap;
+    }
+    for (int d = first_new; d < n; d++) rw->stands_for[d] = -1;
+    int d = rw->map[i];
+    if (d >= 0) rw->stands_for[d] = d >= first_new ? i : -1;
+    return 0;
+}
+
+/* One node: the rule (or a copy), then the bookkeeping and the type check. */
+static int rewrite_node(Rewrite *rw, const PassDef *def, int i, MamlError *err) {
+    const Node *n = &rw->src->nodes[i];
+    int first_new = rw->dst->n_nodes;
+    rw->dst->origin = n->origin ? n->origin : "";
+    rw->map[i] = def->rule ? def->rule(rw, i) : pass_copy(rw, i);
+    if (rw->dst->failed) return -1;
+    if (note_made(rw, i, first_new, err)) return -1;
+    return check_replacement(rw, def->name, i, err);
+}
+
+/* Runs def's rule (NULL: copy) over the nodes of src (def->live: only those marked) into a fresh
+ * dst. */
 static int run_pass(const Graph *src, Graph *dst, const PassOptions *opt, const PassDef *def,
                     int *rule_hits, int *rewrites, MamlError *err) {
-    const char *pass = def->name;
-    NodeRule rule = def->rule;
-    const bool *live = def->live;
     graph_init(dst);
-    int *map = maml_alloc((size_t)(src->n_nodes ? src->n_nodes : 1) * sizeof *map, err);
-    if (!map) return -1;
-    Rewrite rw = {.src = src, .dst = dst, .map = map, .opt = opt, .rule_hits = rule_hits,
-                  .ctx = def->ctx};
-    int rc = 0;
+    size_t n = (size_t)(src->n_nodes ? src->n_nodes : 1);
+    Rewrite rw = {.src = src, .dst = dst, .opt = opt, .rule_hits = rule_hits, .ctx = def->ctx};
+    rw.map = maml_alloc(n * sizeof *rw.map, err);
+    rw.uses = rw.map ? count_uses(src, err) : NULL;
+    int rc = rw.uses ? 0 : -1;
     for (int i = 0; i < src->n_nodes && rc == 0; i++) {
-        map[i] = -1;
-        if (live && !live[i]) continue;
-        dst->origin = src->nodes[i].origin ? src->nodes[i].origin : "";
-        map[i] = rule ? rule(&rw, i) : pass_copy(&rw, i);
-        rc = dst->failed ? -1 : check_replacement(&rw, pass, i, err);
+        rw.map[i] = -1;
+        if (!def->live || def->live[i]) rc = rewrite_node(&rw, def, i, err);
     }
     dst->origin = "";
     if (rc == 0) map_outputs(&rw);
-    if (rc == 0 || dst->failed) rc = finish_pass(&rw, pass, err);
+    if (rc == 0 || dst->failed) rc = finish_pass(&rw, def->name, err);
     *rewrites = rw.rewrites;
-    free(map);
+    free(rw.map);
+    free(rw.uses);
+    free(rw.stands_for);
     if (rc) graph_free(dst);
     return rc;
 }
@@ -185,13 +240,19 @@ static uint64_t mix(uint64_t h, uint64_t v) {
 /* The attributes that distinguish nodes of the same op and operands, as words to hash/compare. */
 static int attr_words(const Node *n, uint64_t *w) {
     switch (n->op) {
-    case OP_CONST: memcpy(&w[0], &n->attr.value, sizeof w[0]); return 1; /* bits: 0 != -0 */
+    case OP_CONST:
+        memcpy(&w[0], &n->attr.value, sizeof w[0]);
+        return 1; /* bits: 0 != -0 */
     case OP_REDUCE_SUM:
-    case OP_REDUCE_MAX: w[0] = n->attr.axes; return 1;
+    case OP_REDUCE_MAX:
+        w[0] = n->attr.axes;
+        return 1;
     case OP_PERMUTE:
         for (int i = 0; i < n->shape.rank; i++) w[i] = (uint64_t)n->attr.perm[i];
         return n->shape.rank;
-    case OP_MATMUL: w[0] = (uint64_t)n->attr.trans_a * 2 + n->attr.trans_b; return 1;
+    case OP_MATMUL:
+        w[0] = (uint64_t)n->attr.trans_a * 2 + n->attr.trans_b;
+        return 1;
     case OP_CONV2D:
     case OP_CONV2D_GRAD_INPUT:
     case OP_CONV2D_GRAD_WEIGHT:
@@ -202,15 +263,18 @@ static int attr_words(const Node *n, uint64_t *w) {
     case OP_POOL_GATHER:
         w[0] = (uint64_t)n->attr.kernel << 32 | (uint32_t)n->attr.stride;
         return 1;
-    case OP_ONE_HOT: w[0] = (uint64_t)n->attr.depth; return 1;
-    default: return 0;
+    case OP_ONE_HOT:
+        w[0] = (uint64_t)n->attr.depth;
+        return 1;
+    default:
+        return 0;
     }
 }
 
 /* Operands in canonical order: commutative ops compare equal with swapped operands. */
 static void canonical_inputs(const Node *n, int *in) {
     for (int k = 0; k < n->n_in; k++) in[k] = n->in[k];
-    if (commutative(n->op) && in[0] > in[1]) {
+    if (commutative(n->op) && n->n_in == 2 && in[0] > in[1]) {
         int t = in[0];
         in[0] = in[1];
         in[1] = t;
@@ -375,8 +439,12 @@ static int iterate(Driver *d, MamlError *err) {
 }
 
 PassOptions passes_default_options(void) {
-    PassOptions o = {.dce = true, .cse = true, .fold = true, .simplify = true,
-                     .assume_finite = true, .max_rounds = 16};
+    PassOptions o = {.dce = true,
+                     .cse = true,
+                     .fold = true,
+                     .simplify = true,
+                     .assume_finite = true,
+                     .max_rounds = 16};
     return o;
 }
 
@@ -387,7 +455,9 @@ int passes_optimize(const Graph *in, Graph *out, PassReport *report, MamlError *
 
 int passes_optimize_with(const Graph *in, Graph *out, const PassOptions *opt, PassReport *report,
                          MamlError *err) {
-    PassReport local;
+    PassOptions defaults = passes_default_options();
+    if (!opt) opt = &defaults;
+    PassReport local = {0};
     PassReport *r = report ? report : &local;
     memset(r, 0, sizeof *r);
     graph_init(out);
@@ -451,9 +521,11 @@ static int check_inferred(const Graph *g, Graph *scratch, int i, MamlError *err)
     const Node *m = &scratch->nodes[id];
     char a[96], b[96];
     if (!shape_equal(m->shape, n->shape) || m->dtype != n->dtype)
-        return maml_fail(err, "node %d (%s in %s): has shape %s (dtype %d), its operands give %s "
-                         "(dtype %d)", i, op, origin, shape_str(n->shape, a, sizeof a),
-                         (int)n->dtype, shape_str(m->shape, b, sizeof b), (int)m->dtype);
+        return maml_fail(err,
+                         "node %d (%s in %s): has shape %s (dtype %d), its operands give %s "
+                         "(dtype %d)",
+                         i, op, origin, shape_str(n->shape, a, sizeof a), (int)n->dtype,
+                         shape_str(m->shape, b, sizeof b), (int)m->dtype);
     return 0;
 }
 
@@ -489,21 +561,24 @@ void pass_report_print(const PassReport *r, FILE *f) {
     int shown = 0;
     for (int k = 0; k < PASS_RULE_COUNT; k++) {
         if (!r->rule_hits[k]) continue;
-        fprintf(f, "%s%s %d", shown++ % 6 ? ", " : (shown > 1 ? ",\n         " : "  rules: "),
-                pass_rule_name((PassRule)k), r->rule_hits[k]);
+        const char *sep = shown == 0 ? "  rules:" : shown % 6 == 0 ? ",\n        " : ",";
+        fprintf(f, "%s %s %d", sep, pass_rule_name((PassRule)k), r->rule_hits[k]);
+        shown++;
     }
     if (shown) fputc('\n', f);
 }
 
 void pass_report_json(const PassReport *r, FILE *f) {
-    fprintf(f, "{\"nodes_before\": %d, \"nodes_after\": %d, \"rounds\": %d, \"fixed_point\": %s, "
-               "\"ms\": %.3f, \"steps\": [",
+    fprintf(f,
+            "{\"nodes_before\": %d, \"nodes_after\": %d, \"rounds\": %d, \"fixed_point\": %s, "
+            "\"ms\": %.3f, \"steps\": [",
             r->nodes_before, r->nodes_after, r->rounds, r->fixed_point ? "true" : "false",
             r->total_ms);
     for (int i = 0; i < r->n_steps; i++) {
         const PassStep *s = &r->steps[i];
-        fprintf(f, "%s{\"pass\": \"%s\", \"round\": %d, \"nodes\": %d, \"rewrites\": %d, "
-                   "\"ms\": %.3f}",
+        fprintf(f,
+                "%s{\"pass\": \"%s\", \"round\": %d, \"nodes\": %d, \"rewrites\": %d, "
+                "\"ms\": %.3f}",
                 i ? ", " : "", s->pass, s->round, s->nodes, s->rewrites, s->ms);
     }
     fprintf(f, "], \"rules\": {");

@@ -16,9 +16,13 @@
  * as reduce_sum(broadcast(x)) -> x * count, folded constants, merged scalings), with one class of
  * exception behind PassOptions.assume_finite, on by default: x * 0 -> 0, and a zero operand of
  * matmul or a convolution giving zero. Under IEEE 754 these are wrong when the other operand holds
- * an inf or a NaN (inf * 0 = NaN); the MAML graphs only ever multiply finite values by their
- * structural zeros (ReLU and max gradients, unreachable cotangents), so the rule is sound there, and
- * a graph that propagates non-finite values on purpose should turn it off. */
+ * an inf or a NaN (inf * 0 = NaN). The MAML graphs only carry finite values (data, weights, their
+ * gradients and optimizer state), so the rules are sound there; a graph that propagates
+ * non-finite values on purpose should turn the option off. (In the shipped graphs the structural
+ * zeros, ReLU's and max's, sit inside selects, so these two rules rarely fire at all.)
+ *
+ * Fold and simplify leave the nodes they bypass in place; the dce of the next round removes them,
+ * so a report may show a pass's count go up before it comes down. */
 #ifndef MAMLC_PASSES_H
 #define MAMLC_PASSES_H
 
@@ -40,30 +44,33 @@ typedef enum {
     RULE_FOLD_SELECT,      /* select on a comparison of fills picks its branch;
                               select(m, fill c, fill c) = c */
     /* simplify */
-    RULE_MUL_ONE,          /* x * 1, 1 * x -> x */
-    RULE_MUL_ZERO,         /* x * 0, 0 * x -> 0 (assume_finite) */
-    RULE_MUL_NEG_ONE,      /* x * -1, -1 * x -> neg x */
-    RULE_DIV_ONE,          /* x / 1 -> x */
-    RULE_ADD_ZERO,         /* x + 0, 0 + x, x - 0 -> x */
-    RULE_ZERO_SUB,         /* 0 - x -> neg x */
-    RULE_NEG_NEG,          /* neg(neg x) -> x */
-    RULE_NEG_ABSORB,       /* a + neg b -> a - b; neg a + b -> b - a; a - neg b -> a + b;
-                              neg a * neg b -> a * b */
-    RULE_SCALE_SCALE,      /* (x * c) * d -> x * (c*d) for fills c, d */
-    RULE_STOP_GRAD,        /* stop_grad x -> x (passes run after autodiff) */
-    RULE_SELECT_SAME,      /* select(m, a, a) -> a */
-    RULE_SELECT_NESTED,    /* select(m, select(m, a, b), c) -> select(m, a, c), and on the right */
-    RULE_BROADCAST_IDENTITY, /* broadcast to the operand's own shape -> x */
+    RULE_MUL_ONE,       /* x * 1, 1 * x -> x */
+    RULE_MUL_ZERO,      /* x * 0, 0 * x -> 0 (assume_finite) */
+    RULE_MUL_NEG_ONE,   /* x * -1, -1 * x -> neg x */
+    RULE_DIV_ONE,       /* x / 1 -> x */
+    RULE_ADD_ZERO,      /* x + 0, 0 + x, x - 0 -> x */
+    RULE_ZERO_SUB,      /* 0 - x -> neg x */
+    RULE_NEG_NEG,       /* neg(neg x) -> x */
+    RULE_NEG_ABSORB,    /* a + neg b -> a - b; neg a + b -> b - a; a - neg b -> a + b;
+                           neg a * neg b -> a * b; neg a * c -> a * (-c) for a fill c */
+    RULE_NEG_SINK,      /* reduce_sum(neg x) -> neg(reduce_sum x) when the neg has no other
+                           user: the negation moves to the smaller tensor, where the rules
+                           above usually absorb it */
+    RULE_SCALE_SCALE,   /* (x * c) * d -> x * (c*d) for fills c, d */
+    RULE_STOP_GRAD,     /* stop_grad x -> x (passes run after autodiff) */
+    RULE_SELECT_SAME,   /* select(m, a, a) -> a */
+    RULE_SELECT_NESTED, /* select(m, select(m, a, b), c) -> select(m, a, c), and on the right */
+    RULE_BROADCAST_IDENTITY,  /* broadcast to the operand's own shape -> x */
     RULE_BROADCAST_BROADCAST, /* broadcast(broadcast x) -> one broadcast */
-    RULE_RESHAPE_IDENTITY, /* reshape to the operand's own shape -> x */
-    RULE_RESHAPE_RESHAPE,  /* reshape(reshape x) -> one reshape */
-    RULE_PERMUTE_IDENTITY, /* identity permutation -> x */
-    RULE_PERMUTE_PERMUTE,  /* permute(permute x) -> one composed permute (or x) */
-    RULE_REDUCE_TRIVIAL,   /* size-1 axes dropped from a reduction; none left -> x */
-    RULE_REDUCE_REDUCE,    /* reduce(reduce(x, A), B) of the same kind -> reduce(x, A | B) */
-    RULE_REDUCE_BROADCAST, /* reduce over (a superset of) a broadcast's expanded axes:
-                              sum -> x * count (after reducing the other axes), max -> x */
-    RULE_ZERO_PRODUCT,     /* matmul / conv2d family with a zero operand -> 0 (assume_finite) */
+    RULE_RESHAPE_IDENTITY,    /* reshape to the operand's own shape -> x */
+    RULE_RESHAPE_RESHAPE,     /* reshape(reshape x) -> one reshape */
+    RULE_PERMUTE_IDENTITY,    /* identity permutation -> x */
+    RULE_PERMUTE_PERMUTE,     /* permute(permute x) -> one composed permute (or x) */
+    RULE_REDUCE_TRIVIAL,      /* size-1 axes dropped from a reduction; none left -> x */
+    RULE_REDUCE_REDUCE,       /* reduce(reduce(x, A), B) of the same kind -> reduce(x, A | B) */
+    RULE_REDUCE_BROADCAST,    /* reduce over (a superset of) a broadcast's expanded axes:
+                                 sum -> x * count (after reducing the other axes), max -> x */
+    RULE_ZERO_PRODUCT,        /* matmul / conv2d family with a zero operand -> 0 (assume_finite) */
     PASS_RULE_COUNT
 } PassRule;
 
@@ -73,6 +80,7 @@ typedef struct {
     int max_rounds;                /* cap on rounds of all passes; the fixed point comes first */
 } PassOptions;
 
+/* The report keeps the first PASS_REPORT_STEPS pass applications (16 rounds of 4 passes fit). */
 #define PASS_REPORT_STEPS 72
 
 /* One pass application. */
@@ -99,10 +107,10 @@ PassOptions passes_default_options(void);
 
 /* Optimizes in with the default options into out, a new graph (out is initialised here; free it
  * with graph_free). report may be NULL. Returns 0, or -1 with err filled and out left empty (a
- * malformed input graph, or an internal inconsistency naming the pass, rule and node). */
+ * malformed input graph, or an internal inconsistency naming the pass and the node). */
 int passes_optimize(const Graph *in, Graph *out, PassReport *report, MamlError *err);
 
-/* The same with explicit options. */
+/* The same with explicit options (NULL: the defaults). */
 int passes_optimize_with(const Graph *in, Graph *out, const PassOptions *opt, PassReport *report,
                          MamlError *err);
 

@@ -16,6 +16,12 @@ typedef struct {
     int rewrites;
     int *rule_hits; /* PassReport.rule_hits */
     void *ctx;      /* the pass's own state (cse: its hash table) */
+    /* Use counts, for rules that only pay off when they make a node dead: uses[i] counts the
+     * operand and output references to src node i; stands_for[d] is the src node dst node d was
+     * made for, or -1 when it stands for several (a rule returned an existing node) or none. */
+    int *uses;
+    int *stands_for;
+    int cap_stands_for;
 } Rewrite;
 
 /* A rule: the dst node for src node i (a new node, or an existing one it equals), or -1 after
@@ -28,6 +34,9 @@ int pass_emit(Graph *g, const Node *n);
 
 /* Emits src node i unchanged, its operands mapped. */
 int pass_copy(Rewrite *rw, int i);
+
+/* Whether dst node d will have exactly one user (as far as the src graph tells). */
+bool pass_single_use(const Rewrite *rw, int d);
 
 /* Counts one application of rule r. */
 void pass_hit(Rewrite *rw, PassRule r);

@@ -24,6 +24,7 @@ static const char *const rule_names[PASS_RULE_COUNT] = {
     [RULE_ZERO_SUB] = "zero_sub",
     [RULE_NEG_NEG] = "neg_neg",
     [RULE_NEG_ABSORB] = "neg_absorb",
+    [RULE_NEG_SINK] = "neg_sink",
     [RULE_SCALE_SCALE] = "scale_scale",
     [RULE_STOP_GRAD] = "stop_grad",
     [RULE_SELECT_SAME] = "select_same",
@@ -53,6 +54,8 @@ static const Node *mapped(const Rewrite *rw, int i, int *in) {
     return n;
 }
 
+/* Node id of the new graph. The pointer dies with the next emission (the node array may move),
+ * so rules read what they need from it before building anything. */
 static const Node *dnode(const Rewrite *rw, int id) {
     return &rw->dst->nodes[id];
 }
@@ -95,21 +98,31 @@ static int replace(Rewrite *rw, PassRule r, int id) {
 /* The same double arithmetic the reference interpreter uses, so folding in float64 is exact. */
 static double fold_unary(OpKind op, double a) {
     switch (op) {
-    case OP_NEG: return -a;
-    case OP_EXP: return exp(a);
-    case OP_LOG: return log(a);
-    case OP_RSQRT: return 1.0 / sqrt(a);
-    case OP_SQRT: return sqrt(a);
-    default: return a; /* stop_grad */
+    case OP_NEG:
+        return -a;
+    case OP_EXP:
+        return exp(a);
+    case OP_LOG:
+        return log(a);
+    case OP_RSQRT:
+        return 1.0 / sqrt(a);
+    case OP_SQRT:
+        return sqrt(a);
+    default:
+        return a; /* stop_grad */
     }
 }
 
 static double fold_binary(OpKind op, double a, double b) {
     switch (op) {
-    case OP_ADD: return a + b;
-    case OP_SUB: return a - b;
-    case OP_MUL: return a * b;
-    default: return a / b;
+    case OP_ADD:
+        return a + b;
+    case OP_SUB:
+        return a - b;
+    case OP_MUL:
+        return a * b;
+    default:
+        return a / b;
     }
 }
 
@@ -136,8 +149,10 @@ static int fold_select(Rewrite *rw, int i, const int *in) {
  * so it folds only for a zero fill). */
 static int fold_pool(Rewrite *rw, int i, const Node *n, const int *in) {
     double v;
-    if (n->op == OP_MAX_POOL2D && is_fill(rw, in[0], &v)) return fill(rw, RULE_FOLD_POOL, v, n->shape);
-    if (n->op == OP_POOL_GATHER && is_fill(rw, in[1], &v)) return fill(rw, RULE_FOLD_POOL, v, n->shape);
+    if (n->op == OP_MAX_POOL2D && is_fill(rw, in[0], &v))
+        return fill(rw, RULE_FOLD_POOL, v, n->shape);
+    if (n->op == OP_POOL_GATHER && is_fill(rw, in[1], &v))
+        return fill(rw, RULE_FOLD_POOL, v, n->shape);
     if (n->op == OP_POOL_SCATTER && is_value(rw, in[1], 0.0))
         return fill(rw, RULE_FOLD_POOL, 0.0, n->shape);
     return pass_copy(rw, i);
@@ -145,7 +160,8 @@ static int fold_pool(Rewrite *rw, int i, const Node *n, const int *in) {
 
 static int fold_reduce(Rewrite *rw, const Node *n, double v) {
     if (n->op == OP_REDUCE_MAX) return fill(rw, RULE_FOLD_REDUCE, v, n->shape);
-    double count = (double)(shape_numel(dnode(rw, rw->map[n->in[0]])->shape) / shape_numel(n->shape));
+    double count =
+        (double)(shape_numel(dnode(rw, rw->map[n->in[0]])->shape) / shape_numel(n->shape));
     return fill(rw, RULE_FOLD_REDUCE, v * count, n->shape);
 }
 
@@ -157,9 +173,9 @@ static int fold_matmul(Rewrite *rw, const Node *n, double a, double b) {
 }
 
 int pass_fold_node(Rewrite *rw, int i) {
-    int in[MAX_INPUTS];
+    int in[MAX_INPUTS] = {-1, -1, -1};
     const Node *n = mapped(rw, i, in);
-    double v[MAX_INPUTS];
+    double v[MAX_INPUTS] = {0};
     bool all = n->n_in > 0;
     for (int k = 0; k < n->n_in; k++) all = is_fill(rw, in[k], &v[k]) && all;
     switch (n->op) {
@@ -189,11 +205,14 @@ int pass_fold_node(Rewrite *rw, int i) {
     case OP_MATMUL:
         if (all) return fold_matmul(rw, n, v[0], v[1]);
         break;
-    case OP_SELECT: return fold_select(rw, i, in);
+    case OP_SELECT:
+        return fold_select(rw, i, in);
     case OP_MAX_POOL2D:
     case OP_POOL_GATHER:
-    case OP_POOL_SCATTER: return fold_pool(rw, i, n, in);
-    default: break;
+    case OP_POOL_SCATTER:
+        return fold_pool(rw, i, n, in);
+    default:
+        break;
     }
     return pass_copy(rw, i);
 }
@@ -222,6 +241,12 @@ static int scale_scale(Rewrite *rw, int a, int b) {
     return g_mul(rw->dst, x, g_const(rw->dst, c * d, dnode(rw, x)->shape));
 }
 
+/* neg x * c -> x * (-c): negating a constant is exact. */
+static int neg_scale(Rewrite *rw, int x, double c) {
+    pass_hit(rw, RULE_NEG_ABSORB);
+    return g_mul(rw->dst, x, g_const(rw->dst, -c, dnode(rw, x)->shape));
+}
+
 static int simp_mul(Rewrite *rw, int i, const int *in) {
     int a = in[0], b = in[1];
     if (is_value(rw, b, 1.0)) return replace(rw, RULE_MUL_ONE, a);
@@ -232,6 +257,9 @@ static int simp_mul(Rewrite *rw, int i, const int *in) {
     if (is_value(rw, a, -1.0)) return replace(rw, RULE_MUL_NEG_ONE, g_unary(rw->dst, OP_NEG, b));
     const Node *na = as_op(rw, a, OP_NEG), *nb = as_op(rw, b, OP_NEG);
     if (na && nb) return replace(rw, RULE_NEG_ABSORB, g_mul(rw->dst, na->in[0], nb->in[0]));
+    double c;
+    if (na && is_fill(rw, b, &c)) return neg_scale(rw, na->in[0], c);
+    if (nb && is_fill(rw, a, &c)) return neg_scale(rw, nb->in[0], c);
     int id = scale_scale(rw, a, b);
     return id != -2 ? id : pass_copy(rw, i);
 }
@@ -356,9 +384,9 @@ static int reduce_of_broadcast(Rewrite *rw, const Node *n, const Node *b, uint32
     if ((expanded & ~axes) != 0) return -2;
     pass_hit(rw, RULE_REDUCE_BROADCAST);
     uint32_t rest = axes & ~expanded & wide_axes(dnode(rw, x)->shape);
+    double count = (double)count_over(b->shape, expanded); /* before emitting moves b */
     int y = rest ? g_reduce(rw->dst, n->op, x, rest) : x;
     if (n->op == OP_REDUCE_MAX) return y;
-    double count = (double)count_over(b->shape, expanded);
     return g_mul(rw->dst, y, g_const(rw->dst, count, n->shape));
 }
 
@@ -369,6 +397,10 @@ static int simp_reduce(Rewrite *rw, int i, const Node *n, const int *in) {
     if (a->op == OP_BROADCAST) {
         int id = reduce_of_broadcast(rw, n, a, axes);
         if (id != -2) return id;
+    }
+    if (n->op == OP_REDUCE_SUM && a->op == OP_NEG && pass_single_use(rw, in[0])) {
+        pass_hit(rw, RULE_NEG_SINK); /* exact: rounding is symmetric under negation */
+        return g_unary(rw->dst, OP_NEG, g_reduce(rw->dst, OP_REDUCE_SUM, a->in[0], axes));
     }
     if (a->op == n->op) {
         pass_hit(rw, RULE_REDUCE_REDUCE);
@@ -389,25 +421,38 @@ static int simp_zero_product(Rewrite *rw, int i, const Node *n, const int *in) {
 }
 
 int pass_simplify_node(Rewrite *rw, int i) {
-    int in[MAX_INPUTS];
+    int in[MAX_INPUTS] = {-1, -1, -1};
     const Node *n = mapped(rw, i, in);
     switch (n->op) {
-    case OP_MUL: return simp_mul(rw, i, in);
-    case OP_DIV: return simp_div(rw, i, in);
-    case OP_ADD: return simp_add(rw, i, in);
-    case OP_SUB: return simp_sub(rw, i, in);
-    case OP_NEG: return simp_neg(rw, i, in);
-    case OP_STOP_GRAD: return replace(rw, RULE_STOP_GRAD, in[0]);
-    case OP_SELECT: return simp_select(rw, i, in);
-    case OP_BROADCAST: return simp_broadcast(rw, i, n, in);
-    case OP_RESHAPE: return simp_reshape(rw, i, n, in);
-    case OP_PERMUTE: return simp_permute(rw, i, n, in);
+    case OP_MUL:
+        return simp_mul(rw, i, in);
+    case OP_DIV:
+        return simp_div(rw, i, in);
+    case OP_ADD:
+        return simp_add(rw, i, in);
+    case OP_SUB:
+        return simp_sub(rw, i, in);
+    case OP_NEG:
+        return simp_neg(rw, i, in);
+    case OP_STOP_GRAD:
+        return replace(rw, RULE_STOP_GRAD, in[0]);
+    case OP_SELECT:
+        return simp_select(rw, i, in);
+    case OP_BROADCAST:
+        return simp_broadcast(rw, i, n, in);
+    case OP_RESHAPE:
+        return simp_reshape(rw, i, n, in);
+    case OP_PERMUTE:
+        return simp_permute(rw, i, n, in);
     case OP_REDUCE_SUM:
-    case OP_REDUCE_MAX: return simp_reduce(rw, i, n, in);
+    case OP_REDUCE_MAX:
+        return simp_reduce(rw, i, n, in);
     case OP_MATMUL:
     case OP_CONV2D:
     case OP_CONV2D_GRAD_INPUT:
-    case OP_CONV2D_GRAD_WEIGHT: return simp_zero_product(rw, i, n, in);
-    default: return pass_copy(rw, i);
+    case OP_CONV2D_GRAD_WEIGHT:
+        return simp_zero_product(rw, i, n, in);
+    default:
+        return pass_copy(rw, i);
     }
 }

@@ -189,8 +189,6 @@ static void run_conv_family(Interp *in, const Node *n, double *out) {
     }
     ConvDims d = conv_dims(xs, ws, ys, &n->attr);
     memset(out, 0, (size_t)shape_numel(n->shape) * sizeof *out);
-    /* Tasks write disjoint slices of the result, so they run in parallel. */
-#pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < d.T; t++)
         for (int64_t nn = 0; nn < d.N; nn++)
             for (int64_t o = 0; o < d.O; o++)
