@@ -4,7 +4,7 @@
 CC       ?= cc
 BUILD    ?= build
 CFLAGS   ?= -O2 -g
-override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Icompiler -Iruntime -fopenmp
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Icompiler -Iruntime -isystem $(CUDA_HOME)/include -fopenmp
 CUDA_HOME ?= /usr/local/cuda
 # Data and YAML libraries are linked statically so one mamlc binary runs on machines without them.
 STATIC_LIBS := -Wl,-Bstatic -lyaml -lminizip -lpng -lz -Wl,-Bdynamic
@@ -16,6 +16,9 @@ TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# Kernel templates are embedded into the library as string constants (templates/embed.sh).
+TEMPLATES := $(sort $(wildcard templates/*/*.tmpl))
+LIB_OBJ  += $(BUILD)/templates_embedded.o
 
 DEB_PACKAGES := libyaml-dev libcriterion-dev libpng-dev libminizip-dev zlib1g-dev pkg-config
 
@@ -25,6 +28,13 @@ all: $(BUILD)/libmamlc.a mamlc
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/templates_embedded.c: $(TEMPLATES) templates/embed.sh
+	@mkdir -p $(dir $@)
+	sh templates/embed.sh templates $(TEMPLATES) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/templates_embedded.o: $(BUILD)/templates_embedded.c
+	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libmamlc.a: $(LIB_OBJ)
 	@rm -f $@
@@ -50,6 +60,7 @@ run: deps all
 test: deps
 	$(MAKE) test-plain
 	$(MAKE) test-asan
+	$(MAKE) fuzz-ci
 
 test-plain: all $(TEST_BIN)
 	@MAMLC=$(CURDIR)/mamlc tests/run_all.sh $(BUILD)/tests
@@ -73,6 +84,8 @@ lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability -Icompiler -Iruntime compiler runtime cli
 
 clean:
-	rm -rf build build-asan mamlc mamlc-asan
+	rm -rf build build-asan build-fuzz mamlc mamlc-asan
+
+include fuzz.mk
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

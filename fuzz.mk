@@ -16,11 +16,15 @@ FUZZ_TARGETS := yaml safetensors png_zip overrides
 # No -fopenmp: the Omniglot decode then runs on one thread, so an input always takes the same
 # path (and `#pragma omp` is just ignored, hence -Wno-unknown-pragmas).
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer -Wall -Wextra -Werror \
-                -Wno-unknown-pragmas -Icompiler -Iruntime -Itests/fuzz
+                -Wno-unknown-pragmas -Icompiler -Iruntime -Itests/fuzz -isystem $(CUDA_HOME)/include
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_LIBS    := -lyaml -lminizip -lpng -lz -lm -ldl -lpthread
 
 FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
+# The kernel templates the Makefile embeds into the library, when it does (the C file it generates).
+ifneq ($(TEMPLATES),)
+FUZZ_LIB_OBJ += $(FUZZ_BUILD)/obj/templates_embedded.o
+endif
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 
 # The fuzzers need clang and its libFuzzer runtime (Debian's clang package brings both).
@@ -33,6 +37,10 @@ $(FUZZ_BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
 
+$(FUZZ_BUILD)/obj/templates_embedded.o: $(BUILD)/templates_embedded.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c $< -o $@
+
 $(FUZZ_BUILD)/libmamlc-fuzz.a: $(FUZZ_LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
@@ -40,6 +48,9 @@ $(FUZZ_BUILD)/libmamlc-fuzz.a: $(FUZZ_LIB_OBJ)
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_BUILD)/libmamlc-fuzz.a
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer -MMD -MP -o $@ $< \
 	  $(FUZZ_BUILD)/libmamlc-fuzz.a $(FUZZ_LIBS)
+
+# The regression and limit tests (built by the Makefile's tests/test_%.c rule) share the harness.
+$(BUILD)/tests/test_fuzz_regressions $(BUILD)/tests/test_limits: tests/fuzz/fuzz_common.h
 
 fuzz-build: $(FUZZ_BINS)
 

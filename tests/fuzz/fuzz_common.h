@@ -92,18 +92,21 @@ static inline void fuzz_zip_common(FILE *f, uint32_t crc, uint32_t n, size_t nam
     fuzz_put16(f, 0);      /* extra field length */
 }
 
-/* Writes a valid Omniglot-shaped zip: root/Alpha/character01/0001_DD.png for DD = 01..20, each
- * entry holding the same bytes, so whether the load succeeds depends on the PNG alone. */
-static inline void fuzz_wrap_png_zip(const char *path, const uint8_t *png, size_t n) {
+/* Writes a zip of FUZZ_DRAWINGS stored entries DIR/0001_DD.png (DD = 01..20), each holding the
+ * same bytes: with DIR = ROOT/Alphabet/characterNN, a valid Omniglot archive of one character
+ * whenever the PNG is valid. */
+static inline void fuzz_write_png_zip(const char *path, const char *dir, const uint8_t *png,
+                                      size_t n) {
     if (n > 0xffffffffu) abort();
     FILE *f = fopen(path, "wb");
-    if (!f) abort();
+    size_t name_size = strlen(dir) + 16;
+    char *name = malloc(name_size);
+    if (!f || !name) abort();
     uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
     if (n) crc = (uint32_t)crc32(crc, png, (uInt)n);
-    char name[64];
     uint32_t offsets[FUZZ_DRAWINGS];
     for (int d = 0; d < FUZZ_DRAWINGS; d++) {
-        int len = snprintf(name, sizeof name, "root/Alpha/character01/0001_%02d.png", d + 1);
+        int len = snprintf(name, name_size, "%s/0001_%02d.png", dir, d + 1);
         offsets[d] = (uint32_t)ftell(f);
         fuzz_put32(f, 0x04034b50);
         fuzz_zip_common(f, crc, (uint32_t)n, (size_t)len);
@@ -112,7 +115,7 @@ static inline void fuzz_wrap_png_zip(const char *path, const uint8_t *png, size_
     }
     uint32_t dir_start = (uint32_t)ftell(f);
     for (int d = 0; d < FUZZ_DRAWINGS; d++) {
-        int len = snprintf(name, sizeof name, "root/Alpha/character01/0001_%02d.png", d + 1);
+        int len = snprintf(name, name_size, "%s/0001_%02d.png", dir, d + 1);
         fuzz_put32(f, 0x02014b50);
         fuzz_put16(f, 20); /* version made by */
         fuzz_zip_common(f, crc, (uint32_t)n, (size_t)len);
@@ -130,7 +133,31 @@ static inline void fuzz_wrap_png_zip(const char *path, const uint8_t *png, size_
     fuzz_put32(f, dir_size);
     fuzz_put32(f, dir_start);
     fuzz_put16(f, 0); /* comment length */
+    free(name);
     if (ferror(f) || fclose(f) != 0) abort();
+}
+
+/* Recomputes the CRC of every PNG chunk that lies wholly inside p[0..n), so mutated inputs reach
+ * libpng's chunk handling and our colour conversions instead of all failing the CRC check. */
+static inline void fuzz_fix_png_crcs(uint8_t *p, size_t n) {
+    for (size_t at = 8; at + 12 <= n;) {
+        uint32_t len = (uint32_t)p[at] << 24 | (uint32_t)p[at + 1] << 16 | (uint32_t)p[at + 2] << 8 | p[at + 3];
+        if (len > n - at - 12) break;
+        uint32_t crc = (uint32_t)crc32(0L, p + at + 4, len + 4);
+        for (int i = 0; i < 4; i++) p[at + 8 + len + (size_t)i] = (uint8_t)(crc >> (24 - 8 * i));
+        at += 12 + (size_t)len;
+    }
+}
+
+/* What fuzz_png_zip does with a PNG input: chunk CRCs fixed, then one character
+ * root/Alpha/character01 of 20 copies. */
+static inline void fuzz_wrap_png_zip(const char *path, const uint8_t *png, size_t n) {
+    uint8_t *copy = malloc(n ? n : 1);
+    if (!copy) abort();
+    memcpy(copy, png, n);
+    fuzz_fix_png_crcs(copy, n);
+    fuzz_write_png_zip(path, "root/Alpha/character01", copy, n);
+    free(copy);
 }
 
 /* Inputs that start with the PNG signature are wrapped into a zip; anything else is the zip. */

@@ -2,9 +2,10 @@
 # Runs libFuzzer targets one after another (the machines are shared; one fuzzer at a time).
 #   tests/fuzz/run.sh BUILD_DIR SECONDS TARGET...
 # Each target starts from a working corpus in BUILD_DIR/corpus/TARGET, seeded from
-# tests/fuzz/corpus/TARGET, and runs for SECONDS with a 10 s per-input timeout and a 2 GiB RSS
-# limit. Crash, leak, timeout and OOM reproducers go to BUILD_DIR/artifacts/TARGET/, the full log
-# to BUILD_DIR/logs/TARGET.log. Prints one summary line per target; exits 1 if any target failed.
+# tests/fuzz/corpus/TARGET and the reproducers in tests/fuzz/regressions/TARGET, and runs for
+# SECONDS with a 10 s per-input timeout and a 2 GiB RSS limit. Crash, leak, timeout and OOM
+# reproducers go to BUILD_DIR/artifacts/TARGET/, the full log to BUILD_DIR/logs/TARGET.log.
+# Prints one summary line per target; exits 1 if any target failed.
 # Run from the repository root.
 set -u
 build=$1 seconds=$2
@@ -15,6 +16,7 @@ for t in "$@"; do
   bin=$build/fuzz_$t corpus=$build/corpus/$t artifacts=$build/artifacts/$t log=$build/logs/$t.log
   mkdir -p "$corpus" "$artifacts" "$(dirname "$log")"
   cp -n tests/fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null
+  cp -n tests/fuzz/regressions/"$t"/* "$corpus"/ 2>/dev/null
   dict=()
   [ -f tests/fuzz/"$t".dict ] && dict=(-dict=tests/fuzz/"$t".dict)
   echo "== fuzz_$t: ${seconds} s from $(ls "$corpus" | wc -l) inputs"
