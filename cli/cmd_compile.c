@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "codegen.h"
 #include "dot.h"
 #include "maml.h"
 
@@ -48,6 +49,17 @@ static int write_dumps(const CompileArgs *a, const Graph *g, const MamlStages *s
     return 0;
 }
 
+static int write_cpu(const CompileArgs *a, const Graph *g, MamlError *err) {
+    CpuCompileSummary s;
+    if (codegen_write_cpu_dir(g, a->out_dir, a->graph, false, &s, err)) return -1;
+    printf("  cpu kernels                  %6d (%d without fusion), arena %.1f MiB "
+           "(liveness bound %.1f MiB), %.3f s\n",
+           s.kernels, s.unfused_kernels, (double)s.arena_bytes / 1048576.0,
+           (double)s.lower_bound / 1048576.0, s.seconds);
+    printf("wrote %s/{kernels.c,plan.json,report.txt}\n", a->out_dir);
+    return 0;
+}
+
 static int run_compile(const CompileArgs *a, MamlError *err) {
     if (mkdir(a->out_dir, 0777) != 0 && errno != EEXIST)
         return maml_fail(err, "%s: cannot create directory: %s", a->out_dir, strerror(errno));
@@ -67,6 +79,7 @@ static int run_compile(const CompileArgs *a, MamlError *err) {
     }
     if (rc == 0 && a->dot) rc = write_dumps(a, &g, &st, err);
     if (rc == 0 && a->dot) printf("wrote %s/{forward,inner_grad,step}.dot\n", a->out_dir);
+    if (rc == 0 && strcmp(a->backend, "cpu") == 0) rc = write_cpu(a, &g, err);
     graph_free(&g);
     spec_free(&spec);
     return rc;

@@ -541,7 +541,6 @@ static int build_template_kernel(Builder *B, int root) {
     return note_node(B, root);
 }
 
-static void drop_axis(Kernel *k, int a);
 static void simplify_dims(Kernel *k);
 
 static int build_kernel(const Lower *L, KernelProgram *p, int root, MamlError *err) {

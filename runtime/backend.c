@@ -1,5 +1,7 @@
 #include "backend.h"
 
+#include "cpu_backend.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,15 +31,24 @@ int backend_open(const char *name, const Graph *g, Precision prec, Backend **out
                  int why_size, MamlError *err) {
     *out = NULL;
     if (strcmp(name, "auto") == 0) {
-        if (why) snprintf(why, (size_t)why_size, "backend auto: ref (the only backend in this build)");
+        char reason[400];
+        if (cpu_compiler_available(NULL, reason, sizeof reason)) {
+            if (why) snprintf(why, (size_t)why_size, "backend auto: cpu (%s)", reason);
+            return cpu_backend_open(g, prec, NULL, out, err);
+        }
+        if (why) snprintf(why, (size_t)why_size, "backend auto: ref (cpu unavailable: %s)", reason);
         return open_ref(g, prec, out, err);
+    }
+    if (strcmp(name, "cpu") == 0) {
+        if (why) snprintf(why, (size_t)why_size, "backend cpu: requested");
+        return cpu_backend_open(g, prec, NULL, out, err);
     }
     if (strcmp(name, "ref") == 0) {
         if (why) snprintf(why, (size_t)why_size, "backend ref: requested");
         return open_ref(g, prec, out, err);
     }
-    if (strcmp(name, "cpu") == 0 || strcmp(name, "cuda") == 0)
-        return maml_fail(err, "backend '%s' is not available in this build (use ref or auto)", name);
+    if (strcmp(name, "cuda") == 0)
+        return maml_fail(err, "backend '%s' is not available in this build (use ref, cpu or auto)", name);
     return maml_fail(err, "unknown backend '%s' (expected ref, cpu, cuda or auto)", name);
 }
 

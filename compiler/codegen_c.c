@@ -1,0 +1,435 @@
+/* The C renderer: every piece of kernel text comes from templates/c/; this file only decides
+ * which sections to fill, in what order, with which values. */
+#include "codegen.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROGRAM "c/program.c.tmpl"
+#define LOOP "c/loop.c.tmpl"
+#define OPS "c/ops.tmpl"
+/* Loop kernels smaller than this many points run on one thread: a parallel region costs a few
+ * microseconds, more than such a loop takes. */
+#define PARALLEL_MIN_POINTS 32768
+
+#define MAX_VARS 48
+
+/* Placeholder values for one section; numbers are formatted into `store`. */
+typedef struct {
+    TmplVar v[MAX_VARS];
+    char store[MAX_VARS][64];
+    int n;
+} Vars;
+
+static void var_s(Vars *vs, const char *key, const char *value) {
+    if (vs->n == MAX_VARS) return; /* never reached: sections use far fewer */
+    vs->v[vs->n].key = key;
+    vs->v[vs->n++].value = value;
+}
+
+static void var_i(Vars *vs, const char *key, int64_t x) {
+    if (vs->n == MAX_VARS) return;
+    snprintf(vs->store[vs->n], sizeof vs->store[0], "%lld", (long long)x);
+    var_s(vs, key, vs->store[vs->n]);
+}
+
+typedef struct {
+    Templates tp;
+    const Graph *g;
+    const KernelProgram *p;
+    const MemPlan *m;
+    MamlError *err;
+} Cg;
+
+static int render(Cg *c, const char *file, const char *section, const Vars *vs, bool trim,
+                  StrBuf *out) {
+    return template_render(&c->tp, file, section, vs ? vs->v : NULL, vs ? vs->n : 0, trim, out,
+                           c->err);
+}
+
+static int64_t elem_offset(const Cg *c, int buf) {
+    return c->m->offset[buf] / (int64_t)c->m->elem_size;
+}
+
+/* "what the kernel fuses (origin)", with comment terminators removed. */
+static void kernel_comment(const Cg *c, const Kernel *k, char *buf, int size) {
+    char what[400];
+    kernel_describe(c->g, k, what, sizeof what);
+    const char *origin = c->g->nodes[k->root].origin;
+    snprintf(buf, (size_t)size, "%s: %s%s%s%s", k->name, what, origin && *origin ? " (" : "",
+             origin ? origin : "", origin && *origin ? ")" : "");
+    for (char *q = buf; *q; q++)
+        if (*q == '*') *q = '.';
+}
+
+/* ---- loop kernels ---- */
+
+typedef struct {
+    Cg *c;
+    const Kernel *k;
+    StrBuf *body;
+    int depth;
+} LoopCtx;
+
+static int line(LoopCtx *L, const char *section, const Vars *vs) {
+    for (int i = 0; i < L->depth + 1; i++) sb_puts(L->body, "    ");
+    if (render(L->c, LOOP, section, vs, true, L->body)) return -1;
+    sb_puts(L->body, "\n");
+    return 0;
+}
+
+static void index_expr(const Kernel *k, const int64_t *strides, int64_t offset, StrBuf *out) {
+    bool any = false;
+    for (int a = 0; a < k->rank; a++) {
+        if (strides[a] == 0) continue;
+        if (any) sb_puts(out, " + ");
+        if (strides[a] == 1) sb_printf(out, "i%d", a);
+        else sb_printf(out, "i%d * %lld", a, (long long)strides[a]);
+        any = true;
+    }
+    if (offset || !any) sb_printf(out, "%s%lld", any ? " + " : "", (long long)offset);
+}
+
+static void const_text(double v, char *buf, int size) {
+    if (isnan(v)) snprintf(buf, (size_t)size, "NAN");
+    else if (isinf(v)) snprintf(buf, (size_t)size, "%sINFINITY", v < 0 ? "-" : "");
+    else snprintf(buf, (size_t)size, "%.17g", v);
+}
+
+static void value_name(int op, char *buf, int size) {
+    snprintf(buf, (size_t)size, "v%d", op);
+}
+
+/* The expression of op i (not a reduction). */
+static int op_expr(LoopCtx *L, int i, StrBuf *expr) {
+    const Kernel *k = L->k;
+    const KOp *op = &k->ops[i];
+    Vars vs = {.n = 0};
+    char names[3][32], buf[32], num[64];
+    StrBuf idx;
+    sb_init(&idx);
+    for (int s = 0; s < 3; s++) {
+        if (op->src[s] >= 0) value_name(op->src[s], names[s], sizeof names[s]);
+        else snprintf(names[s], sizeof names[s], "?");
+    }
+    var_s(&vs, "a", names[0]);
+    var_s(&vs, "b", names[1]);
+    var_s(&vs, "c", names[2]);
+    if (op->op == KOP_LOAD) {
+        snprintf(buf, sizeof buf, "b%d", op->buf);
+        index_expr(k, op->strides, op->offset, &idx);
+        var_s(&vs, "buf", buf);
+        var_s(&vs, "index", idx.failed ? "" : idx.data);
+    }
+    const_text(op->value, num, sizeof num);
+    var_s(&vs, "value", num);
+    char axis[16];
+    snprintf(axis, sizeof axis, "i%d", op->axis);
+    var_s(&vs, "i", axis);
+    int rc = idx.failed ? maml_fail(L->c->err, "out of memory") : render(L->c, OPS, kop_name(op->op), &vs, true, expr);
+    sb_free(&idx);
+    return rc;
+}
+
+static int emit_values(LoopCtx *L, KPhase phase) {
+    const Kernel *k = L->k;
+    for (int i = 0; i < k->n_ops; i++) {
+        KOpKind kind = k->ops[i].op;
+        if (k->ops[i].phase != phase || kind == KOP_REDUCE_SUM || kind == KOP_REDUCE_MAX) continue;
+        StrBuf expr;
+        sb_init(&expr);
+        char v[32];
+        value_name(i, v, sizeof v);
+        int rc = op_expr(L, i, &expr);
+        Vars vs = {.n = 0};
+        var_s(&vs, "v", v);
+        var_s(&vs, "expr", expr.data ? expr.data : "");
+        if (rc == 0) rc = line(L, "value", &vs);
+        sb_free(&expr);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+static bool is_reduce(const KOp *op) {
+    return op->op == KOP_REDUCE_SUM || op->op == KOP_REDUCE_MAX;
+}
+
+typedef enum { ACC_DECLARE, ACC_UPDATE, ACC_READ } AccStage;
+
+/* Accumulator declarations (before the reduce loops), updates (inside), or the reads that round
+ * each result to real (after), as a node boundary does. */
+static int emit_accs(LoopCtx *L, AccStage stage, StrBuf *names, bool *all_sum) {
+    static const char *const sections[3][2] = {
+        {"acc_max", "acc_sum"}, {"update_max", "update_sum"}, {"reduce_value", "reduce_value"}};
+    const Kernel *k = L->k;
+    *all_sum = true;
+    for (int i = 0; i < k->n_ops; i++) {
+        if (!is_reduce(&k->ops[i])) continue;
+        bool sum = k->ops[i].op == KOP_REDUCE_SUM;
+        *all_sum &= sum;
+        char acc[32], src[32], v[32];
+        snprintf(acc, sizeof acc, "acc%d", i);
+        value_name(k->ops[i].src[0], src, sizeof src);
+        value_name(i, v, sizeof v);
+        if (names) sb_printf(names, "%s%s", names->len ? ", " : "", acc);
+        Vars vs = {.n = 0};
+        var_s(&vs, "acc", acc);
+        var_s(&vs, "src", src);
+        var_s(&vs, "v", v);
+        if (line(L, sections[stage][sum], &vs)) return -1;
+    }
+    return 0;
+}
+
+static int open_loop(LoopCtx *L, int axis) {
+    Vars vs = {.n = 0};
+    char i[16];
+    snprintf(i, sizeof i, "i%d", axis);
+    var_s(&vs, "i", i);
+    var_i(&vs, "n", L->k->dims[axis]);
+    if (line(L, "loop", &vs)) return -1;
+    L->depth++;
+    return 0;
+}
+
+static int close_loops(LoopCtx *L, int n) {
+    for (int i = 0; i < n; i++) {
+        L->depth--;
+        if (line(L, "close", NULL)) return -1;
+    }
+    return 0;
+}
+
+static int emit_parallel(LoopCtx *L, int n_outer, int64_t outer_points, int64_t points) {
+    if (n_outer == 0 || outer_points < 2 || points < PARALLEL_MIN_POINTS) return 0;
+    StrBuf collapse;
+    sb_init(&collapse);
+    Vars cv = {.n = 0};
+    var_i(&cv, "n", n_outer);
+    int rc = n_outer > 1 ? render(L->c, LOOP, "collapse", &cv, true, &collapse) : 0;
+    Vars vs = {.n = 0};
+    var_s(&vs, "collapse", collapse.data ? collapse.data : "");
+    if (rc == 0) rc = line(L, "parallel", &vs);
+    sb_free(&collapse);
+    return rc;
+}
+
+/* The reduction: accumulators, the loops over reduce axes with the prologue, the updates. */
+static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
+    bool all_sum;
+    StrBuf accs;
+    sb_init(&accs);
+    int rc = emit_accs(L, ACC_DECLARE, &accs, &all_sum);
+    for (int a = 0; rc == 0 && a < n_inner; a++) {
+        if (a == n_inner - 1 && all_sum) {
+            Vars vs = {.n = 0};
+            var_s(&vs, "accs", accs.data ? accs.data : "");
+            rc = line(L, "simd_sum", &vs);
+        }
+        if (rc == 0) rc = open_loop(L, inner[a]);
+    }
+    if (rc == 0) rc = emit_values(L, KPHASE_INNER);
+    if (rc == 0) rc = emit_accs(L, ACC_UPDATE, NULL, &all_sum);
+    if (rc == 0) rc = close_loops(L, n_inner);
+    if (rc == 0) rc = emit_accs(L, ACC_READ, NULL, &all_sum);
+    sb_free(&accs);
+    return rc;
+}
+
+static int emit_stores(LoopCtx *L) {
+    const Kernel *k = L->k;
+    for (int s = 0; s < k->n_stores; s++) {
+        char var[32], v[32];
+        snprintf(var, sizeof var, "b%d", k->stores[s].buf);
+        value_name(k->stores[s].src, v, sizeof v);
+        StrBuf idx;
+        sb_init(&idx);
+        index_expr(k, k->stores[s].strides, 0, &idx);
+        Vars vs = {.n = 0};
+        var_s(&vs, "var", var);
+        var_s(&vs, "v", v);
+        var_s(&vs, "index", idx.data ? idx.data : "0");
+        int rc = line(L, "store", &vs);
+        sb_free(&idx);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+static int loop_body(LoopCtx *L) {
+    const Kernel *k = L->k;
+    int outer[MAX_RANK], inner[MAX_RANK], n_outer = 0, n_inner = 0;
+    int64_t points = 1, outer_points = 1;
+    bool has_reduce = false;
+    for (int a = 0; a < k->rank; a++) {
+        points *= k->dims[a];
+        if (k->reduce_axes & (1u << a)) inner[n_inner++] = a;
+        else outer[n_outer++] = a, outer_points *= k->dims[a];
+    }
+    for (int i = 0; i < k->n_ops; i++) has_reduce |= is_reduce(&k->ops[i]);
+    int rc = emit_parallel(L, n_outer, outer_points, points);
+    for (int a = 0; rc == 0 && a < n_outer; a++) rc = open_loop(L, outer[a]);
+    if (rc == 0 && has_reduce) rc = emit_reduction(L, inner, n_inner);
+    if (rc == 0) rc = emit_values(L, KPHASE_OUTER);
+    if (rc == 0) rc = emit_stores(L);
+    if (rc == 0) rc = close_loops(L, n_outer);
+    return rc;
+}
+
+/* One pointer per buffer the kernel touches; restrict unless it shares bytes with another. */
+static int pointer_decl(Cg *c, int b, bool written, bool alone, StrBuf *out) {
+    Vars vs = {.n = 0};
+    char var[32];
+    snprintf(var, sizeof var, "b%d", b);
+    var_s(&vs, "var", var);
+    var_s(&vs, "restrict", alone ? "restrict " : "");
+    var_i(&vs, "offset", elem_offset(c, b));
+    return render(c, LOOP, written ? "pointer_out" : "pointer_in", &vs, false, out);
+}
+
+static int loop_pointers(Cg *c, const Kernel *k, StrBuf *out) {
+    int *bufs = maml_alloc(((size_t)k->n_ops + 2) * sizeof *bufs, c->err);
+    if (!bufs) return -1;
+    int n = kernel_reads(k, bufs, k->n_ops + 1), w = kernel_writes(k), rc = 0;
+    bool w_read = false;
+    for (int i = 0; i < n; i++) w_read |= bufs[i] == w;
+    if (!w_read) bufs[n++] = w;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        bool alone = true;
+        for (int j = 0; j < n; j++)
+            if (j != i && memplan_overlap(c->m, bufs[i], bufs[j])) alone = false;
+        rc = pointer_decl(c, bufs[i], bufs[i] == w, alone, out);
+    }
+    free(bufs);
+    return rc;
+}
+
+static int render_loop(Cg *c, const Kernel *k, StrBuf *out) {
+    StrBuf ptrs, body;
+    sb_init(&ptrs);
+    sb_init(&body);
+    LoopCtx L = {.c = c, .k = k, .body = &body, .depth = 0};
+    int rc = loop_pointers(c, k, &ptrs);
+    if (rc == 0) rc = loop_body(&L);
+    char comment[512];
+    kernel_comment(c, k, comment, sizeof comment);
+    Vars vs = {.n = 0};
+    var_s(&vs, "name", k->name);
+    var_s(&vs, "comment", comment);
+    var_s(&vs, "pointers", ptrs.data ? ptrs.data : "");
+    var_s(&vs, "body", body.data ? body.data : "");
+    if (rc == 0 && (ptrs.failed || body.failed)) rc = maml_fail(c->err, "out of memory");
+    if (rc == 0) rc = render(c, LOOP, "kernel", &vs, false, out);
+    sb_free(&ptrs);
+    sb_free(&body);
+    return rc;
+}
+
+/* ---- template kernels ---- */
+
+static void conv_vars(const Kernel *k, Vars *vs) {
+    const KTemplate *t = &k->t;
+    var_i(vs, "T", t->T), var_i(vs, "N", t->N), var_i(vs, "C", t->C), var_i(vs, "H", t->H);
+    var_i(vs, "W", t->W), var_i(vs, "O", t->O), var_i(vs, "KH", t->KH), var_i(vs, "KW", t->KW);
+    var_i(vs, "HO", t->HO), var_i(vs, "WO", t->WO);
+    var_i(vs, "stride", t->stride), var_i(vs, "padding", t->padding);
+}
+
+static void matmul_vars(const Kernel *k, Vars *vs) {
+    const KTemplate *t = &k->t;
+    var_i(vs, "batch", t->batch), var_i(vs, "M", t->m), var_i(vs, "N", t->n), var_i(vs, "K", t->k);
+    var_i(vs, "a_si", t->trans_a ? 1 : t->k), var_i(vs, "a_sq", t->trans_a ? t->m : 1);
+    var_i(vs, "b_sq", t->trans_b ? 1 : t->n), var_i(vs, "b_sj", t->trans_b ? t->k : 1);
+}
+
+static void pool_vars(const Kernel *k, Vars *vs) {
+    const KTemplate *t = &k->t;
+    var_i(vs, "planes", t->planes), var_i(vs, "H", t->H), var_i(vs, "W", t->W);
+    var_i(vs, "HO", t->HO), var_i(vs, "WO", t->WO);
+    var_i(vs, "kernel", t->kernel), var_i(vs, "stride", t->stride);
+}
+
+/* The conv templates keep one plane of double accumulators on the stack. */
+#define MAX_PLANE 65536
+
+static int render_template(Cg *c, const Kernel *k, StrBuf *out) {
+    if (k->kind <= KERNEL_CONV2D_GRAD_WEIGHT && k->kind != KERNEL_LOOP &&
+        (k->t.H * k->t.W > MAX_PLANE || k->t.HO * k->t.WO > MAX_PLANE))
+        return maml_fail(c->err, "%s: planes over %d pixels are not supported by the C templates",
+                         k->name, MAX_PLANE);
+    static const char *const in_names[KERNEL_KIND_COUNT][3] = {
+        [KERNEL_CONV2D] = {"x", "w", "y"},
+        [KERNEL_CONV2D_GRAD_INPUT] = {"dy", "w", "dx"},
+        [KERNEL_CONV2D_GRAD_WEIGHT] = {"x", "dy", "dw"},
+        [KERNEL_MATMUL] = {"a", "b", "c"},
+        [KERNEL_MAX_POOL2D] = {"x", "z", "out"},
+        [KERNEL_POOL_SCATTER] = {"x", "z", "out"},
+        [KERNEL_POOL_GATHER] = {"x", "z", "out"},
+    };
+    char comment[512];
+    kernel_comment(c, k, comment, sizeof comment);
+    Vars vs = {.n = 0};
+    var_s(&vs, "name", k->name);
+    var_s(&vs, "comment", comment);
+    for (int i = 0; i < 2; i++) var_i(&vs, in_names[k->kind][i], i < k->n_in ? elem_offset(c, k->in[i]) : 0);
+    var_i(&vs, in_names[k->kind][2], elem_offset(c, k->out));
+    const char *file, *section = "kernel";
+    switch (k->kind) {
+    case KERNEL_CONV2D: file = "c/conv2d.c.tmpl"; conv_vars(k, &vs); break;
+    case KERNEL_CONV2D_GRAD_INPUT: file = "c/conv2d_grad_input.c.tmpl"; conv_vars(k, &vs); break;
+    case KERNEL_CONV2D_GRAD_WEIGHT: file = "c/conv2d_grad_weight.c.tmpl"; conv_vars(k, &vs); break;
+    case KERNEL_MATMUL: file = "c/matmul.c.tmpl"; matmul_vars(k, &vs); break;
+    default:
+        file = "c/pool.c.tmpl";
+        section = kernel_kind_name(k->kind);
+        pool_vars(k, &vs);
+        if (k->kind != KERNEL_MAX_POOL2D && render(c, file, "argmax", &vs, false, out)) return -1;
+        break;
+    }
+    return render(c, file, section, &vs, false, out);
+}
+
+/* ---- the program ---- */
+
+static int render_program(Cg *c, const CodegenOptions *opt, StrBuf *out) {
+    const KernelProgram *p = c->p;
+    Vars vs = {.n = 0};
+    var_s(&vs, "source", opt->source ? opt->source : "a graph");
+    var_i(&vs, "n_kernels", p->n_kernels);
+    var_i(&vs, "arena_bytes", c->m->arena_bytes);
+    var_s(&vs, "real", opt->f64 ? "double" : "float");
+    if (render(c, PROGRAM, "prelude", &vs, false, out)) return -1;
+    StrBuf table;
+    sb_init(&table);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < p->n_kernels; i++) {
+        const Kernel *k = &p->kernels[i];
+        rc = k->kind == KERNEL_LOOP ? render_loop(c, k, out) : render_template(c, k, out);
+        Vars tv = {.n = 0};
+        var_s(&tv, "name", k->name);
+        if (rc == 0) rc = render(c, PROGRAM, "table_entry", &tv, false, &table);
+    }
+    /* C forbids an empty initializer list: a program without kernels gets a no-op entry */
+    if (p->n_kernels == 0) sb_puts(&table, "    0,\n");
+    var_s(&vs, "kernel_table", table.data ? table.data : "");
+    if (rc == 0 && table.failed) rc = maml_fail(c->err, "out of memory");
+    if (rc == 0) rc = render(c, PROGRAM, "epilogue", &vs, false, out);
+    sb_free(&table);
+    return rc;
+}
+
+int codegen_c(const Graph *g, const KernelProgram *p, const MemPlan *m, const CodegenOptions *opt,
+              StrBuf *out, MamlError *err) {
+    if (m->elem_size != (opt->f64 ? 8u : 4u))
+        return maml_fail(err, "memory plan is for %zu-byte reals, codegen for %s", m->elem_size,
+                         opt->f64 ? "double" : "float");
+    Cg c = {.g = g, .p = p, .m = m, .err = err};
+    templates_init(&c.tp);
+    int rc = render_program(&c, opt, out);
+    templates_free(&c.tp);
+    if (rc == 0 && out->failed) rc = maml_fail(err, "out of memory rendering kernels");
+    return rc;
+}

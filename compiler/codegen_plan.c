@@ -1,0 +1,187 @@
+/* The launch plan (plan.json) and the compile report (report.txt) written beside kernels.c. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codegen.h"
+
+static void json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void json_buffers(FILE *f, const KernelProgram *p, const MemPlan *m) {
+    fprintf(f, "  \"buffers\": [\n");
+    for (int b = 0; b < p->n_bufs; b++) {
+        const KBuffer *kb = &p->bufs[b];
+        fprintf(f, "    {\"id\": %d, \"kind\": \"%s\", \"node\": %d, \"elements\": %lld, ", b,
+                kb->kind == BUF_INPUT ? "input" : "temp", kb->node, (long long)kb->numel);
+        if (kb->name) {
+            fprintf(f, "\"name\": ");
+            json_string(f, kb->name);
+            fprintf(f, ", ");
+        }
+        fprintf(f, "\"offset\": %lld, \"bytes\": %lld, \"first\": %d, \"last\": %d, "
+                   "\"inplace_of\": %d, \"output\": %s}%s\n",
+                (long long)m->offset[b], (long long)m->bytes[b], m->first[b], m->last[b],
+                m->inplace[b], kb->is_output ? "true" : "false", b + 1 < p->n_bufs ? "," : "");
+    }
+    fprintf(f, "  ],\n");
+}
+
+static int json_kernels(FILE *f, const Graph *g, const KernelProgram *p, const MemPlan *m,
+                        MamlError *err) {
+    int *reads = maml_alloc(((size_t)p->n_bufs + 1) * sizeof *reads, err);
+    if (!reads) return -1;
+    fprintf(f, "  \"kernels\": [\n");
+    for (int i = 0; i < p->n_kernels; i++) {
+        const Kernel *k = &p->kernels[i];
+        char what[512];
+        kernel_describe(g, k, what, sizeof what);
+        fprintf(f, "    {\"name\": \"%s\", \"kind\": \"%s\", \"root\": %d, \"fuses\": ", k->name,
+                kernel_kind_name(k->kind), k->root);
+        json_string(f, what);
+        fprintf(f, ", \"nodes\": [");
+        for (int j = 0; j < k->n_nodes; j++) fprintf(f, "%s%d", j ? ", " : "", k->nodes[j]);
+        fprintf(f, "], \"reads\": [");
+        int n = kernel_reads(k, reads, p->n_bufs);
+        for (int j = 0; j < n; j++) fprintf(f, "%s%d", j ? ", " : "", reads[j]);
+        fprintf(f, "], \"writes\": %d, \"flops\": %.0f, \"bytes\": %.0f}%s\n", kernel_writes(k),
+                kernel_flops(k), kernel_bytes(p, k, (int)m->elem_size),
+                i + 1 < p->n_kernels ? "," : "");
+    }
+    free(reads);
+    fprintf(f, "  ],\n");
+    return 0;
+}
+
+int codegen_write_plan_json(FILE *f, const Graph *g, const KernelProgram *p, const MemPlan *m,
+                            MamlError *err) {
+    fprintf(f, "{\n  \"real_bytes\": %zu,\n  \"arena_bytes\": %lld,\n  \"lower_bound_bytes\": %lld,\n"
+               "  \"graph_nodes\": %d,\n  \"live_nodes\": %d,\n  \"fused\": %s,\n",
+            m->elem_size, (long long)m->arena_bytes, (long long)m->lower_bound, p->n_graph_nodes,
+            p->n_live_nodes, p->fused ? "true" : "false");
+    json_buffers(f, p, m);
+    if (json_kernels(f, g, p, m, err)) return -1;
+    fprintf(f, "  \"outputs\": [\n");
+    for (int i = 0; i < p->n_outputs; i++) {
+        const KOutput *o = &p->outputs[i];
+        char shape[128];
+        fprintf(f, "    {\"name\": ");
+        json_string(f, o->name);
+        fprintf(f, ", \"buffer\": %d, \"shape\": %s}%s\n", o->buf, shape_str(o->shape, shape, sizeof shape),
+                i + 1 < p->n_outputs ? "," : "");
+    }
+    fprintf(f, "  ]\n}\n");
+    if (ferror(f)) return maml_fail(err, "cannot write the plan: %s", strerror(errno));
+    return 0;
+}
+
+static double mib(int64_t bytes) {
+    return (double)bytes / (1024.0 * 1024.0);
+}
+
+int codegen_write_report(FILE *f, const Graph *g, const KernelProgram *p, const MemPlan *m,
+                         MamlError *err) {
+    int kinds[KERNEL_KIND_COUNT] = {0};
+    double flops = 0, bytes = 0;
+    for (int i = 0; i < p->n_kernels; i++) {
+        kinds[p->kernels[i].kind]++;
+        flops += kernel_flops(&p->kernels[i]);
+        bytes += kernel_bytes(p, &p->kernels[i], (int)m->elem_size);
+    }
+    fprintf(f, "graph: %d nodes, %d live (%d outputs)\n", p->n_graph_nodes, p->n_live_nodes,
+            p->n_outputs);
+    fprintf(f, "kernels: %d (%s)\n", p->n_kernels, p->fused ? "fused" : "one per node");
+    for (int k = 0; k < KERNEL_KIND_COUNT; k++)
+        if (kinds[k]) fprintf(f, "  %-20s %5d\n", kernel_kind_name((KernelKind)k), kinds[k]);
+    fprintf(f, "memory (%zu-byte reals):\n", m->elem_size);
+    fprintf(f, "  arena peak           %10.2f MiB\n", mib(m->arena_bytes));
+    fprintf(f, "  liveness lower bound %10.2f MiB (peak / bound = %.3f)\n", mib(m->lower_bound),
+            m->lower_bound ? (double)m->arena_bytes / (double)m->lower_bound : 1.0);
+    fprintf(f, "  sum of intermediates %10.2f MiB\n", mib(m->temp_bytes));
+    fprintf(f, "  graph inputs         %10.2f MiB\n", mib(m->input_bytes));
+    fprintf(f, "  in-place writes      %10d\n", m->n_inplace);
+    fprintf(f, "per step: %.3f GFLOP, %.1f MiB moved (estimates)\n\n", flops / 1e9, bytes / 1048576.0);
+    fprintf(f, "%-28s %-18s %12s %12s  %s\n", "kernel", "kind", "MFLOP", "KiB", "fuses");
+    for (int i = 0; i < p->n_kernels; i++) {
+        const Kernel *k = &p->kernels[i];
+        char what[512];
+        kernel_describe(g, k, what, sizeof what);
+        fprintf(f, "%-28s %-18s %12.3f %12.1f  %s\n", k->name, kernel_kind_name(k->kind),
+                kernel_flops(k) / 1e6, kernel_bytes(p, k, (int)m->elem_size) / 1024.0, what);
+    }
+    if (ferror(f)) return maml_fail(err, "cannot write the report: %s", strerror(errno));
+    return 0;
+}
+
+static FILE *open_in(const char *dir, const char *name, char *path, size_t size, MamlError *err) {
+    snprintf(path, size, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
+    return f;
+}
+
+static int close_checked(FILE *f, const char *path, int rc, MamlError *err) {
+    if (fclose(f) != 0 && rc == 0) return maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
+    return rc;
+}
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int write_files(const char *dir, const Graph *g, const KernelProgram *p, const MemPlan *m,
+                       const StrBuf *src, int unfused_kernels, double compile_s, MamlError *err) {
+    char path[2048];
+    FILE *f = open_in(dir, "kernels.c", path, sizeof path, err);
+    if (!f) return -1;
+    int rc = fwrite(src->data, 1, src->len, f) == src->len ? 0 : maml_fail(err, "%s: short write", path);
+    if ((rc = close_checked(f, path, rc, err))) return -1;
+    if (!(f = open_in(dir, "plan.json", path, sizeof path, err))) return -1;
+    rc = close_checked(f, path, codegen_write_plan_json(f, g, p, m, err), err);
+    if (rc || !(f = open_in(dir, "report.txt", path, sizeof path, err))) return -1;
+    fprintf(f, "mamlc compile --backend cpu: lowering, memory plan and C rendering took %.3f s "
+               "(the C compiler runs when the backend opens)\n", compile_s);
+    fprintf(f, "without fusion: %d kernels\n", unfused_kernels);
+    return close_checked(f, path, codegen_write_report(f, g, p, m, err), err);
+}
+
+int codegen_write_cpu_dir(const Graph *g, const char *dir, const char *source, bool f64,
+                          CpuCompileSummary *summary, MamlError *err) {
+    double t0 = seconds();
+    KernelProgram p = {0}, unfused = {0};
+    MemPlan m = {0};
+    StrBuf src;
+    sb_init(&src);
+    CodegenOptions opt = {.f64 = f64, .source = source};
+    int rc = kernels_lower(g, true, &p, err);
+    if (rc == 0) rc = memplan_build(&p, f64 ? 8 : 4, &m, err);
+    if (rc == 0) rc = codegen_c(g, &p, &m, &opt, &src, err);
+    double elapsed = seconds() - t0;
+    if (rc == 0) rc = kernels_lower(g, false, &unfused, err);
+    if (rc == 0) rc = write_files(dir, g, &p, &m, &src, unfused.n_kernels, elapsed, err);
+    if (rc == 0 && summary) {
+        summary->kernels = p.n_kernels;
+        summary->unfused_kernels = unfused.n_kernels;
+        summary->live_nodes = p.n_live_nodes;
+        summary->arena_bytes = m.arena_bytes;
+        summary->lower_bound = m.lower_bound;
+        summary->seconds = elapsed;
+    }
+    sb_free(&src);
+    memplan_free(&m);
+    kernel_program_free(&p);
+    kernel_program_free(&unfused);
+    return rc;
+}
