@@ -1,6 +1,7 @@
 /* mamlc eval: meta-test accuracy (or, for regression, MSE) of a checkpoint on the test split,
  * after 0..K inner steps with the graph's eval settings, as mean and 95% confidence interval. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +29,13 @@ static int parse_args(int argc, char **argv, EvalArgs *a) {
         int taken = cli_take_override(argc, argv, &i, &a->overrides);
         if (taken < 0) return -1;
         if (taken) continue;
-        const char *names[] = {"--checkpoint", "--data", "--backend", "--tasks", "--tasks-per-run",
-                               "--seed"};
-        const char **slots[] = {&a->checkpoint, &a->data, &a->backend, &a->tasks, &a->per_run,
-                                &a->seed};
+        const char *names[] = {"--checkpoint", "--data",          "--backend",
+                               "--tasks",      "--tasks-per-run", "--seed"};
+        const char **slots[] = {&a->checkpoint, &a->data,    &a->backend,
+                                &a->tasks,      &a->per_run, &a->seed};
         int k = 0;
         while (k < 6 && strcmp(argv[i], names[k]) != 0) k++;
-        const char *bad = k < 6 ? (i + 1 < argc ? NULL : "missing value for")
+        const char *bad = k < 6               ? (i + 1 < argc ? NULL : "missing value for")
                           : argv[i][0] == '-' ? "unknown option"
                           : a->graph          ? "unexpected argument"
                                               : NULL;
@@ -42,8 +43,10 @@ static int parse_args(int argc, char **argv, EvalArgs *a) {
             cli_error("eval: %s '%s'", bad, argv[i]);
             return -1;
         }
-        if (k < 6) *slots[k] = argv[++i];
-        else a->graph = argv[i];
+        if (k < 6)
+            *slots[k] = argv[++i];
+        else
+            a->graph = argv[i];
     }
     if (a->graph && a->checkpoint) return 0;
     cli_error(EVAL_USAGE);
@@ -67,25 +70,40 @@ static int positive(const char *opt, const char *s, long fallback, long *out) {
     return 0;
 }
 
+/* "0.6400 +- 0.0320", or "+- n/a" when a single run gave no interval. */
+static const char *with_ci(double mean, double ci, char *buf, size_t size) {
+    if (isnan(ci))
+        snprintf(buf, size, "%.4f +- n/a", mean);
+    else
+        snprintf(buf, size, "%.4f +- %.4f", mean, ci);
+    return buf;
+}
+
 static void print_result(const EvalArgs *a, const EvalResult *r, long ckpt_step) {
     int k = r->inner_steps;
+    char x[48], y[48];
     printf("%s on %d test tasks (checkpoint %s", a->graph, r->n_tasks, a->checkpoint);
     if (ckpt_step >= 0) printf(", step %ld", ckpt_step);
     printf(")\n%-12s %-22s %s\n", "inner steps", r->has_acc ? "accuracy" : "MSE",
            r->has_acc ? "loss" : "");
     for (int s = 0; s <= k; s++) {
         if (r->has_acc)
-            printf("%-12d %.4f +- %.4f      %.4f +- %.4f\n", s, r->acc_mean[s], r->acc_ci[s],
-                   r->loss_mean[s], r->loss_ci[s]);
+            printf("%-12d %s      %s\n", s, with_ci(r->acc_mean[s], r->acc_ci[s], x, sizeof x),
+                   with_ci(r->loss_mean[s], r->loss_ci[s], y, sizeof y));
         else
-            printf("%-12d %.4f +- %.4f\n", s, r->loss_mean[s], r->loss_ci[s]);
+            printf("%-12d %s\n", s, with_ci(r->loss_mean[s], r->loss_ci[s], x, sizeof x));
     }
-    if (r->has_acc)
-        printf("meta-test accuracy: %.2f%% +- %.2f%% (95%% CI, %d tasks, %d inner steps)\n",
-               100 * r->acc_mean[k], 100 * r->acc_ci[k], r->n_tasks, k);
-    else
-        printf("MSE before adaptation %.4f +- %.4f, after %d steps %.4f +- %.4f (%d tasks)\n",
-               r->loss_mean[0], r->loss_ci[0], k, r->loss_mean[k], r->loss_ci[k], r->n_tasks);
+    if (r->has_acc) {
+        if (isnan(r->acc_ci[k]))
+            snprintf(x, sizeof x, "n/a");
+        else
+            snprintf(x, sizeof x, "%.2f%%", 100 * r->acc_ci[k]);
+        printf("meta-test accuracy: %.2f%% +- %s (95%% CI; %d tasks, %d inner steps)\n",
+               100 * r->acc_mean[k], x, r->n_tasks, k);
+    } else
+        printf("MSE before adaptation %s, after %d steps %s (%d tasks)\n",
+               with_ci(r->loss_mean[0], r->loss_ci[0], x, sizeof x), k,
+               with_ci(r->loss_mean[k], r->loss_ci[k], y, sizeof y), r->n_tasks);
 }
 
 typedef struct {
@@ -98,20 +116,22 @@ typedef struct {
     TaskSource src;
 } EvalJob;
 
-/* Everything that can be wrong with the input, checked before any task runs. */
+/* Everything that can be wrong with the input, checked before any task runs, and before the
+ * backend spends time compiling. */
 static int prepare(const EvalArgs *a, long per_run, EvalJob *j, MamlError *err) {
     if (spec_load(a->graph, a->overrides.items, a->overrides.n, &j->spec, err) ||
-        evaluator_open(&j->ev, &j->spec, a->backend, (int)per_run, NULL, 0, err) ||
-        checkpoint_load(a->checkpoint, &j->ev.graph, CHECKPOINT_PARAMS, &j->params, &j->meta,
-                        err))
+        evaluator_build(&j->ev, &j->spec, (int)per_run, err) ||
+        checkpoint_load(a->checkpoint, &j->ev.graph, CHECKPOINT_PARAMS, &j->params, &j->meta, err))
         return -1;
     j->src = (TaskSource){.spec = &j->spec, .split = "test"};
-    if (j->spec.data.dataset != DATASET_OMNIGLOT) return 0;
-    if (omniglot_open(train_data_dir(a->data), &j->spec.data, &j->data, NULL, err) ||
-        omniglot_splits(&j->data, &j->spec.data, &j->splits, err))
-        return -1;
-    j->src.classes = &j->splits.test;
-    return task_source_check(&j->src, err);
+    if (j->spec.data.dataset == DATASET_OMNIGLOT) {
+        if (omniglot_open(train_data_dir(a->data), &j->spec.data, &j->data, NULL, err) ||
+            omniglot_splits(&j->data, &j->spec.data, &j->splits, err))
+            return -1;
+        j->src.classes = &j->splits.test;
+        if (task_source_check(&j->src, err)) return -1;
+    }
+    return evaluator_start(&j->ev, a->backend, NULL, 0, err);
 }
 
 /* --seed, else the seed the checkpoint was trained with, else data.seed. */
@@ -132,8 +152,10 @@ static int run_eval(const EvalArgs *a, long tasks, long per_run) {
         uint64_t seed = pick_seed(a, &j) ^ TEST_SALT;
         rc = evaluator_run(&j.ev, &j.src, seed, (int)tasks, &j.params, &r, &err) ? 1 : 0;
     }
-    if (rc) cli_error("%s", err.message);
-    else print_result(a, &r, j.meta.complete ? j.meta.step : -1);
+    if (rc)
+        cli_error("%s", err.message);
+    else
+        print_result(a, &r, j.meta.complete ? j.meta.step : -1);
     omniglot_splits_free(&j.splits);
     omniglot_close(&j.data);
     tensorset_free(&j.params);

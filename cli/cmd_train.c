@@ -11,11 +11,13 @@
 #define TRAIN_USAGE                                                                                \
     "usage: mamlc train GRAPH.yaml [--data DIR] [--steps N] [--backend auto|cuda|cpu|ref]\n"       \
     "        [--out RUN_DIR] [--resume] [--val-every N] [--val-tasks N] [--ckpt-every N]\n"        \
-    "        [--seed S] [--progress auto|bar|lines|quiet] [--set KEY=VALUE ...]"
+    "        [--seed S] [--time-limit SECONDS] [--progress auto|bar|lines|quiet]\n"                \
+    "        [--set KEY=VALUE ...]"
 
 static volatile sig_atomic_t stop_signal;
 
-/* Records the signal; SA_RESETHAND makes a second Ctrl-C kill the process as usual. */
+/* Records the signal; SA_RESETHAND makes a second Ctrl-C kill the process as usual, SA_RESTART
+ * keeps file I/O in progress from failing with EINTR. */
 static void on_signal(int sig) {
     stop_signal = sig;
 }
@@ -24,7 +26,7 @@ static void install_handlers(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESETHAND;
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -54,7 +56,7 @@ static int parse_progress(const char *s, ProgressMode *m) {
     return -1;
 }
 
-typedef enum { V_STRING, V_STEPS, V_COUNT, V_SEED, V_PROGRESS } ValueKind;
+typedef enum { V_STRING, V_STEPS, V_COUNT, V_SEED, V_PROGRESS, V_SECONDS } ValueKind;
 
 typedef struct {
     const char *name;
@@ -78,6 +80,10 @@ static int store_value(const ValuedOption *opt, const char *v, TrainOptions *o) 
         if (parse_count(opt->name, v, 1L << 30, &n)) return -1;
         *(int *)opt->slot = (int)n;
         return 0;
+    case V_SECONDS:
+        if (parse_count(opt->name, v, 1L << 30, &n)) return -1;
+        *(double *)opt->slot = (double)n;
+        return 0;
     case V_SEED:
         if (parse_count(opt->name, v, 0x7fffffffffffffffL, &n)) return -1;
         o->seed = (uint64_t)n;
@@ -90,11 +96,11 @@ static int store_value(const ValuedOption *opt, const char *v, TrainOptions *o) 
 /* Options with a value; returns 1 when argv[*i] was one, -1 on a bad value, 0 otherwise. */
 static int take_valued(int argc, char **argv, int *i, TrainOptions *o) {
     const ValuedOption opts[] = {
-        {"--data", V_STRING, &o->data_dir},       {"--out", V_STRING, &o->run_dir},
-        {"--backend", V_STRING, &o->backend},     {"--steps", V_STEPS, &o->steps},
-        {"--val-every", V_COUNT, &o->val_every},  {"--val-tasks", V_COUNT, &o->val_tasks},
+        {"--data", V_STRING, &o->data_dir},        {"--out", V_STRING, &o->run_dir},
+        {"--backend", V_STRING, &o->backend},      {"--steps", V_STEPS, &o->steps},
+        {"--val-every", V_COUNT, &o->val_every},   {"--val-tasks", V_COUNT, &o->val_tasks},
         {"--ckpt-every", V_COUNT, &o->ckpt_every}, {"--seed", V_SEED, NULL},
-        {"--progress", V_PROGRESS, &o->progress},
+        {"--progress", V_PROGRESS, &o->progress},  {"--time-limit", V_SECONDS, &o->time_limit_s},
     };
     for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
         if (strcmp(argv[*i], opts[k].name) != 0) continue;
@@ -110,8 +116,8 @@ static int take_valued(int argc, char **argv, int *i, TrainOptions *o) {
 static int parse_args(int argc, char **argv, TrainOptions *o, Overrides *ov) {
     memset(o, 0, sizeof *o);
     memset(ov, 0, sizeof *ov);
-    *o = (TrainOptions){.backend = "auto", .steps = 60000, .val_every = 500, .val_tasks = 100,
-                        .ckpt_every = 500};
+    *o = (TrainOptions){
+        .backend = "auto", .steps = 60000, .val_every = 500, .val_tasks = 100, .ckpt_every = 500};
     for (int i = 1; i < argc; i++) {
         int taken = cli_take_override(argc, argv, &i, ov);
         if (taken == 0) taken = take_valued(argc, argv, &i, o);
@@ -120,8 +126,8 @@ static int parse_args(int argc, char **argv, TrainOptions *o, Overrides *ov) {
         if (strcmp(argv[i], "--resume") == 0) {
             o->resume = true;
         } else if (argv[i][0] == '-' || o->graph) {
-            cli_error("train: %s '%s'", argv[i][0] == '-' ? "unknown option" : "unexpected argument",
-                      argv[i]);
+            cli_error("train: %s '%s'",
+                      argv[i][0] == '-' ? "unknown option" : "unexpected argument", argv[i]);
             return -1;
         } else {
             o->graph = argv[i];

@@ -20,7 +20,7 @@ static const Command commands[] = {
     {"train", cmd_train,
      "train GRAPH.yaml [--data DIR] [--steps N] [--backend auto|cuda|cpu|ref] [--out RUN_DIR]\n"
      "        [--resume] [--val-every N] [--val-tasks N] [--ckpt-every N] [--seed S]\n"
-     "        [--progress auto|bar|lines|quiet] [--set KEY=VALUE ...]"},
+     "        [--time-limit SECONDS] [--progress auto|bar|lines|quiet] [--set KEY=VALUE ...]"},
     {"eval", cmd_eval,
      "eval GRAPH.yaml --checkpoint C.safetensors [--data DIR] [--tasks N] [--backend ...]\n"
      "        [--tasks-per-run N] [--seed S] [--set KEY=VALUE ...]"},

@@ -51,8 +51,8 @@ static int collect(const Graph *g, const TensorSet *state, const char *path, Ten
             const Tensor *t = tensorset_find(state, n->name);
             if (!t) return maml_fail(err, "%s: cannot save: no tensor '%s'", path, n->name);
             if (!tensor_all_finite(t))
-                return maml_fail(err, "%s: refusing to save tensor '%s': it holds NaN or Inf",
-                                 path, n->name);
+                return maml_fail(err, "%s: refusing to save tensor '%s': it holds NaN or Inf", path,
+                                 n->name);
             if (!tensorset_add(out, t->name, t->dtype, t->shape, t->data, err)) return -1;
         }
     return 0;
@@ -140,8 +140,8 @@ static int meta_field(const char *path, const TensorSet *file, const char *key, 
     const char *v = tensorset_get_meta(file, key);
     if (!v) {
         if (!required) return 0;
-        return maml_fail(err, "%s: __metadata__ lacks '%s' (not a mamlc training checkpoint)",
-                         path, key);
+        return maml_fail(err, "%s: __metadata__ lacks '%s' (not a mamlc training checkpoint)", path,
+                         key);
     }
     if (parse(v, out))
         return maml_fail(err, "%s: __metadata__ '%s' is '%.64s', expected %s", path, key, v,
@@ -150,28 +150,37 @@ static int meta_field(const char *path, const TensorSet *file, const char *key, 
 }
 
 /* Adapters giving the parsers one signature. */
-static int p_long(const char *s, void *o) { return parse_long(s, o); }
-static int p_u64(const char *s, void *o) { return parse_u64(s, o); }
-static int p_rng(const char *s, void *o) { return parse_rng(s, o); }
-static int p_secs(const char *s, void *o) { return parse_seconds(s, o); }
+static int p_long(const char *s, void *o) {
+    return parse_long(s, o);
+}
+static int p_u64(const char *s, void *o) {
+    return parse_u64(s, o);
+}
+static int p_rng(const char *s, void *o) {
+    return parse_rng(s, o);
+}
+static int p_secs(const char *s, void *o) {
+    return parse_seconds(s, o);
+}
 
-static int check_meta(const char *path, const TensorSet *file, CheckpointUse use,
-                      CheckpointMeta *m, MamlError *err) {
+static int check_meta(const char *path, const TensorSet *file, CheckpointUse use, CheckpointMeta *m,
+                      MamlError *err) {
     memset(m, 0, sizeof *m);
     bool req = use == CHECKPOINT_TRAIN;
     const char *fmt = tensorset_get_meta(file, "mamlc_checkpoint");
     if (req && !fmt)
-        return maml_fail(err, "%s: __metadata__ lacks 'mamlc_checkpoint' (not a mamlc training "
-                              "checkpoint)", path);
+        return maml_fail(err,
+                         "%s: __metadata__ lacks 'mamlc_checkpoint' (not a mamlc training "
+                         "checkpoint)",
+                         path);
     if (fmt && strcmp(fmt, CHECKPOINT_FORMAT) != 0)
         return maml_fail(err, "%s: checkpoint format '%.32s' is not supported (expected '%s')",
                          path, fmt, CHECKPOINT_FORMAT);
     if (meta_field(path, file, "step", req, p_long, &m->step, "a non-negative integer", err) ||
         meta_field(path, file, "seed", req, p_u64, &m->seed, "an unsigned integer", err) ||
-        meta_field(path, file, "data_rng", req, p_rng, &m->data_rng,
-                   "64 hex digits, not all zero", err) ||
-        meta_field(path, file, "seconds", false, p_secs, &m->seconds, "a non-negative number",
-                   err))
+        meta_field(path, file, "data_rng", req, p_rng, &m->data_rng, "64 hex digits, not all zero",
+                   err) ||
+        meta_field(path, file, "seconds", false, p_secs, &m->seconds, "a non-negative number", err))
         return -1;
     m->complete = tensorset_get_meta(file, "step") && tensorset_get_meta(file, "seed") &&
                   tensorset_get_meta(file, "data_rng");
@@ -184,8 +193,8 @@ static int check_tensor(const char *path, const Node *n, const Tensor *t, MamlEr
     char want[96], found[96];
     if (!t) return maml_fail(err, "%s: missing tensor '%s'", path, n->name);
     if (t->dtype != TENSOR_F32 && t->dtype != TENSOR_F64)
-        return maml_fail(err, "%s: tensor '%s' has dtype %s, expected F32 or F64", path,
-                         n->name, tensor_dtype_name(t->dtype));
+        return maml_fail(err, "%s: tensor '%s' has dtype %s, expected F32 or F64", path, n->name,
+                         tensor_dtype_name(t->dtype));
     if (!shape_equal(t->shape, n->shape))
         return maml_fail(err, "%s: tensor '%s': expected shape %s, found %s", path, n->name,
                          shape_str(n->shape, want, sizeof want),
@@ -195,26 +204,28 @@ static int check_tensor(const char *path, const Node *n, const Tensor *t, MamlEr
     return 0;
 }
 
-static int check_tensors(const char *path, const Graph *g, CheckpointUse use,
-                         const TensorSet *file, MamlError *err) {
+static int check_tensors(const char *path, const Graph *g, CheckpointUse use, const TensorSet *file,
+                         MamlError *err) {
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *n = &g->nodes[i];
-        if (stored(n, use) && check_tensor(path, n, tensorset_find(file, n->name), err))
-            return -1;
+        if (stored(n, use) && check_tensor(path, n, tensorset_find(file, n->name), err)) return -1;
     }
     if (use != CHECKPOINT_TRAIN) return 0;
     for (int i = 0; i < file->n; i++) {
         int node = graph_find_input(g, file->items[i].name);
         if (node < 0 || !stored(&g->nodes[node], use))
-            return maml_fail(err, "%s: unexpected tensor '%s' (not a parameter or optimizer "
-                                  "state of this graph)", path, file->items[i].name);
+            return maml_fail(err,
+                             "%s: unexpected tensor '%s' (not a parameter or optimizer "
+                             "state of this graph)",
+                             path, file->items[i].name);
     }
     return 0;
 }
 
 /* Adds tensor t to into as F32 (converting F64). */
 static int add_f32(TensorSet *into, const Tensor *t, MamlError *err) {
-    if (t->dtype == TENSOR_F32) return tensorset_add(into, t->name, t->dtype, t->shape, t->data, err) ? 0 : -1;
+    if (t->dtype == TENSOR_F32)
+        return tensorset_add(into, t->name, t->dtype, t->shape, t->data, err) ? 0 : -1;
     Tensor *c = tensorset_add(into, t->name, TENSOR_F32, t->shape, NULL, err);
     if (!c) return -1;
     int64_t n = shape_numel(t->shape);

@@ -7,8 +7,7 @@
 
 #include "maml.h"
 
-int evaluator_open(Evaluator *ev, const GraphSpec *spec, const char *backend, int tasks_per_run,
-                   char *why, int why_size, MamlError *err) {
+int evaluator_build(Evaluator *ev, const GraphSpec *spec, int tasks_per_run, MamlError *err) {
     memset(ev, 0, sizeof *ev);
     graph_init(&ev->graph);
     ev->spec = spec;
@@ -18,8 +17,17 @@ int evaluator_open(Evaluator *ev, const GraphSpec *spec, const char *backend, in
                          spec->maml.eval.inner_steps, EVAL_MAX_STEPS);
     if (tasks_per_run < 1)
         return maml_fail(err, "evaluation needs at least 1 task per run, not %d", tasks_per_run);
-    if (maml_build(spec, MAML_EVAL, tasks_per_run, &ev->graph, NULL, err)) return -1;
+    return maml_build(spec, MAML_EVAL, tasks_per_run, &ev->graph, NULL, err);
+}
+
+int evaluator_start(Evaluator *ev, const char *backend, char *why, int why_size, MamlError *err) {
     return backend_open(backend, &ev->graph, PREC_F32, &ev->backend, why, why_size, err);
+}
+
+int evaluator_open(Evaluator *ev, const GraphSpec *spec, const char *backend, int tasks_per_run,
+                   char *why, int why_size, MamlError *err) {
+    if (evaluator_build(ev, spec, tasks_per_run, err)) return -1;
+    return evaluator_start(ev, backend, why, why_size, err);
 }
 
 void evaluator_close(Evaluator *ev) {
@@ -41,15 +49,14 @@ static void moments_add(Moments *m, int k, double x) {
     m->m2[k] += d * (x - m->mean[k]);
 }
 
-/* 1.96 * std / sqrt(n), std with divisor n (np.std). */
+/* 1.96 * std / sqrt(n), std with divisor n (np.std); NAN when one run gives no spread. */
 static double ci95(const Moments *m, int k) {
-    if (m->n < 2) return 0.0;
+    if (m->n < 2) return NAN;
     return 1.96 * sqrt(m->m2[k] / (double)m->n) / sqrt((double)m->n);
 }
 
 /* The graph's parameter inputs, copied from params. */
-static int copy_params(const Graph *g, const TensorSet *params, TensorSet *inputs,
-                       MamlError *err) {
+static int copy_params(const Graph *g, const TensorSet *params, TensorSet *inputs, MamlError *err) {
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *n = &g->nodes[i];
         if (n->op != OP_INPUT || n->input_kind != INPUT_PARAM) continue;
@@ -60,8 +67,7 @@ static int copy_params(const Graph *g, const TensorSet *params, TensorSet *input
     return 0;
 }
 
-static int read_scalar(const TensorSet *out, const char *prefix, int k, double *v,
-                       MamlError *err) {
+static int read_scalar(const TensorSet *out, const char *prefix, int k, double *v, MamlError *err) {
     char name[48];
     snprintf(name, sizeof name, "%s%d", prefix, k);
     const Tensor *t = tensorset_find(out, name);
@@ -85,8 +91,7 @@ static int record(const Evaluator *ev, const TensorSet *out, Moments *loss, Mome
     return 0;
 }
 
-static void summarise(const Evaluator *ev, const Moments *loss, const Moments *acc,
-                      EvalResult *r) {
+static void summarise(const Evaluator *ev, const Moments *loss, const Moments *acc, EvalResult *r) {
     memset(r, 0, sizeof *r);
     r->n_runs = (int)loss->n;
     r->n_tasks = r->n_runs * ev->tasks_per_run;

@@ -1,6 +1,7 @@
 /* Meta-evaluation: adapt to held-out tasks with the graph's eval inner steps and measure the
  * query loss and accuracy after 0, 1, ..., K steps, as the mean over tasks with a 95% confidence
- * interval (1.96 * std / sqrt(n), std over tasks as numpy's np.std, the MAML code's convention).
+ * interval (1.96 * std / sqrt(n), std over tasks as numpy's np.std, the MAML code's convention;
+ * NAN when there is a single run).
  * Used by `mamlc eval` (test split) and by training's validation (val split). */
 #ifndef MAMLC_EVALUATE_H
 #define MAMLC_EVALUATE_H
@@ -30,11 +31,18 @@ typedef struct {
 } Evaluator;
 
 /* Builds the eval graph for tasks_per_run tasks and opens the named backend on it ("auto" picks;
- * why as in backend_open). tasks_per_run 1 gives per-task statistics; more runs faster on
- * parallel backends, with the statistics then taken over runs (the standard error of the mean is
- * estimated the same way). */
+ * why as in backend_open): evaluator_build then evaluator_start. tasks_per_run 1 gives per-task
+ * statistics; more runs faster on parallel backends, with the statistics then taken over runs
+ * (the standard error of the mean is estimated the same way). */
 int evaluator_open(Evaluator *ev, const GraphSpec *spec, const char *backend, int tasks_per_run,
                    char *why, int why_size, MamlError *err);
+
+/* Builds only the graph (ev->graph), so inputs can be checked against it before a backend spends
+ * time compiling it. */
+int evaluator_build(Evaluator *ev, const GraphSpec *spec, int tasks_per_run, MamlError *err);
+
+/* Opens the named backend on the graph evaluator_build made. */
+int evaluator_start(Evaluator *ev, const char *backend, char *why, int why_size, MamlError *err);
 
 /* Evaluates params (every parameter input of the graph, by name) on n_tasks tasks from src (rounded
  * up to whole runs), drawn with a generator seeded with seed, so equal seeds give equal tasks. */

@@ -136,7 +136,7 @@ static int series_of(const Log *l, int col, Series *s, MamlError *err) {
     return 0;
 }
 
-/* Trailing moving average over a window of about a fortieth of the series. */
+/* Trailing moving average over a window of about a fortieth of the series (5 points or more). */
 static int smooth(const Series *in, Series *out, MamlError *err) {
     memset(out, 0, sizeof *out);
     out->x = maml_calloc((size_t)in->n + 1, sizeof *out->x, err);
@@ -145,7 +145,8 @@ static int smooth(const Series *in, Series *out, MamlError *err) {
         series_free(out);
         return -1;
     }
-    int w = in->n / 40 > 1 ? in->n / 40 : 1;
+    int w = in->n / 40 > 5 ? in->n / 40 : 5; /* at least 5 points, at most a fifth of them */
+    if (w > in->n / 5) w = in->n / 5 > 1 ? in->n / 5 : 1;
     double sum = 0;
     for (int i = 0; i < in->n; i++) {
         sum += in->y[i];
@@ -220,14 +221,16 @@ static void frame(const Panel *p, const char *ylabel) {
 }
 
 /* Draws a series as a polyline, thinned to MAX_POINTS; markers at every point when asked. */
-static void draw(const Panel *p, const Series *s, const char *color, double width,
-                 double opacity, bool markers) {
+static void draw(const Panel *p, const Series *s, const char *color, double width, double opacity,
+                 bool markers) {
     if (s->n == 0) return;
     int stride = s->n > MAX_POINTS ? (s->n + MAX_POINTS - 1) / MAX_POINTS : 1;
     fprintf(p->f, "<polyline fill='none' stroke='%s' stroke-width='%.1f' opacity='%.2f' points='",
             color, width, opacity);
-    for (int i = 0; i < s->n; i += stride) fprintf(p->f, "%.1f,%.1f ", px(p, s->x[i]), py(p, s->y[i]));
-    if ((s->n - 1) % stride) fprintf(p->f, "%.1f,%.1f", px(p, s->x[s->n - 1]), py(p, s->y[s->n - 1]));
+    for (int i = 0; i < s->n; i += stride)
+        fprintf(p->f, "%.1f,%.1f ", px(p, s->x[i]), py(p, s->y[i]));
+    if ((s->n - 1) % stride)
+        fprintf(p->f, "%.1f,%.1f", px(p, s->x[s->n - 1]), py(p, s->y[s->n - 1]));
     fputs("'/>\n", p->f);
     for (int i = 0; markers && i < s->n; i += stride)
         fprintf(p->f, "<circle cx='%.1f' cy='%.1f' r='3' fill='%s'/>\n", px(p, s->x[i]),
@@ -287,10 +290,14 @@ static bool has_values(const Log *l, int col) {
 
 static void xml_text(FILE *f, const char *s) {
     for (; *s; s++) {
-        if (*s == '<') fputs("&lt;", f);
-        else if (*s == '>') fputs("&gt;", f);
-        else if (*s == '&') fputs("&amp;", f);
-        else fputc(*s, f);
+        if (*s == '<')
+            fputs("&lt;", f);
+        else if (*s == '>')
+            fputs("&gt;", f);
+        else if (*s == '&')
+            fputs("&amp;", f);
+        else
+            fputc(*s, f);
     }
 }
 

@@ -39,8 +39,9 @@ typedef struct {
     TensorSet state; /* every graph input: parameters, optimizer state, the batch, adam/step */
     TensorSet outputs;
     Producer *producer;
-    long step, start_step, val_step;
-    Rng data_rng; /* the task stream after batch `step` */
+    long step, start_step;
+    bool finished; /* the last step of this session is done */
+    Rng data_rng;  /* the task stream after batch `step` */
     double seconds0, t_start, t_drawn, t_printed;
     FILE *log;
     char log_path[1100];
@@ -59,8 +60,10 @@ void train_default_run_dir(const char *graph_path, char *buf, int size) {
     const char *base = strrchr(graph_path, '/');
     base = base ? base + 1 : graph_path;
     size_t n = strlen(base);
-    if (n > 5 && strcmp(base + n - 5, ".yaml") == 0) n -= 5;
-    else if (n > 4 && strcmp(base + n - 4, ".yml") == 0) n -= 4;
+    if (n > 5 && strcmp(base + n - 5, ".yaml") == 0)
+        n -= 5;
+    else if (n > 4 && strcmp(base + n - 4, ".yml") == 0)
+        n -= 4;
     snprintf(buf, (size_t)size, "runs/%.*s", (int)n, base);
 }
 
@@ -117,27 +120,49 @@ static void note(Trainer *t, const char *fmt, ...) {
 
 static void format_eta(double s, char *buf, size_t size) {
     long v = (long)(s + 0.5);
-    if (!isfinite(s) || s < 0) snprintf(buf, size, "?");
-    else if (v >= 3600) snprintf(buf, size, "%ldh%02ldm", v / 3600, v / 60 % 60);
-    else if (v >= 60) snprintf(buf, size, "%ldm%02lds", v / 60, v % 60);
-    else snprintf(buf, size, "%lds", v);
+    if (!isfinite(s) || s < 0)
+        snprintf(buf, size, "?");
+    else if (v >= 3600)
+        snprintf(buf, size, "%ldh%02ldm", v / 3600, v / 60 % 60);
+    else if (v >= 60)
+        snprintf(buf, size, "%ldm%02lds", v / 60, v % 60);
+    else
+        snprintf(buf, size, "%lds", v);
 }
 
 /* "loss 1.2345 acc 0.412 val 0.523 | 1.23 steps/s | ETA 5m10s" for the current state. */
-static void status_text(const Trainer *t, double now, char *buf, size_t size) {
+/* Fraction of the run done and seconds left: by steps, or by the time limit when that ends the
+ * run sooner. */
+static double run_fraction(const Trainer *t, double now, double *eta) {
     double rate = (double)(t->step - t->start_step) / (now - t->t_start);
+    double frac = (double)t->step / (double)t->o->steps;
+    *eta = (double)(t->o->steps - t->step) / rate;
+    double limit = t->o->time_limit_s, used = now - t->t_start;
+    if (limit > 0 && limit - used < *eta) {
+        *eta = limit > used ? limit - used : 0;
+        frac = used / limit < 1 ? used / limit : 1;
+    }
+    return frac;
+}
+
+static void status_text(const Trainer *t, double now, char *buf, size_t size) {
+    double rate = (double)(t->step - t->start_step) / (now - t->t_start), left;
     char eta[32], acc[32] = "", val[32] = "";
-    format_eta((double)(t->o->steps - t->step) / rate, eta, sizeof eta);
+    run_fraction(t, now, &left);
+    format_eta(left, eta, sizeof eta);
     if (!isnan(t->r->meta_acc)) snprintf(acc, sizeof acc, " acc %.3f", t->r->meta_acc);
-    if (!isnan(t->r->val_acc)) snprintf(val, sizeof val, " val %.3f", t->r->val_acc);
-    else if (!isnan(t->r->val_loss)) snprintf(val, sizeof val, " val_loss %.4g", t->r->val_loss);
+    if (!isnan(t->r->val_acc))
+        snprintf(val, sizeof val, " val %.3f", t->r->val_acc);
+    else if (!isnan(t->r->val_loss))
+        snprintf(val, sizeof val, " val_loss %.4g", t->r->val_loss);
     snprintf(buf, size, "loss %.4f%s%s | %.2f steps/s | ETA %s", t->r->meta_loss, acc, val, rate,
              eta);
 }
 
 static void draw_bar(Trainer *t, double now) {
     char text[256], bar[21];
-    int filled = (int)(20.0 * (double)t->step / (double)t->o->steps);
+    double left;
+    int filled = (int)(20.0 * run_fraction(t, now, &left));
     for (int i = 0; i < 20; i++) bar[i] = i < filled ? '#' : '.';
     bar[20] = 0;
     status_text(t, now, text, sizeof text);
@@ -241,8 +266,7 @@ static int setup_spec(Trainer *t, MamlError *err) {
         snprintf(t->r->run_dir, sizeof t->r->run_dir, "%s", o->run_dir);
     else
         train_default_run_dir(o->graph, t->r->run_dir, sizeof t->r->run_dir);
-    snprintf(t->r->checkpoint, sizeof t->r->checkpoint, "%s/checkpoint.safetensors",
-             t->r->run_dir);
+    snprintf(t->r->checkpoint, sizeof t->r->checkpoint, "%s/checkpoint.safetensors", t->r->run_dir);
     return 0;
 }
 
@@ -273,18 +297,26 @@ static int setup_data(Trainer *t, MamlError *err) {
     return t->o->val_every > 0 ? task_source_check(&t->val_src, err) : 0;
 }
 
-static int setup_backend(Trainer *t, MamlError *err) {
-    const char *name = t->o->backend && *t->o->backend ? t->o->backend : "auto";
-    char why[256] = "";
-    if (maml_build(&t->spec, MAML_TRAIN_STEP, t->spec.maml.meta_batch, &t->graph, NULL, err) ||
-        backend_open(name, &t->graph, PREC_F32, &t->backend, why, sizeof why, err))
+/* The training graph and, when validating, the eval graph; no backend yet. */
+static int build_graphs(Trainer *t, MamlError *err) {
+    if (maml_build(&t->spec, MAML_TRAIN_STEP, t->spec.maml.meta_batch, &t->graph, NULL, err))
         return -1;
-    if (t->o->val_every > 0) {
-        int per_run = t->o->val_tasks < t->spec.maml.meta_batch ? t->o->val_tasks
-                                                                  : t->spec.maml.meta_batch;
-        if (evaluator_open(&t->val, &t->spec, name, per_run, NULL, 0, err)) return -1;
-        t->have_val = true;
-    }
+    if (t->o->val_every <= 0) return 0;
+    /* At most a meta-batch per run (memory), and at least five runs for the interval. */
+    int per_run = t->o->val_tasks / 5 < t->spec.maml.meta_batch ? t->o->val_tasks / 5
+                                                                : t->spec.maml.meta_batch;
+    if (per_run < 1) per_run = 1;
+    t->have_val = true;
+    return evaluator_build(&t->val, &t->spec, per_run, err);
+}
+
+/* Opens the backends last, after every input has been checked: compiling takes time. */
+static int open_backends(Trainer *t, MamlError *err) {
+    const char *name = t->o->backend && *t->o->backend ? t->o->backend : "auto";
+    char why[512] = "";
+    if (backend_open(name, &t->graph, PREC_F32, &t->backend, why, sizeof why, err) ||
+        (t->have_val && evaluator_start(&t->val, name, NULL, 0, err)))
+        return -1;
     const MamlSettings *m = &t->spec.maml;
     note(t, "mamlc train: %s, %lld parameters, %d-way %d-shot, meta-batch %d, seed %llu; %s",
          t->o->graph, (long long)t->spec.total_params, m->n_way, m->k_shot, m->meta_batch,
@@ -334,14 +366,13 @@ static int setup_state(Trainer *t, MamlError *err) {
 }
 
 static int setup(Trainer *t, MamlError *err) {
-    if (setup_spec(t, err) || check_run_dir(t, err) || setup_data(t, err) ||
-        setup_backend(t, err) || setup_state(t, err))
+    if (setup_spec(t, err) || check_run_dir(t, err) || setup_data(t, err) || build_graphs(t, err) ||
+        setup_state(t, err))
         return -1;
     t->start_step = t->step;
     if (t->step >= t->o->steps) return 0;
-    if (open_log(t, err)) return -1;
-    return producer_start(&t->train_src, t->spec.maml.meta_batch, &t->data_rng, &t->producer,
-                          err);
+    if (open_backends(t, err) || open_log(t, err)) return -1;
+    return producer_start(&t->train_src, t->spec.maml.meta_batch, &t->data_rng, &t->producer, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -365,14 +396,16 @@ static int validate(Trainer *t, MamlError *err) {
         return -1;
     int k = v.inner_steps;
     t->r->val_loss = v.loss_mean[k];
-    t->val_step = t->step;
     if (v.has_acc) {
         t->r->val_acc = v.acc_mean[k];
-        note(t, "step %ld: validation accuracy %.4f +- %.4f over %d tasks (%d inner steps), loss %.4f",
+        note(t,
+             "step %ld: validation accuracy %.4f +- %.4f over %d tasks (%d inner steps), loss %.4f",
              t->step, v.acc_mean[k], v.acc_ci[k], v.n_tasks, k, v.loss_mean[k]);
     } else {
-        note(t, "step %ld: validation loss %.4g +- %.2g over %d tasks after %d inner steps (%.4g "
-                "before)", t->step, v.loss_mean[k], v.loss_ci[k], v.n_tasks, k, v.loss_mean[0]);
+        note(t,
+             "step %ld: validation loss %.4g +- %.2g over %d tasks after %d inner steps (%.4g "
+             "before)",
+             t->step, v.loss_mean[k], v.loss_ci[k], v.n_tasks, k, v.loss_mean[0]);
     }
     return 0;
 }
@@ -443,7 +476,11 @@ static int run_step(Trainer *t, MamlError *err) {
 /* After step `step`: validation, log row, progress, checkpoint. */
 static int after_step(Trainer *t, MamlError *err) {
     const TrainOptions *o = t->o;
-    bool last = t->step == o->steps;
+    bool timed_out = o->time_limit_s > 0 && now_s() - t->t_start >= o->time_limit_s;
+    bool last = t->step == o->steps || timed_out;
+    t->finished = last;
+    if (timed_out && t->step < o->steps)
+        note(t, "time limit of %gs reached at step %ld", o->time_limit_s, t->step);
     double val_acc = NAN, val_loss = NAN;
     if (t->have_val && (t->step % o->val_every == 0 || last)) {
         if (validate(t, err)) return -1;
@@ -456,7 +493,7 @@ static int after_step(Trainer *t, MamlError *err) {
 }
 
 static TrainStatus loop(Trainer *t, MamlError *err) {
-    while (t->step < t->o->steps) {
+    while (!t->finished) {
         int sig = t->o->stop_signal ? *t->o->stop_signal : 0;
         if (sig) {
             t->r->signal = sig;
@@ -506,8 +543,8 @@ TrainStatus train_run(const TrainOptions *o, TrainResult *r, MamlError *err) {
     if (setup(&t, err) == 0) {
         t.t_start = now_s();
         if (t.step >= o->steps) {
-            note(&t, "%s is at step %ld already; nothing to do for --steps %ld",
-                 r->checkpoint, t.step, o->steps);
+            note(&t, "%s is at step %ld already; nothing to do for --steps %ld", r->checkpoint,
+                 t.step, o->steps);
             status = TRAIN_DONE;
         } else {
             status = loop(&t, err);

@@ -36,29 +36,32 @@ typedef enum {
 } ProgressMode;
 
 typedef struct {
-    const char *graph;                /* GRAPH.yaml */
-    const char *const *overrides;     /* --set KEY=VALUE */
+    const char *graph;            /* GRAPH.yaml */
+    const char *const *overrides; /* --set KEY=VALUE */
     int n_overrides;
-    const char *data_dir;             /* NULL: $OMNIGLOT, else TRAIN_DEFAULT_DATA */
-    const char *run_dir;              /* NULL: runs/<graph file name without .yaml> */
-    const char *backend;              /* NULL: "auto" */
-    long steps;                       /* meta-steps of the whole run; --resume continues to it */
-    bool resume;                      /* continue from RUN_DIR/checkpoint.safetensors */
-    int val_every;                    /* validate every N steps and at the end; 0: never */
-    int val_tasks;                    /* tasks per validation */
-    int ckpt_every;                   /* checkpoint every N steps; 0: only at the end */
-    bool has_seed;                    /* seed below replaces data.seed */
+    const char *data_dir; /* NULL: $OMNIGLOT, else TRAIN_DEFAULT_DATA */
+    const char *run_dir;  /* NULL: runs/<graph file name without .yaml> */
+    const char *backend;  /* NULL: "auto" */
+    long steps;           /* meta-steps of the whole run; --resume continues to it */
+    bool resume;          /* continue from RUN_DIR/checkpoint.safetensors */
+    int val_every;        /* validate every N steps and at the end; 0: never */
+    int val_tasks;        /* tasks per validation */
+    int ckpt_every;       /* checkpoint every N steps; 0: only at the end */
+    bool has_seed;        /* seed below replaces data.seed */
     uint64_t seed;
     ProgressMode progress;
-    FILE *out;                        /* progress and notes; NULL: stdout */
-    double log_interval_s;            /* PROGRESS_LINES: seconds between lines; 0: 10 */
+    FILE *out;             /* progress and notes; NULL: stdout */
+    double log_interval_s; /* PROGRESS_LINES: seconds between lines; 0: 10 */
+    /* Ends the run like its last step (validation, checkpoint) at the first step boundary after
+     * this many seconds of training in this session; 0: no limit. */
+    double time_limit_s;
     /* Set to a signal number (by the caller's handler) to checkpoint at the next step boundary
      * and stop; NULL: never. */
     const volatile sig_atomic_t *stop_signal;
 } TrainOptions;
 
 typedef enum {
-    TRAIN_DONE,        /* all steps done, final checkpoint written */
+    TRAIN_DONE,        /* all steps (or the time limit) done, final checkpoint written */
     TRAIN_INTERRUPTED, /* stop_signal seen: checkpoint written at the step boundary */
     TRAIN_BAD_INPUT,   /* graph, settings, data, run directory or checkpoint rejected */
     TRAIN_FAILED,      /* a step failed or the loss went NaN/Inf (last good checkpoint kept) */
@@ -71,7 +74,7 @@ typedef struct {
     double val_acc, val_loss;   /* of the last validation; NAN when none */
     int signal;                 /* TRAIN_INTERRUPTED: the signal seen */
     char run_dir[1024];
-    char checkpoint[1100];      /* RUN_DIR/checkpoint.safetensors */
+    char checkpoint[1100]; /* RUN_DIR/checkpoint.safetensors */
 } TrainResult;
 
 /* Runs (or resumes) a training run as described above; r is filled in every case. Errors are

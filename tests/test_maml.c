@@ -365,17 +365,15 @@ static void check_fd(int steps, bool first_order) {
     spec_free(&spec);
 }
 
-Test(maml_fd, second_order_one_step_matches_finite_differences, .timeout = 600) {
+Test(maml_fd, second_order_one_step_matches_finite_differences) {
     check_fd(1, false);
 }
-Test(maml_fd, second_order_three_steps_matches_finite_differences, .timeout = 600) {
+Test(maml_fd, second_order_three_steps_matches_finite_differences) {
     check_fd(3, false);
 }
-Test(maml_fd, first_order_one_step_matches_finite_differences_with_frozen_inner_grads,
-     .timeout = 600) {
+Test(maml_fd, first_order_one_step_matches_finite_differences_with_frozen_inner_grads) {
     check_fd(1, true);
 }
-Test(maml_fd, first_order_three_steps_matches_finite_differences_with_frozen_inner_grads,
-     .timeout = 600) {
+Test(maml_fd, first_order_three_steps_matches_finite_differences_with_frozen_inner_grads) {
     check_fd(3, true);
 }
