@@ -377,3 +377,140 @@ Test(maml_fd, first_order_one_step_matches_finite_differences_with_frozen_inner_
 Test(maml_fd, first_order_three_steps_matches_finite_differences_with_frozen_inner_grads) {
     check_fd(3, true);
 }
+
+/* ---- learnable inner learning rates and the outer optimizers ---- */
+
+static void load_overrides(GraphSpec *spec, const char **ov, int n) {
+    MamlError err;
+    cr_assert_eq(spec_load("graphs/omniglot_seed.yaml", ov, n, spec, &err), 0, "%s", err.message);
+}
+
+static void run_graph(const GraphSpec *spec, MamlGraphKind kind, const TensorSet *in, TensorSet *out) {
+    Graph g;
+    graph_init(&g);
+    MamlError err;
+    cr_assert_eq(maml_build(spec, kind, 2, &g, NULL, &err), 0, "%s", err.message);
+    tensorset_init(out);
+    cr_assert_eq(ref_run(&g, PREC_F64, in, out, &err), 0, "%s", err.message);
+    graph_free(&g);
+}
+
+Test(maml, learnable_inner_lr_at_its_initial_value_reproduces_the_fixed_lr_meta_gradient) {
+    const char *ov[] = {"maml.inner.lr=learnable", "maml.inner.lr_init=0.4"};
+    GraphSpec spec = {0};
+    load_overrides(&spec, ov, 2);
+    TensorSet in, out, want;
+    read_fixture("params_p5_default.safetensors", &in);
+    TensorSet batch;
+    read_fixture("batch_so_T2_5w1s_q1_in1.safetensors", &batch);
+    MamlError err;
+    for (int i = 0; i < batch.n; i++)
+        tensorset_add(&in, batch.items[i].name, batch.items[i].dtype, batch.items[i].shape,
+                      batch.items[i].data, &err);
+    int n_lr = 0;
+    for (int l = 0; l < spec.n_layers; l++) {
+        if (!spec.layers[l].name[0]) continue;
+        char name[200];
+        snprintf(name, sizeof name, "inner_lr.%s.step0", spec.layers[l].name);
+        double lr = 0.4;
+        tensorset_add(&in, name, TENSOR_F64, shape_scalar(), &lr, &err);
+        n_lr++;
+    }
+    run_graph(&spec, MAML_META_GRAD, &in, &out);
+    read_fixture("expected64_so_T2_5w1s_q1_in1.safetensors", &want);
+    cr_assert_lt(compare(&out, &want, "learnable lr"), 1e-9);
+    int n_lr_grads = 0;
+    for (int i = 0; i < out.n; i++) n_lr_grads += !strncmp(out.items[i].name, "grad/inner_lr.", 14);
+    cr_assert_eq(n_lr_grads, n_lr, "one gradient per learnable lr expected");
+    /* d meta_loss / d lr by central differences, on the eval graph with the same single step */
+    spec.maml.eval.inner_steps = 1;
+    Graph eval;
+    graph_init(&eval);
+    cr_assert_eq(maml_build(&spec, MAML_EVAL, 2, &eval, NULL, &err), 0, "%s", err.message);
+    for (const char **name = (const char *[]){"inner_lr.conv2.conv2d.step0", "inner_lr.logits.step0",
+                                              NULL};
+         *name; name++) {
+        Tensor *t = tensorset_find(&in, *name);
+        char gname[200];
+        snprintf(gname, sizeof gname, "grad/%s", *name);
+        double err_abs = fd_error_at(&eval, &in, t, tensorset_find(&out, gname), 0);
+        cr_log_info("learnable lr %s: |fd - analytic| = %.3g", *name, err_abs);
+        cr_expect_lt(err_abs, 1e-6 * fmax(1.0, fabs(tensor_get(tensorset_find(&out, gname), 0))),
+                     "%s: finite differences disagree by %g", *name, err_abs);
+    }
+    graph_free(&eval);
+    tensorset_free(&in);
+    tensorset_free(&batch);
+    tensorset_free(&out);
+    tensorset_free(&want);
+    spec_free(&spec);
+}
+
+/* The train step's update against torch.optim.Adam's formula (or plain SGD) applied by hand to
+ * the meta-gradient graph's output, at step 3 with non-zero moments. */
+static void check_outer_update(const char *optimizer) {
+    char opt[64];
+    snprintf(opt, sizeof opt, "maml.outer.optimizer=%s", optimizer);
+    const char *ov[] = {opt, "maml.inner.lr=0.4"};
+    GraphSpec spec = {0};
+    load_overrides(&spec, ov, 2);
+    TensorSet in = fd_inputs(), grads, step;
+    MamlError err;
+    bool adam = strcmp(optimizer, "adam") == 0;
+    for (int p = 0; adam && p < spec.n_params; p++) {
+        const Tensor *theta = tensorset_find(&in, spec.params[p].name);
+        Shape s = theta->shape;
+        char mn[200], vn[200];
+        snprintf(mn, sizeof mn, "adam/m/%s", spec.params[p].name);
+        snprintf(vn, sizeof vn, "adam/v/%s", spec.params[p].name);
+        Tensor *m = tensorset_add(&in, mn, TENSOR_F64, s, NULL, &err);
+        Tensor *v = tensorset_add(&in, vn, TENSOR_F64, s, NULL, &err);
+        for (int64_t k = 0; k < shape_numel(s); k++) {
+            tensor_set(m, k, 1e-3 * sin((double)k + p));
+            tensor_set(v, k, 1e-6 * (1.5 + cos((double)k * 0.7 + p)));
+        }
+    }
+    double t = 3;
+    if (adam) tensorset_add(&in, "adam/step", TENSOR_F64, shape_scalar(), &t, &err);
+    run_graph(&spec, MAML_META_GRAD, &in, &grads);
+    run_graph(&spec, MAML_TRAIN_STEP, &in, &step);
+    double lr = spec.maml.outer.lr, b1 = spec.maml.outer.beta1, b2 = spec.maml.outer.beta2;
+    double eps = spec.maml.outer.eps, worst = 0;
+    for (int p = 0; p < spec.n_params; p++) {
+        const char *name = spec.params[p].name;
+        char gn[200], mn[200], vn[200];
+        snprintf(gn, sizeof gn, "grad/%s", name);
+        snprintf(mn, sizeof mn, "adam/m/%s", name);
+        snprintf(vn, sizeof vn, "adam/v/%s", name);
+        const Tensor *theta = tensorset_find(&in, name), *g = tensorset_find(&grads, gn);
+        const Tensor *updated = tensorset_find(&step, name);
+        cr_assert(updated, "the train step does not output '%s'", name);
+        for (int64_t k = 0; k < shape_numel(theta->shape); k++) {
+            double gk = tensor_get(g, k), want;
+            if (adam) {
+                double m = b1 * tensor_get(tensorset_find(&in, mn), k) + (1 - b1) * gk;
+                double v = b2 * tensor_get(tensorset_find(&in, vn), k) + (1 - b2) * gk * gk;
+                double denom = sqrt(v) / sqrt(1 - pow(b2, t)) + eps;
+                want = tensor_get(theta, k) - lr / (1 - pow(b1, t)) * m / denom;
+                worst = fmax(worst, fabs(tensor_get(tensorset_find(&step, mn), k) - m));
+            } else {
+                want = tensor_get(theta, k) - lr * gk;
+            }
+            worst = fmax(worst, fabs(tensor_get(updated, k) - want));
+        }
+    }
+    cr_log_info("%s update: max abs err %.3g", optimizer, worst);
+    cr_expect_lt(worst, 1e-12, "%s update differs from the formula by %g", optimizer, worst);
+    tensorset_free(&in);
+    tensorset_free(&grads);
+    tensorset_free(&step);
+    spec_free(&spec);
+}
+
+Test(maml, train_step_applies_pytorch_adam_with_bias_correction) {
+    check_outer_update("adam");
+}
+
+Test(maml, train_step_applies_sgd) {
+    check_outer_update("sgd");
+}
