@@ -93,10 +93,49 @@ test-asan:
 
 test-plain-asan: $(BUILD)/libmamlc.a mamlc-asan $(TEST_BIN)
 	@MAMLC=$(CURDIR)/mamlc-asan MAMLC_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
 	  tests/run_all.sh $(BUILD)/tests
 
 mamlc-asan: $(CLI_OBJ) $(BUILD)/libmamlc.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)
+
+# `make bench-cpu`: `mamlc bench --backend cpu` on the default graphs (seed with 1 and 15 queries per
+# class, fused and, for q 1, unfused; 5-way 1-shot; sinusoid), JSON into $(BENCH_DIR), then a short
+# summary. The PyTorch side of the seed (examples/pytorch_seed_maml.py, Debian's python3-torch) runs
+# with the same settings in the same invocation when it is available, and the ratio is printed.
+# BENCH_QUICK=1: 3 repetitions per run (not a benchmark; checks that everything runs).
+BENCH_DIR    ?= build/bench
+BENCH_PYTHON ?= /usr/bin/python3
+BENCH_REPS   := $(if $(filter 1,$(BENCH_QUICK)),3,20)
+BENCH_WARMUP := $(if $(filter 1,$(BENCH_QUICK)),1,2)
+BENCH_KREPS  := $(if $(filter 1,$(BENCH_QUICK)),1,5)
+
+.PHONY: bench-cpu
+bench-cpu: all
+	@mkdir -p $(BENCH_DIR)
+	@set -e; B="--backend cpu --json --reps $(BENCH_REPS) --warmup $(BENCH_WARMUP) --kernel-reps $(BENCH_KREPS)"; \
+	field() { sed -n "s/.*\"$$2\": \([-0-9.e+]*\).*/\1/p" "$$1" | head -n 1; }; \
+	mb() { echo "mamlc bench $$2 $$3 $$4 $$5"; ./mamlc bench $$2 $$B $$3 $$4 $$5 > $(BENCH_DIR)/$$1.json; }; \
+	mb seed_q1 graphs/omniglot_seed.yaml; \
+	mb seed_q15 graphs/omniglot_seed.yaml --set maml.q_query=15; \
+	if [ "$(BENCH_QUICK)" != 1 ]; then mb seed_q1_nofuse graphs/omniglot_seed.yaml --no-fuse; fi; \
+	mb omniglot_5w1s graphs/omniglot_5w1s.yaml; \
+	mb sinusoid graphs/sinusoid.yaml; \
+	torch=""; \
+	if [ -f examples/pytorch_seed_maml.py ] && $(BENCH_PYTHON) -c 'import torch' 2>/dev/null; then torch=1; \
+	  for q in 1 15; do echo "pytorch seed q_query $$q"; \
+	    $(BENCH_PYTHON) examples/pytorch_seed_maml.py --json --q-query $$q --steps $(BENCH_REPS) \
+	      --warmup $(BENCH_WARMUP) > $(BENCH_DIR)/torch_seed_q$$q.json; done; \
+	else echo "PyTorch side skipped: needs examples/pytorch_seed_maml.py and $(BENCH_PYTHON) with torch"; fi; \
+	echo; printf "%-16s %8s %12s %9s %10s %12s %9s\n" run kernels "step ms" "GFLOP/s" "images/s" "pytorch ms" "speed-up"; \
+	for r in seed_q1 seed_q15 seed_q1_nofuse omniglot_5w1s sinusoid; do f=$(BENCH_DIR)/$$r.json; [ -f "$$f" ] || continue; \
+	  [ "$$r" != seed_q1_nofuse ] || [ "$(BENCH_QUICK)" != 1 ] || continue; \
+	  ms=$$(field $$f step_ms_median); t=""; x=""; \
+	  case $$r in seed_q1|seed_q15) tf=$(BENCH_DIR)/torch_$$r.json; \
+	    if [ -n "$$torch" ]; then t=$$(field $$tf step_ms_median); x=$$(awk "BEGIN{printf \"%.2fx\", $$t/$$ms}"); fi;; esac; \
+	  printf "%-16s %8s %12.1f %9.1f %10.1f %12s %9s\n" $$r $$(field $$f n_kernels) $$ms $$(field $$f gflops) \
+	    $$(field $$f images_per_s) "$$t" "$$x"; done; \
+	echo "(JSON with the per-kernel tables in $(BENCH_DIR)/; speed-up = PyTorch step time / mamlc step time)"
 
 format:
 	clang-format -i compiler/*.[ch] runtime/*.[ch] cli/*.[ch] tests/*.[ch]

@@ -287,8 +287,10 @@ static void add_offsets(const GraphSpec *spec, const Graph *eval, TensorSet *in)
         char fast[200], off[200];
         snprintf(fast, sizeof fast, "fast/%s", spec->params[p].name);
         snprintf(off, sizeof off, "offset/%s", spec->params[p].name);
-        const Tensor *f = tensorset_find(&out, fast), *theta = tensorset_find(in, spec->params[p].name);
+        const Tensor *f = tensorset_find(&out, fast);
         Tensor *o = tensorset_add(in, off, TENSOR_F64, f->shape, NULL, &err);
+        /* looked up after the add, which may move the set's storage */
+        const Tensor *theta = tensorset_find(in, spec->params[p].name);
         int64_t per = shape_numel(theta->shape);
         for (int64_t k = 0; k < shape_numel(f->shape); k++)
             tensor_set(o, k, tensor_get(theta, k % per) - tensor_get(f, k));
@@ -463,8 +465,10 @@ static void check_outer_update(const char *optimizer) {
         char mn[200], vn[200];
         snprintf(mn, sizeof mn, "adam/m/%s", spec.params[p].name);
         snprintf(vn, sizeof vn, "adam/v/%s", spec.params[p].name);
-        Tensor *m = tensorset_add(&in, mn, TENSOR_F64, s, NULL, &err);
-        Tensor *v = tensorset_add(&in, vn, TENSOR_F64, s, NULL, &err);
+        tensorset_add(&in, mn, TENSOR_F64, s, NULL, &err);
+        tensorset_add(&in, vn, TENSOR_F64, s, NULL, &err);
+        /* looked up after both adds, which may move the set's storage */
+        Tensor *m = tensorset_find(&in, mn), *v = tensorset_find(&in, vn);
         for (int64_t k = 0; k < shape_numel(s); k++) {
             tensor_set(m, k, 1e-3 * sin((double)k + p));
             tensor_set(v, k, 1e-6 * (1.5 + cos((double)k * 0.7 + p)));
