@@ -132,10 +132,30 @@ bench-cpu: all
 	  [ "$$r" != seed_q1_nofuse ] || [ "$(BENCH_QUICK)" != 1 ] || continue; \
 	  ms=$$(field $$f step_ms_median); t=""; x=""; \
 	  case $$r in seed_q1|seed_q15) tf=$(BENCH_DIR)/torch_$$r.json; \
-	    if [ -n "$$torch" ]; then t=$$(field $$tf step_ms_median); x=$$(awk "BEGIN{printf \"%.2fx\", $$t/$$ms}"); fi;; esac; \
+	    if [ -n "$$torch" ]; then t=$$(field $$tf step_ms_median); x=$$(awk "BEGIN{printf \"%.2fx\", $$t/$$ms}"); \
+	      t=$$(awk "BEGIN{printf \"%.1f\", $$t}"); fi;; esac; \
 	  printf "%-16s %8s %12.1f %9.1f %10.1f %12s %9s\n" $$r $$(field $$f n_kernels) $$ms $$(field $$f gflops) \
 	    $$(field $$f images_per_s) "$$t" "$$x"; done; \
 	echo "(JSON with the per-kernel tables in $(BENCH_DIR)/; speed-up = PyTorch step time / mamlc step time)"
+
+# `make gpu-check`: on a machine with a GPU, the CUDA checks and the benchmark in one go
+# (scripts/gpu_check.sh: fixtures and 10 training steps against ref, compute-sanitizer, mamlc bench,
+# a table last; full log in build/gpu-check/gpu_check.log). `make gpu-check-prep` builds what the
+# script runs and gathers the PyTorch fixtures and libgomp into build/gpucheck/, for a GPU machine
+# that has neither the build dependencies nor ../shared (carry mamlc, build/gpu_compare and
+# build/gpucheck there and run scripts/gpu_check.sh).
+SHARED ?= ../shared
+$(BUILD)/gpu_compare: scripts/gpu_compare.c $(BUILD)/libmamlc.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)
+
+.PHONY: gpu-check gpu-check-prep
+gpu-check-prep: all $(BUILD)/gpu_compare
+	@mkdir -p $(BUILD)/gpucheck/fixtures $(BUILD)/gpucheck/lib
+	cp $(SHARED)/fixtures/pytorch_maml/* $(BUILD)/gpucheck/fixtures/
+	cp "$$($(CC) -print-file-name=libgomp.so.1)" $(BUILD)/gpucheck/lib/
+
+gpu-check: all $(BUILD)/gpu_compare
+	scripts/gpu_check.sh
 
 format:
 	clang-format -i compiler/*.[ch] runtime/*.[ch] cli/*.[ch] tests/*.[ch]

@@ -4,6 +4,8 @@
 #   make fuzz-ci               run each for FUZZ_SECONDS (60), fail on any crash, leak or hang
 #   make fuzz                  the same for 600 s each
 #   make fuzz-clean            remove $(FUZZ_BUILD) (working corpora, crash artifacts, logs)
+#   make valgrind              valgrind memcheck on mamlc check, compile and grad for every shipped
+#                              graph (scripts/valgrind_check.sh; logs in $(VALGRIND_OUT))
 #
 # Include it at the end of the Makefile (after DEB_PACKAGES is defined). Everything libFuzzer
 # writes (grown corpora, crash-* files, logs) stays under $(FUZZ_BUILD); the seeds in
@@ -62,5 +64,23 @@ fuzz:
 
 fuzz-clean:
 	rm -rf $(FUZZ_BUILD)
+
+# ---- valgrind ----------------------------------------------------------------------------------
+# `make valgrind` runs scripts/valgrind_check.sh on the gcc build: memcheck on `mamlc check`,
+# `compile` and `grad` (ref backend, one task; plus cpu on sinusoid) for every graphs/*.yaml, with
+# tests/valgrind.supp. It takes several minutes, so it is not part of `make test`. Installs
+# valgrind when it is missing (as root).
+VALGRIND_OUT ?= $(BUILD)/valgrind
+
+.PHONY: valgrind
+$(BUILD)/tests/make_inputs: tests/make_inputs.c $(BUILD)/libmamlc.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)
+
+valgrind: all $(BUILD)/tests/make_inputs
+	@command -v valgrind >/dev/null || { echo "installing: valgrind"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	@MAMLC=./mamlc MAKE_INPUTS=$(BUILD)/tests/make_inputs VALGRIND_OUT=$(VALGRIND_OUT) \
+	  scripts/valgrind_check.sh
 
 -include $(FUZZ_LIB_OBJ:.o=.d) $(FUZZ_BINS:=.d)

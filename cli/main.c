@@ -13,7 +13,9 @@ typedef struct {
 
 static const Command commands[] = {
     {"check", cmd_check, "check GRAPH.yaml [--set KEY=VALUE ...]"},
-    {"compile", cmd_compile, "compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--dot] [--set KEY=VALUE ...]"},
+    {"compile", cmd_compile,
+     "compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--json] [--no-fuse] [--no-cc] [--dot]\n"
+     "        [--set KEY=VALUE ...]"},
     {"grad", cmd_grad,
      "grad GRAPH.yaml --params P.safetensors --batch B.safetensors --out G.safetensors\n"
      "        [--backend ref|cpu|cuda|auto] [--dtype f32|f64] [--set KEY=VALUE ...]"},
@@ -25,6 +27,9 @@ static const Command commands[] = {
      "eval GRAPH.yaml --checkpoint C.safetensors [--data DIR] [--tasks N] [--backend ...]\n"
      "        [--tasks-per-run N] [--seed S] [--set KEY=VALUE ...]"},
     {"plot", cmd_plot, "plot RUN_DIR [-o FILE.svg]"},
+    {"bench", cmd_bench,
+     "bench GRAPH.yaml [--backend cpu|ref|cuda|auto] [--json] [--no-fuse] [--reps N] [--warmup N]\n"
+     "        [--kernel-reps N] [--top N] [--seed S] [--set KEY=VALUE ...]"},
 };
 
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))

@@ -44,4 +44,56 @@ typedef struct {
 int codegen_write_cpu_dir(const Graph *g, const char *dir, const char *source, bool f64,
                           CpuCompileSummary *summary, MamlError *err);
 
+/* How the cuda backend launches one kernel of kernels.cu: 256 threads per block, static shared
+ * memory only, the kernel's buffers as pointer parameters. */
+#define CUDA_MAX_ARGS 64
+typedef struct {
+    char name[48];     /* the kernel's name in the KernelProgram */
+    int function;      /* index into CudaCode.functions */
+    unsigned grid[3], block[3];
+    int n_args;
+    int args[CUDA_MAX_ARGS]; /* buffer ids, in parameter order: pass arena + offset[buf] */
+} CudaLaunch;
+
+/* One extern "C" __global__ function of the rendered text. Kernels that differ only in their
+ * buffers share a function; its name is its kind and a hash of its text ("warp_0123456789abcdef"),
+ * so the same function gets the same name in every program. */
+typedef struct {
+    char name[48];
+    size_t begin, end; /* its bytes in the rendered text */
+} CudaFunction;
+
+/* The layout of a rendered program: text [0, header_end) describes the program, [header_end,
+ * prelude_end) is the prelude every function needs (it depends only on the real type), then the
+ * functions. A piece made of the prelude and any subset of the functions compiles on its own. */
+typedef struct {
+    CudaLaunch *launches;    /* p->n_kernels entries */
+    CudaFunction *functions; /* p->n_kernels entries, the first n_functions used */
+    int n_functions, n_kernels;
+    size_t header_end, prelude_end;
+} CudaCode;
+
+/* Allocates code's arrays for n_kernels kernels; cuda_code_free releases them (also after a
+ * failed alloc or render). */
+int cuda_code_alloc(CudaCode *code, int n_kernels, MamlError *err);
+void cuda_code_free(CudaCode *code);
+
+/* Renders p to one CUDA C file (templates/cuda/) appended to out (which must be empty: code's
+ * offsets count from its start), and fills code: every kernel's launch, every function's span. */
+int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m, const CodegenOptions *opt,
+                 StrBuf *out, CudaCode *code, MamlError *err);
+
+/* What codegen_write_cuda_dir made. */
+typedef struct {
+    int kernels, functions, unfused_kernels, live_nodes;
+    long long arena_bytes, lower_bound, source_bytes;
+    double seconds; /* lowering, planning and rendering (not NVRTC) */
+} CudaCompileSummary;
+
+/* `mamlc compile --backend cuda`: lowers g with fusion, plans it for f32 (or f64) and writes
+ * DIR/kernels.cu, DIR/plan.json and DIR/report.txt (with each kernel's launch). summary may be
+ * NULL. */
+int codegen_write_cuda_dir(const Graph *g, const char *dir, const char *source, bool f64,
+                           CudaCompileSummary *summary, MamlError *err);
+
 #endif

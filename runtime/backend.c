@@ -1,6 +1,7 @@
 #include "backend.h"
 
 #include "cpu_backend.h"
+#include "cuda_backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,18 +28,33 @@ static int open_ref(const Graph *g, Precision prec, Backend **out, MamlError *er
     return 0;
 }
 
+/* cuda when a driver, a device and NVRTC work; else cpu when a C compiler runs; else ref. why
+ * says which, and why not the faster ones, in one line. */
+static int open_auto(const Graph *g, Precision prec, Backend **out, char *why, int why_size,
+                     MamlError *err) {
+    char cuda_why[MAML_ERROR_MAX + 16], cpu_why[400];
+    if (cuda_device_available(cuda_why, sizeof cuda_why)) {
+        MamlError cuda_err;
+        if (cuda_backend_open(g, prec, NULL, out, &cuda_err) == 0) {
+            if (why) snprintf(why, (size_t)why_size, "backend auto: cuda (%s)", cuda_why);
+            return 0;
+        }
+        snprintf(cuda_why, sizeof cuda_why, "cuda failed: %s", cuda_err.message);
+    }
+    if (cpu_compiler_available(NULL, cpu_why, sizeof cpu_why)) {
+        if (why) snprintf(why, (size_t)why_size, "backend auto: cpu (%s; %s)", cuda_why, cpu_why);
+        return cpu_backend_open(g, prec, NULL, out, err);
+    }
+    if (why)
+        snprintf(why, (size_t)why_size, "backend auto: ref (%s; cpu unavailable: %s)", cuda_why,
+                 cpu_why);
+    return open_ref(g, prec, out, err);
+}
+
 int backend_open(const char *name, const Graph *g, Precision prec, Backend **out, char *why,
                  int why_size, MamlError *err) {
     *out = NULL;
-    if (strcmp(name, "auto") == 0) {
-        char reason[400];
-        if (cpu_compiler_available(NULL, reason, sizeof reason)) {
-            if (why) snprintf(why, (size_t)why_size, "backend auto: cpu (%s)", reason);
-            return cpu_backend_open(g, prec, NULL, out, err);
-        }
-        if (why) snprintf(why, (size_t)why_size, "backend auto: ref (cpu unavailable: %s)", reason);
-        return open_ref(g, prec, out, err);
-    }
+    if (strcmp(name, "auto") == 0) return open_auto(g, prec, out, why, why_size, err);
     if (strcmp(name, "cpu") == 0) {
         if (why) snprintf(why, (size_t)why_size, "backend cpu: requested");
         return cpu_backend_open(g, prec, NULL, out, err);
@@ -47,8 +63,10 @@ int backend_open(const char *name, const Graph *g, Precision prec, Backend **out
         if (why) snprintf(why, (size_t)why_size, "backend ref: requested");
         return open_ref(g, prec, out, err);
     }
-    if (strcmp(name, "cuda") == 0)
-        return maml_fail(err, "backend '%s' is not available in this build (use ref, cpu or auto)", name);
+    if (strcmp(name, "cuda") == 0) {
+        if (why) snprintf(why, (size_t)why_size, "backend cuda: requested");
+        return cuda_backend_open(g, prec, NULL, out, err);
+    }
     return maml_fail(err, "unknown backend '%s' (expected ref, cpu, cuda or auto)", name);
 }
 

@@ -11,11 +11,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "codegen.h"
 #include "kernel.h"
 #include "memplan.h"
+#include "pipeline.h"
 
 #define DEFAULT_CFLAGS "-O3 -march=native -fopenmp"
 /* Always added: what makes the output a loadable object. */
@@ -28,8 +30,8 @@
 typedef void (*KernelFn)(void *arena);
 
 typedef struct {
-    KernelProgram prog;
-    MemPlan plan;
+    CompiledGraph cg; /* the optimized graph, its kernels, plan and source (compiler/pipeline.h) */
+    double cc_ms;     /* the C compiler's wall time for this object (see CpuBackendInfo) */
     void *so;
     KernelFn run_all;
     const KernelFn *kernels;
@@ -240,6 +242,32 @@ static bool trailer_ok(const char *path) {
 
 /* ---- compile and load ---- */
 
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+/* The C compiler's time is kept beside the object (HASH.so.ms), so a report made from a cache hit
+ * can still say what the compiler cost; losing the note only loses that figure. */
+static void record_cc_ms(const CpuImpl *c) {
+    char path[1100], text[32];
+    snprintf(path, sizeof path, "%s.ms", c->so_path);
+    int n = snprintf(text, sizeof text, "%.1f\n", c->cc_ms);
+    MamlError ignored;
+    write_atomic(path, text, (size_t)n, &ignored);
+}
+
+static double recorded_cc_ms(const CpuImpl *c) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s.ms", c->so_path);
+    FILE *f = fopen(path, "r");
+    double ms = -1;
+    if (f && fscanf(f, "%lf", &ms) != 1) ms = -1;
+    if (f) fclose(f);
+    return ms;
+}
+
 typedef struct {
     const char *cc;
     char flags[512];
@@ -271,7 +299,9 @@ static int compile_object(const BuildKey *key, CpuImpl *c, const StrBuf *src, Ma
     argv[n++] = "-lm";
     argv[n] = NULL;
     compile_count++;
+    double t0 = now_ms();
     int status = run_process(argv, out, sizeof out, err);
+    c->cc_ms = now_ms() - t0;
     if (status != 0) {
         unlink(tmp);
         if (status < 0) return -1;
@@ -314,7 +344,7 @@ static int load_object(const BuildKey *key, CpuImpl *c, size_t elem_size, MamlEr
     void *run = sym(so, "mamlc_run", c->so_path, &ok, err);
     const KernelFn *kernels = sym(so, "mamlc_kernels", c->so_path, &ok, err);
     if (ok && (strcmp(hash, key->hash) != 0 || *real_size != (int)elem_size ||
-               *n_kernels != c->prog.n_kernels || *arena != c->plan.arena_bytes)) {
+               *n_kernels != c->cg.prog.n_kernels || *arena != c->cg.plan.arena_bytes)) {
         maml_fail(err, "%s: built for another program (key %.16s)", c->so_path, hash);
         ok = false;
     }
@@ -363,11 +393,15 @@ static int obtain_object(const BuildKey *key, CpuImpl *c, const StrBuf *src, siz
         MamlError ignored;
         if (trailer_ok(c->so_path) && load_object(key, c, elem_size, &ignored) == 0) {
             c->cache_hit = true;
+            c->cc_ms = recorded_cc_ms(c);
             return 0;
         }
-        unlink(c->so_path); /* corrupt or foreign: rebuild */
+        /* Corrupt or foreign: rebuild. No unlink: by now another process may have renamed a good
+         * object into place, which it is about to dlopen; the rebuild's rename replaces the bad
+         * one atomically. */
     }
     if (compile_object(key, c, src, err)) return -1;
+    record_cc_ms(c);
     return load_object(key, c, elem_size, err);
 }
 
@@ -427,21 +461,28 @@ static void copy_in(const Tensor *t, void *dst, bool f64) {
         for (int64_t i = 0; i < count; i++) ((float *)dst)[i] = (float)tensor_get(t, i);
 }
 
+static void load_inputs(Backend *b, const TensorSet *inputs) {
+    CpuImpl *c = b->impl;
+    bool f64 = b->prec == PREC_F64;
+    char *arena = c->arena;
+    for (int i = 0; i < c->cg.prog.n_bufs; i++) {
+        const KBuffer *kb = &c->cg.prog.bufs[i];
+        if (kb->kind == BUF_INPUT)
+            copy_in(tensorset_find(inputs, kb->name), arena + c->cg.plan.offset[i], f64);
+    }
+}
+
 static int cpu_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err) {
     CpuImpl *c = b->impl;
     if (check_inputs(b->graph, inputs, err) || check_labels(b->graph, inputs, err)) return -1;
     bool f64 = b->prec == PREC_F64;
     char *arena = c->arena;
-    for (int i = 0; i < c->prog.n_bufs; i++) {
-        const KBuffer *kb = &c->prog.bufs[i];
-        if (kb->kind == BUF_INPUT)
-            copy_in(tensorset_find(inputs, kb->name), arena + c->plan.offset[i], f64);
-    }
+    load_inputs(b, inputs);
     c->run_all(arena);
-    for (int i = 0; i < c->prog.n_outputs; i++) {
-        const KOutput *o = &c->prog.outputs[i];
+    for (int i = 0; i < c->cg.prog.n_outputs; i++) {
+        const KOutput *o = &c->cg.prog.outputs[i];
         if (!tensorset_add(outputs, o->name, f64 ? TENSOR_F64 : TENSOR_F32, o->shape,
-                           arena + c->plan.offset[o->buf], err))
+                           arena + c->cg.plan.offset[o->buf], err))
             return -1;
     }
     return 0;
@@ -449,9 +490,22 @@ static int cpu_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, Maml
 
 int cpu_backend_run_kernel(Backend *b, int i, MamlError *err) {
     CpuImpl *c = b->impl;
-    if (i < 0 || i >= c->prog.n_kernels)
-        return maml_fail(err, "kernel %d out of range (%d kernels)", i, c->prog.n_kernels);
+    if (i < 0 || i >= c->cg.prog.n_kernels)
+        return maml_fail(err, "kernel %d out of range (%d kernels)", i, c->cg.prog.n_kernels);
     c->kernels[i](c->arena);
+    return 0;
+}
+
+int cpu_backend_run_timed(Backend *b, const TensorSet *inputs, double *kernel_ms, MamlError *err) {
+    CpuImpl *c = b->impl;
+    if (check_inputs(b->graph, inputs, err) || check_labels(b->graph, inputs, err)) return -1;
+    /* fresh inputs every time: kernels may write in place over inputs that die */
+    load_inputs(b, inputs);
+    for (int i = 0; i < c->cg.prog.n_kernels; i++) {
+        double t0 = now_ms();
+        c->kernels[i](c->arena);
+        kernel_ms[i] = now_ms() - t0;
+    }
     return 0;
 }
 
@@ -460,8 +514,7 @@ static void cpu_destroy(Backend *b) {
     if (c) {
         if (c->so) dlclose(c->so);
         free(c->arena);
-        memplan_free(&c->plan);
-        kernel_program_free(&c->prog);
+        compiled_graph_free(&c->cg);
         free(c);
     }
     free(b);
@@ -471,55 +524,73 @@ int cpu_backend_info(const Backend *b, CpuBackendInfo *info, MamlError *err) {
     if (!b || strcmp(b->name, "cpu") != 0) return maml_fail(err, "not a cpu backend");
     const CpuImpl *c = b->impl;
     memset(info, 0, sizeof *info);
-    info->n_kernels = c->prog.n_kernels;
-    info->n_graph_nodes = c->prog.n_graph_nodes;
-    info->arena_bytes = c->plan.arena_bytes;
+    info->n_kernels = c->cg.prog.n_kernels;
+    info->n_graph_nodes = c->cg.prog.n_graph_nodes;
+    info->arena_bytes = c->cg.plan.arena_bytes;
     info->cache_hit = c->cache_hit;
+    info->cc_ms = c->cc_ms;
     snprintf(info->so_path, sizeof info->so_path, "%s", c->so_path);
     snprintf(info->source_path, sizeof info->source_path, "%s", c->source_path);
     return 0;
 }
 
-static int prepare(const Graph *g, Precision prec, const CpuOptions *opt, CpuImpl *c,
-                   MamlError *err) {
+const CompiledGraph *cpu_backend_compiled(const Backend *b) {
+    return b && strcmp(b->name, "cpu") == 0 ? &((const CpuImpl *)b->impl)->cg : NULL;
+}
+
+/* Compiles (or finds in the cache) the rendered program and allocates the arena. */
+static int prepare(Precision prec, const CpuOptions *opt, CpuImpl *c, MamlError *err) {
     size_t elem = prec == PREC_F64 ? 8 : 4;
-    if (kernels_lower(g, !(opt && opt->no_fuse), &c->prog, err)) return -1;
-    if (memplan_build(&c->prog, elem, &c->plan, err)) return -1;
-    StrBuf src;
-    sb_init(&src);
-    CodegenOptions co = {.f64 = prec == PREC_F64, .source = "a graph (cpu backend)"};
+    if (c->cg.f64 != (prec == PREC_F64) || c->cg.plan.elem_size != elem)
+        return maml_fail(err, "compiled graph is for %zu-byte reals, the backend for %zu",
+                         c->cg.plan.elem_size, elem);
+    if (c->cg.source.len == 0) return maml_fail(err, "compiled graph has no C source (target C)");
     BuildKey key;
-    int rc = codegen_c(g, &c->prog, &c->plan, &co, &src, err);
-    if (rc == 0) rc = make_key(opt, &src, &key, err);
-    if (rc == 0) rc = obtain_object(&key, c, &src, elem, err);
-    sb_free(&src);
-    if (rc) return -1;
-    size_t bytes = (size_t)(c->plan.arena_bytes > 0 ? c->plan.arena_bytes : MEMPLAN_ALIGN);
+    if (make_key(opt, &c->cg.source, &key, err)) return -1;
+    if (obtain_object(&key, c, &c->cg.source, elem, err)) return -1;
+    size_t bytes = (size_t)(c->cg.plan.arena_bytes > 0 ? c->cg.plan.arena_bytes : MEMPLAN_ALIGN);
     c->arena = aligned_alloc(MEMPLAN_ALIGN, (bytes + MEMPLAN_ALIGN - 1) / MEMPLAN_ALIGN * MEMPLAN_ALIGN);
     if (!c->arena) return maml_fail(err, "out of memory allocating the %zu-byte arena", bytes);
     return 0;
 }
 
-int cpu_backend_open(const Graph *g, Precision prec, const CpuOptions *opt, Backend **out,
-                     MamlError *err) {
+int cpu_backend_open_compiled(const Graph *g, Precision prec, const CpuOptions *opt,
+                              CompiledGraph *cg, Backend **out, MamlError *err) {
     *out = NULL;
-    if (graph_status(g, err)) return -1;
     Backend *b = maml_calloc(1, sizeof *b, err);
     CpuImpl *c = b ? maml_calloc(1, sizeof *c, err) : NULL;
     if (!c) {
         free(b);
         return -1;
     }
+    c->cg = *cg; /* taken over: the pointers move, nothing is copied */
+    memset(cg, 0, sizeof *cg);
     b->name = "cpu";
     b->run = cpu_run;
     b->destroy = cpu_destroy;
     b->graph = g;
     b->prec = prec;
     b->impl = c;
-    if (prepare(g, prec, opt, c, err)) {
+    if (prepare(prec, opt, c, err)) {
+        *cg = c->cg; /* handed back: still the caller's */
+        memset(&c->cg, 0, sizeof c->cg);
         cpu_destroy(b);
         return -1;
     }
     *out = b;
     return 0;
+}
+
+int cpu_backend_open(const Graph *g, Precision prec, const CpuOptions *opt, Backend **out,
+                     MamlError *err) {
+    *out = NULL;
+    PipelineOptions po = pipeline_default_options();
+    po.no_fuse = opt && opt->no_fuse;
+    po.f64 = prec == PREC_F64;
+    po.target = PIPELINE_TARGET_C;
+    CompiledGraph cg;
+    int rc = compile_pipeline(g, &po, &cg, err);
+    if (rc == 0) rc = cpu_backend_open_compiled(g, prec, opt, &cg, out, err);
+    compiled_graph_free(&cg); /* empty after a successful open */
+    return rc;
 }

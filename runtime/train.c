@@ -383,7 +383,15 @@ static int save(Trainer *t, MamlError *err) {
     meta.seconds = t->seconds0 + now_s() - t->t_start;
     const char *base = strrchr(t->o->graph, '/');
     snprintf(meta.graph, sizeof meta.graph, "%s", base ? base + 1 : t->o->graph);
-    if (checkpoint_save(t->r->checkpoint, &t->graph, &t->state, &meta, err)) return -1;
+    if (checkpoint_save(t->r->checkpoint, &t->graph, &t->state, &meta, err)) {
+        /* Say what survives: the previous checkpoint is untouched (written atomically). */
+        char why[MAML_ERROR_MAX], kept[64] = "no checkpoint had been written yet";
+        memcpy(why, err->message, sizeof why);
+        if (t->r->checkpoint_step >= 0)
+            snprintf(kept, sizeof kept, "the checkpoint of step %ld is kept",
+                     t->r->checkpoint_step);
+        return maml_fail(err, "step %ld: cannot write the checkpoint (%s): %s", t->step, kept, why);
+    }
     t->r->checkpoint_step = t->step;
     if (t->mode == PROGRESS_LINES) note(t, "checkpoint at step %ld: %s", t->step, t->r->checkpoint);
     return 0;

@@ -3,16 +3,23 @@
  * (those tests skip, saying why, elsewhere). */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <math.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench.h"
+#include "codegen.h"
+#include "cuda_backend.h"
 #include "cuda_driver.h"
 #include "cuda_nvrtc.h"
 #include "cudnn_conv.h"
 #include "kernel_cache.h"
 #include "maml.h"
+#include "pipeline.h"
+#include "ref.h"
+#include "safetensors.h"
 #include "spec.h"
 #include "test_util.h"
 
@@ -860,3 +867,884 @@ Test(cudnn, needs_the_cuda_headers) {
 }
 
 #endif
+
+/* ---- the CUDA renderer ------------------------------------------------------------------------
+ * Every shipped graph (training step and evaluation, fused and unfused) is rendered to CUDA C and
+ * compiled by NVRTC for sm_90 and sm_80 with warnings as errors; and, since no GPU is at hand
+ * here, kernels.cu is also compiled as C++ against tests/cuda_emu.h (threads as coroutines,
+ * real barriers and warp shuffles) and run on the CPU against the reference interpreter. NVRTC
+ * images and emulation objects are cached under $MAMLC_CACHE (default build/test-cache). */
+
+static const char *cuda_test_cache(void) {
+    const char *env = getenv("MAMLC_CACHE");
+    return env && *env ? env : "build/test-cache";
+}
+
+typedef struct {
+    GraphSpec spec; /* the compiled graph's origins point into it */
+    Graph raw;
+    CompiledGraph cg;
+    CudaCode code;
+    StrBuf text;
+} Rendered;
+
+static void render_graph(Rendered *r, bool fuse, bool f64) {
+    MamlError err;
+    PipelineOptions po = pipeline_default_options();
+    po.no_fuse = !fuse;
+    po.f64 = f64;
+    cr_assert_eq(compile_pipeline(&r->raw, &po, &r->cg, &err), 0, "%s", err.message);
+    cr_assert_eq(cuda_code_alloc(&r->code, r->cg.prog.n_kernels, &err), 0, "%s", err.message);
+    sb_init(&r->text);
+    CodegenOptions co = {.f64 = f64, .source = "a test"};
+    cr_assert_eq(codegen_cuda(&r->cg.graph, &r->cg.prog, &r->cg.plan, &co, &r->text, &r->code, &err),
+                 0, "%s", err.message);
+}
+
+/* A shipped graph of the given kind for `tasks` tasks (maml.meta_batch set to match). */
+static void render_shipped(Rendered *r, const char *path, MamlGraphKind kind, int tasks, bool fuse,
+                           bool f64) {
+    memset(r, 0, sizeof *r);
+    char set[64];
+    snprintf(set, sizeof set, "maml.meta_batch=%d", tasks);
+    const char *ov[1] = {set};
+    MamlError err;
+    cr_assert_eq(spec_load(path, ov, 1, &r->spec, &err), 0, "%s", err.message);
+    graph_init(&r->raw);
+    cr_assert_eq(maml_build(&r->spec, kind, tasks, &r->raw, NULL, &err), 0, "%s", err.message);
+    render_graph(r, fuse, f64);
+}
+
+static void rendered_free(Rendered *r) {
+    sb_free(&r->text);
+    cuda_code_free(&r->code);
+    compiled_graph_free(&r->cg);
+    graph_free(&r->raw);
+    spec_free(&r->spec);
+}
+
+static const char *const SHIPPED[] = {"graphs/omniglot_seed.yaml", "graphs/omniglot_5w1s.yaml",
+                                      "graphs/omniglot_20w1s.yaml", "graphs/sinusoid.yaml"};
+
+/* The structure codegen_cuda promises: every launch names a function and valid buffers, every
+ * function is an extern "C" __global__ with launch bounds, as many pointer parameters as its
+ * launches pass, and kernels sharing a function are of one kind. */
+static void check_layout(const Rendered *r, const char *label) {
+    const CudaCode *c = &r->code;
+    const KernelProgram *p = &r->cg.prog;
+    cr_assert(c->header_end > 0 && c->prelude_end > c->header_end, "%s: no prelude", label);
+    cr_assert(c->n_functions >= 1 && c->n_functions <= p->n_kernels, "%s", label);
+    for (int f = 0; f < c->n_functions; f++) {
+        const CudaFunction *fn = &c->functions[f];
+        cr_assert(fn->begin >= c->prelude_end && fn->end > fn->begin && fn->end <= r->text.len);
+        char *text = strndup(r->text.data + fn->begin, fn->end - fn->begin), head[128];
+        snprintf(head, sizeof head, "extern \"C\" __global__ void __launch_bounds__(256) %s(", fn->name);
+        cr_assert(strstr(text, head), "%s: %s lacks `%s`", label, fn->name, head);
+        free(text);
+    }
+    size_t nf = (size_t)c->n_functions + 1;
+    int *kind_of = calloc(nf, sizeof *kind_of), *params = calloc(nf, sizeof *params);
+    for (int f = 0; f < c->n_functions; f++) kind_of[f] = -1, params[f] = -1;
+    for (int i = 0; i < p->n_kernels; i++) {
+        const CudaLaunch *l = &c->launches[i];
+        cr_assert_str_eq(l->name, p->kernels[i].name);
+        cr_assert(l->function >= 0 && l->function < c->n_functions, "%s: %s", label, l->name);
+        cr_assert(l->n_args >= 1 && l->n_args <= CUDA_MAX_ARGS);
+        for (int a = 0; a < l->n_args; a++) cr_assert(l->args[a] >= 0 && l->args[a] < p->n_bufs);
+        cr_assert_eq(l->args[l->n_args - 1], kernel_writes(&p->kernels[i]), "%s: %s writes its last argument", label, l->name);
+        cr_assert(l->grid[0] >= 1 && l->grid[1] >= 1 && l->grid[2] >= 1 && l->grid[1] <= 65535 && l->grid[2] <= 65535);
+        cr_assert(l->block[0] == 256 && l->block[1] == 1 && l->block[2] == 1);
+        int f = l->function;
+        if (kind_of[f] < 0) kind_of[f] = (int)p->kernels[i].kind, params[f] = l->n_args;
+        cr_assert_eq(kind_of[f], (int)p->kernels[i].kind, "%s: %s shares a function across kinds", label, l->name);
+        cr_assert_eq(params[f], l->n_args, "%s: %s", label, l->name);
+    }
+    free(kind_of);
+    free(params);
+}
+
+Test(cuda_codegen, launches_and_functions_are_consistent_on_every_shipped_graph) {
+    for (int g = 0; g < 4; g++)
+        for (int kind = 0; kind < 2; kind++)
+            for (int fuse = 1; fuse >= 0; fuse--) {
+                Rendered r;
+                render_shipped(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP, 4, fuse, false);
+                char label[160];
+                snprintf(label, sizeof label, "%s %s %s", SHIPPED[g], kind ? "eval" : "train", fuse ? "fused" : "unfused");
+                check_layout(&r, label);
+                rendered_free(&r);
+            }
+}
+
+Test(cuda_codegen, compile_dir_writes_kernels_cu_plan_and_report) {
+    Rendered r;
+    render_shipped(&r, "graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, true, false);
+    const char *dir = temp_dir(0);
+    MamlError err;
+    CudaCompileSummary s;
+    cr_assert_eq(codegen_write_cuda_dir(&r.raw, dir, "graphs/sinusoid.yaml", false, &s, &err), 0, "%s", err.message);
+    cr_assert(s.kernels > 0 && s.functions > 0 && s.functions <= s.kernels && s.source_bytes > 0);
+    const char *files[] = {"kernels.cu", "plan.json", "report.txt"};
+    for (int i = 0; i < 3; i++) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        cr_assert_eq(access(path, R_OK), 0, "%s missing", path);
+    }
+    char path[1200];
+    snprintf(path, sizeof path, "%s/report.txt", dir);
+    FILE *f = fopen(path, "r");
+    static char buf[1 << 18];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    cr_assert(strstr(buf, "CUDA launches"), "report without the launch table");
+    cr_log_info("sinusoid: %d kernels as %d functions, %lld bytes of CUDA C, rendered in %.3f s", s.kernels,
+                s.functions, s.source_bytes, s.seconds);
+    remove_dir(dir);
+    rendered_free(&r);
+}
+
+#if MAMLC_HAVE_CUDA
+
+/* The union of the functions of many programs (functions are named by their text's hash, so
+ * one that several programs share is compiled once), with the first program's prelude. */
+typedef struct {
+    StrBuf text;
+    CudaCode code;
+    int cap;
+    int programs, kernels;
+} FunctionUnion;
+
+static void union_add(FunctionUnion *u, const Rendered *r) {
+    if (u->text.len == 0) {
+        sb_append(&u->text, r->text.data + r->code.header_end, r->code.prelude_end - r->code.header_end);
+        u->code.header_end = 0;
+        u->code.prelude_end = u->text.len;
+    }
+    for (int f = 0; f < r->code.n_functions; f++) {
+        const CudaFunction *fn = &r->code.functions[f];
+        bool seen = false;
+        for (int g = 0; g < u->code.n_functions && !seen; g++) seen = !strcmp(u->code.functions[g].name, fn->name);
+        if (seen) continue;
+        if (u->code.n_functions == u->cap) {
+            u->cap = u->cap ? 2 * u->cap : 256;
+            u->code.functions = realloc(u->code.functions, (size_t)u->cap * sizeof *u->code.functions);
+            cr_assert(u->code.functions);
+        }
+        CudaFunction *dst = &u->code.functions[u->code.n_functions++];
+        *dst = *fn;
+        dst->begin = u->text.len;
+        sb_append(&u->text, r->text.data + fn->begin, fn->end - fn->begin);
+        dst->end = u->text.len;
+    }
+    u->programs++;
+    u->kernels += r->code.n_kernels;
+    cr_assert(!u->text.failed);
+}
+
+static Nvrtc *open_nvrtc_or_fail(void) {
+    Nvrtc *n;
+    MamlError err;
+    cr_assert_eq(nvrtc_open(&n, &err), 0, "%s", err.message);
+    return n;
+}
+
+Test(cuda_codegen, every_kernel_of_every_shipped_graph_compiles_for_sm90_and_sm80_without_warnings,
+     .timeout = 1800) {
+    FunctionUnion u;
+    memset(&u, 0, sizeof u);
+    sb_init(&u.text);
+    for (int g = 0; g < 4; g++)
+        for (int kind = 0; kind < 2; kind++)
+            for (int fuse = 1; fuse >= 0; fuse--) {
+                Rendered r;
+                /* at the shipped meta-batch: the tilings depend on the sizes */
+                GraphSpec spec;
+                memset(&spec, 0, sizeof spec);
+                MamlError err;
+                cr_assert_eq(spec_load(SHIPPED[g], NULL, 0, &spec, &err), 0, "%s", err.message);
+                int tasks = spec.maml.meta_batch;
+                spec_free(&spec);
+                render_shipped(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP, tasks, fuse, false);
+                union_add(&u, &r);
+                rendered_free(&r);
+            }
+    Nvrtc *n = open_nvrtc_or_fail();
+    MamlError err;
+    KernelCache cache;
+    cr_assert_eq(kernel_cache_open(&cache, cuda_test_cache(), "cuda", false, &err), 0, "%s", err.message);
+    int archs[] = {90, 80};
+    for (int a = 0; a < 2; a++) {
+        NvrtcOptions o = {.arch = archs[a], .cache = &cache, .warnings_are_errors = true};
+        CudaImages im;
+        int rc = cuda_compile_code(n, u.text.data, &u.code, &o, 0, &im, &err);
+        cr_assert_eq(rc, 0, "sm_%d: %s", archs[a], err.message);
+        for (int p = 0; p < im.n_pieces; p++) {
+            cr_assert(!im.images[p].ptx && im.images[p].size > 4 && !memcmp(im.images[p].image, "\x7f" "ELF", 4),
+                      "sm_%d piece %d: not a CUBIN", archs[a], p);
+            cr_assert_null(strstr(im.images[p].log, "warning"), "sm_%d: %s", archs[a], im.images[p].log);
+        }
+        cr_log_info("%d programs, %d kernels, %d distinct functions: sm_%d in %.0f ms (%d pieces, %d "
+                    "from the cache, %d threads)",
+                    u.programs, u.kernels, u.code.n_functions, archs[a], im.ms, im.n_pieces, im.cached,
+                    im.threads);
+        cuda_images_free(&im);
+    }
+    nvrtc_close(n);
+    free(u.code.functions);
+    sb_free(&u.text);
+}
+
+/* The seed's training step as the backend compiles it: pieces in parallel, each through the cache. */
+Test(cuda_codegen, seed_training_step_compiles_in_parallel_pieces, .timeout = 600) {
+    Rendered r;
+    render_shipped(&r, "graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 32, true, false);
+    check_layout(&r, "seed");
+    Nvrtc *n = open_nvrtc_or_fail();
+    MamlError err;
+    KernelCache cache;
+    cr_assert_eq(kernel_cache_open(&cache, cuda_test_cache(), "cuda", false, &err), 0, "%s", err.message);
+    NvrtcOptions o = {.arch = 90, .cache = &cache, .warnings_are_errors = true};
+    CudaImages im;
+    cr_assert_eq(cuda_compile_code(n, r.text.data, &r.code, &o, 0, &im, &err), 0, "%s", err.message);
+    cr_assert(im.n_pieces >= 1 && im.n_pieces <= 16);
+    int *per_piece = calloc((size_t)im.n_pieces, sizeof *per_piece);
+    for (int f = 0; f < r.code.n_functions; f++) {
+        cr_assert(im.piece_of[f] >= 0 && im.piece_of[f] < im.n_pieces);
+        per_piece[im.piece_of[f]]++;
+    }
+    for (int p = 0; p < im.n_pieces; p++) cr_assert_gt(per_piece[p], 0, "piece %d is empty", p);
+    free(per_piece);
+    cr_log_info("seed training step (T=32): %d kernels as %d functions, %zu bytes; sm_90 in %.0f ms on "
+                "%d threads (%d pieces, %d from the cache)",
+                r.code.n_kernels, r.code.n_functions, r.text.len, im.ms, im.threads, im.n_pieces, im.cached);
+    CudaImages again;
+    cr_assert_eq(cuda_compile_code(n, r.text.data, &r.code, &o, 0, &again, &err), 0, "%s", err.message);
+    cr_assert_eq(again.cached, again.n_pieces, "a second compile finds every piece in the cache");
+    cr_log_info("seed training step: warm start from the cache in %.1f ms", again.ms);
+    cuda_images_free(&again);
+    cuda_images_free(&im);
+    nvrtc_close(n);
+    rendered_free(&r);
+}
+
+#endif
+
+/* ---- the cuda backend without a driver ---- */
+
+Test(cuda_backend, without_a_driver_cuda_fails_clearly_and_auto_falls_back) {
+    setenv("MAMLC_LIBCUDA", "/nonexistent/libcuda.so.1", 1);
+    Rendered r;
+    render_shipped(&r, "graphs/sinusoid.yaml", MAML_TRAIN_STEP, 2, true, false);
+    Backend *b = NULL;
+    MamlError err;
+    char why[1200];
+    cr_assert_eq(backend_open("cuda", &r.raw, PREC_F32, &b, why, sizeof why, &err), -1);
+    cr_assert_null(b);
+    cr_assert(!strncmp(err.message, "no CUDA driver: ", 16), "unclear: %s", err.message);
+    cr_assert_null(strchr(err.message, '\n'), "one line: %s", err.message);
+    cr_log_info("--backend cuda: %s", err.message);
+    cr_assert_eq(backend_open("auto", &r.raw, PREC_F32, &b, why, sizeof why, &err), 0, "%s", err.message);
+    cr_assert_str_neq(b->name, "cuda");
+    cr_assert(strstr(why, "backend auto: ") && strstr(why, "no CUDA driver"), "why: %s", why);
+    cr_assert_null(strchr(why, '\n'), "one line: %s", why);
+    cr_log_info("%s", why);
+    backend_close(b);
+    rendered_free(&r);
+}
+
+/* ---- kernels.cu run on the CPU (tests/cuda_emu.h) against the reference ---- */
+
+typedef int (*EmuLaunch)(void (*)(void), const unsigned *, const unsigned *, void **, int, int, char *,
+                         int);
+
+/* Compiles text as C++ against the emulation header into a cached shared object; returns its path. */
+static void emu_build(const StrBuf *text, char *so, size_t size) {
+    const char *cxx_env = getenv("CXX");
+    char probe[600];
+    snprintf(probe, sizeof probe, "%s --version >/dev/null 2>&1", cxx_env && *cxx_env ? cxx_env : "g++");
+    if (system(probe) != 0) cr_skip_test("no C++ compiler (g++ or $CXX) to build the CUDA emulation");
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/emu", cuda_test_cache());
+    mkdir(cuda_test_cache(), 0777);
+    mkdir(dir, 0777);
+    Hash64 h;
+    hash64_init(&h, 1);
+    hash64_update(&h, text->data, text->len);
+    FILE *hf = fopen("tests/cuda_emu.h", "rb");
+    cr_assert(hf, "tests/cuda_emu.h not found (run from the repository root)");
+    char chunk[4096];
+    for (size_t n; (n = fread(chunk, 1, sizeof chunk, hf)) > 0;) hash64_update(&h, chunk, n);
+    fclose(hf);
+    snprintf(so, size, "%s/%016llx.so", dir, (unsigned long long)hash64_final(&h));
+    if (access(so, R_OK) == 0) return;
+    char src[1300], tmp[1300], cmd[4000];
+    snprintf(src, sizeof src, "%.1200s.%d.cu", so, (int)getpid());
+    snprintf(tmp, sizeof tmp, "%.1200s.%d.tmp", so, (int)getpid());
+    FILE *f = fopen(src, "wb");
+    cr_assert(f);
+    fwrite(text->data, 1, text->len, f);
+    fclose(f);
+    const char *cxx = getenv("CXX");
+    snprintf(cmd, sizeof cmd, "%s -std=c++17 -O1 -fPIC -shared -w -include tests/cuda_emu.h -x c++ %s -o %s",
+             cxx && *cxx ? cxx : "g++", src, tmp);
+    int rc = system(cmd);
+    unlink(src);
+    cr_assert_eq(rc, 0, "emulation build failed: %s", cmd);
+    cr_assert_eq(rename(tmp, so), 0);
+}
+
+/* Kernels whose threads never wait for one another run without coroutines (much faster). */
+static bool needs_coroutines(const char *function) {
+    const char *plain[] = {"map_", "thread_", "max_pool2d_", "pool_scatter_", "pool_gather_"};
+    for (int i = 0; i < 5; i++)
+        if (!strncmp(function, plain[i], strlen(plain[i]))) return false;
+    return true;
+}
+
+static void emu_copy_in(const Tensor *t, char *dst, bool f64) {
+    for (int64_t i = 0, n = shape_numel(t->shape); i < n; i++) {
+        if (f64) ((double *)dst)[i] = tensor_get(t, i);
+        else ((float *)dst)[i] = (float)tensor_get(t, i);
+    }
+}
+
+/* Runs r's launches in order on a host arena, as the cuda backend runs them on the device. */
+static void emu_run(const Rendered *r, const TensorSet *inputs, TensorSet *outputs) {
+    char so_path[1200];
+    emu_build(&r->text, so_path, sizeof so_path);
+    void *so = dlopen(so_path, RTLD_NOW | RTLD_LOCAL);
+    cr_assert(so, "dlopen %s: %s", so_path, dlerror());
+    EmuLaunch launch;
+    void *sym = dlsym(so, "emu_launch");
+    cr_assert(sym);
+    memcpy(&launch, &sym, sizeof sym);
+    const KernelProgram *p = &r->cg.prog;
+    const MemPlan *m = &r->cg.plan;
+    bool f64 = m->elem_size == 8;
+    char *arena = calloc(1, (size_t)m->arena_bytes + 64);
+    cr_assert(arena);
+    for (int b = 0; b < p->n_bufs; b++)
+        if (p->bufs[b].kind == BUF_INPUT) {
+            const Tensor *t = tensorset_find(inputs, p->bufs[b].name);
+            cr_assert(t, "input %s missing", p->bufs[b].name);
+            emu_copy_in(t, arena + m->offset[b], f64);
+        }
+    for (int i = 0; i < p->n_kernels; i++) {
+        const CudaLaunch *l = &r->code.launches[i];
+        const char *fname = r->code.functions[l->function].name;
+        void *fsym = dlsym(so, fname);
+        cr_assert(fsym, "%s missing from the emulation object", fname);
+        void (*fn)(void);
+        memcpy(&fn, &fsym, sizeof fsym);
+        void *args[CUDA_MAX_ARGS];
+        for (int a = 0; a < l->n_args; a++) args[a] = arena + m->offset[l->args[a]];
+        char why[256];
+        int rc = launch(fn, l->grid, l->block, args, l->n_args, needs_coroutines(fname), why, sizeof why);
+        cr_assert_eq(rc, 0, "%s (%s): %s", l->name, fname, why);
+    }
+    MamlError err;
+    for (int o = 0; o < p->n_outputs; o++) {
+        const KOutput *out = &p->outputs[o];
+        cr_assert(tensorset_add(outputs, out->name, f64 ? TENSOR_F64 : TENSOR_F32, out->shape,
+                                arena + m->offset[out->buf], &err), "%s", err.message);
+    }
+    free(arena);
+    dlclose(so);
+}
+
+/* "grad/conv1.x" -> "grad", "adam/m/x" -> "adam/m", "x" -> "". */
+static void emu_group(const char *name, char *buf, size_t size) {
+    const char *slash = strrchr(name, '/');
+    size_t n = slash ? (size_t)(slash - name) : 0;
+    if (n >= size) n = size - 1;
+    memcpy(buf, name, n);
+    buf[n] = 0;
+}
+
+static double emu_max_abs(const Tensor *t) {
+    double m = 0;
+    for (int64_t k = 0, c = shape_numel(t->shape); k < c; k++) m = fmax(m, fabs(tensor_get(t, k)));
+    return m;
+}
+
+/* A tensor's largest magnitude, or its group's when it is zero up to rounding (the conv-bias
+ * gradients batch norm cancels exactly). */
+static double emu_scale(const TensorSet *want, const Tensor *t) {
+    char g[128], h[128];
+    emu_group(t->name, g, sizeof g);
+    double group = 0;
+    for (int i = 0; i < want->n; i++) {
+        emu_group(want->items[i].name, h, sizeof h);
+        if (!strcmp(g, h)) group = fmax(group, emu_max_abs(&want->items[i]));
+    }
+    double s = emu_max_abs(t) >= 1e-9 * group ? emu_max_abs(t) : group;
+    return s > 0 ? s : 1.0;
+}
+
+static double emu_rel_err(const Tensor *got, const Tensor *want, double scale) {
+    double d = 0;
+    for (int64_t k = 0, c = shape_numel(want->shape); k < c; k++) {
+        double a = tensor_get(got, k), b = tensor_get(want, k);
+        if (isnan(a) && isnan(b)) continue;
+        d = fmax(d, isnan(a) || isnan(b) ? INFINITY : fabs(a - b));
+    }
+    return d / scale;
+}
+
+/* Emulated CUDA against ref in float64; float32 is bound by 1e-4 per tensor (the cuda backend's
+ * bound) or 3x the float32 reference's own error where that is larger; float64 by 1e-10. */
+static void emu_matches_ref(Rendered *r, const TensorSet *inputs, const char *label) {
+    MamlError err;
+    TensorSet got, r64, r32;
+    tensorset_init(&got);
+    tensorset_init(&r64);
+    tensorset_init(&r32);
+    bool f64 = r->cg.plan.elem_size == 8;
+    cr_assert_eq(ref_run(&r->raw, PREC_F64, inputs, &r64, &err), 0, "%s", err.message);
+    if (!f64) cr_assert_eq(ref_run(&r->raw, PREC_F32, inputs, &r32, &err), 0, "%s", err.message);
+    emu_run(r, inputs, &got);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < r64.n; i++) {
+        const Tensor *w = &r64.items[i], *g = tensorset_find(&got, w->name);
+        cr_assert(g, "%s: output %s missing", label, w->name);
+        double scale = emu_scale(&r64, w), e = emu_rel_err(g, w, scale), bound = 1e-10;
+        if (!f64) bound = fmax(1e-4, 3 * emu_rel_err(tensorset_find(&r32, w->name), w, scale));
+        cr_expect(e <= bound, "%s: '%s' relative error %.3g > bound %.3g", label, w->name, e, bound);
+        if (e / bound > worst) worst = e / bound, worst_name = w->name;
+    }
+    cr_log_info("%s: %d kernels as %d functions; worst error/bound %.3g (%s)", label, r->code.n_kernels,
+                r->code.n_functions, worst, worst_name);
+    tensorset_free(&got);
+    tensorset_free(&r64);
+    tensorset_free(&r32);
+}
+
+/* The C renderer's kernels.c for the same program, built into a cached shared object. */
+static void *c_kernels_build(const Rendered *r, char *so, size_t size) {
+    PipelineOptions po = pipeline_default_options();
+    po.no_fuse = !r->cg.prog.fused;
+    po.f64 = r->cg.plan.elem_size == 8;
+    po.target = PIPELINE_TARGET_C;
+    CompiledGraph c;
+    MamlError err;
+    cr_assert_eq(compile_pipeline(&r->raw, &po, &c, &err), 0, "%s", err.message);
+    cr_assert_eq(c.prog.n_kernels, r->cg.prog.n_kernels, "the pipeline is deterministic");
+    cr_assert_eq(c.plan.arena_bytes, r->cg.plan.arena_bytes);
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/emu", cuda_test_cache());
+    mkdir(cuda_test_cache(), 0777);
+    mkdir(dir, 0777);
+    snprintf(so, size, "%s/c-%016llx.so", dir, (unsigned long long)hash64(c.source.data, c.source.len, 1));
+    if (access(so, R_OK) != 0) {
+        char src[1300], tmp[1300], cmd[4000];
+        snprintf(src, sizeof src, "%.1200s.%d.c", so, (int)getpid());
+        snprintf(tmp, sizeof tmp, "%.1200s.%d.tmp", so, (int)getpid());
+        FILE *f = fopen(src, "wb");
+        cr_assert(f);
+        fwrite(c.source.data, 1, c.source.len, f);
+        fclose(f);
+        snprintf(cmd, sizeof cmd, "cc -O1 -fPIC -shared %s -o %s -lm", src, tmp);
+        int rc = system(cmd);
+        unlink(src);
+        cr_assert_eq(rc, 0, "%s", cmd);
+        cr_assert_eq(rename(tmp, so), 0);
+    }
+    compiled_graph_free(&c);
+    void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    cr_assert(h, "dlopen %s: %s", so, dlerror());
+    return h;
+}
+
+static double buffer_max(const char *arena, const MemPlan *m, const KernelProgram *p, int b) {
+    double mx = 0;
+    for (int64_t k = 0; k < p->bufs[b].numel; k++)
+        mx = fmax(mx, fabs(m->elem_size == 8 ? ((const double *)(arena + m->offset[b]))[k]
+                                              : ((const float *)(arena + m->offset[b]))[k]));
+    return mx;
+}
+
+/* Kernel by kernel, the emulated CUDA kernel against the C renderer's kernel on the same
+ * inputs (after each kernel the C result is copied over the CUDA one, so no difference
+ * propagates): each result within 1e-5 of the largest magnitude among the kernel's operands and
+ * result (1e-12 in float64). End to end comparisons of whole steps would also measure how
+ * rounding differences flip max-pool argmaxes between nearly equal values, which says nothing
+ * about the kernels; the fixture test below covers the whole step. */
+static void emu_compare_kernels(Rendered *r, const TensorSet *in, const char *label) {
+    bool f64 = r->cg.plan.elem_size == 8;
+    char cu_path[1200], c_path[1200];
+    emu_build(&r->text, cu_path, sizeof cu_path);
+    void *cu = dlopen(cu_path, RTLD_NOW | RTLD_LOCAL), *cc = c_kernels_build(r, c_path, sizeof c_path);
+    cr_assert(cu, "dlopen %s: %s", cu_path, dlerror());
+    EmuLaunch launch;
+    void *sym = dlsym(cu, "emu_launch");
+    memcpy(&launch, &sym, sizeof sym);
+    void (*const *c_kernels)(void *) = dlsym(cc, "mamlc_kernels");
+    cr_assert(sym && c_kernels);
+    const KernelProgram *p = &r->cg.prog;
+    const MemPlan *m = &r->cg.plan;
+    char *A = calloc(1, (size_t)m->arena_bytes + 64), *B = calloc(1, (size_t)m->arena_bytes + 64);
+    for (int b = 0; b < p->n_bufs; b++)
+        if (p->bufs[b].kind == BUF_INPUT) {
+            emu_copy_in(tensorset_find(in, p->bufs[b].name), A + m->offset[b], f64);
+            emu_copy_in(tensorset_find(in, p->bufs[b].name), B + m->offset[b], f64);
+        }
+    double worst = 0, bound = f64 ? 1e-12 : 1e-5;
+    const char *worst_name = "";
+    for (int i = 0; i < p->n_kernels; i++) {
+        const CudaLaunch *l = &r->code.launches[i];
+        const char *fname = r->code.functions[l->function].name;
+        void *fsym = dlsym(cu, fname), *args[CUDA_MAX_ARGS];
+        void (*fn)(void);
+        memcpy(&fn, &fsym, sizeof fsym);
+        for (int a = 0; a < l->n_args; a++) args[a] = A + m->offset[l->args[a]];
+        char why[256];
+        cr_assert_eq(launch(fn, l->grid, l->block, args, l->n_args, needs_coroutines(fname), why, sizeof why),
+                     0, "%s (%s): %s", l->name, fname, why);
+        c_kernels[i](B);
+        int w = kernel_writes(&p->kernels[i]), reads[CUDA_MAX_ARGS];
+        double scale = buffer_max(B, m, p, w), diff = 0;
+        for (int q = 0, n = kernel_reads(&p->kernels[i], reads, CUDA_MAX_ARGS); q < n; q++)
+            scale = fmax(scale, buffer_max(B, m, p, reads[q]));
+        for (int64_t k = 0; k < p->bufs[w].numel; k++) {
+            double a = f64 ? ((double *)(A + m->offset[w]))[k] : ((float *)(A + m->offset[w]))[k];
+            double b = f64 ? ((double *)(B + m->offset[w]))[k] : ((float *)(B + m->offset[w]))[k];
+            if (a == b || (isnan(a) && isnan(b))) continue;
+            diff = fmax(diff, isfinite(a) && isfinite(b) ? fabs(a - b) : INFINITY);
+        }
+        double e = diff / (scale > 0 && isfinite(scale) ? scale : 1);
+        char what[300];
+        kernel_describe(&r->cg.graph, &p->kernels[i], what, sizeof what);
+        cr_expect(e <= bound, "%s: %s (%s, %s): relative error %.3g > %.3g", label, l->name, fname, what, e, bound);
+        if (e > worst) worst = e, worst_name = l->name;
+        memcpy(A + m->offset[w], B + m->offset[w], (size_t)p->bufs[w].numel * m->elem_size);
+    }
+    cr_log_info("%s: %d kernels as %d functions match the C kernels; worst %.3g (%s)", label, p->n_kernels,
+                r->code.n_functions, worst, worst_name);
+    free(A);
+    free(B);
+    dlclose(cu);
+    dlclose(cc);
+}
+
+static void emu_kernels_match_c(const char *path, MamlGraphKind kind, int tasks, bool fuse, bool f64) {
+    Rendered r;
+    render_shipped(&r, path, kind, tasks, fuse, f64);
+    TensorSet in;
+    MamlError err;
+    cr_assert_eq(bench_inputs(&r.spec, &r.raw, 7, &in, &err), 0, "%s", err.message);
+    char label[300];
+    snprintf(label, sizeof label, "%s %s T=%d %s %s", path,
+             kind == MAML_EVAL ? "eval" : kind == MAML_META_GRAD ? "grad" : "train", tasks,
+             fuse ? "fused" : "unfused", f64 ? "f64" : "f32");
+    emu_compare_kernels(&r, &in, label);
+    tensorset_free(&in);
+    rendered_free(&r);
+}
+
+/* ---- every primitive, and every loop strategy, on its own ---- */
+
+#define SH(...) shape_make((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
+
+static void out_node(Graph *g, const char *name, int node) {
+    graph_add_output(g, name, node);
+}
+
+static void add_elementwise_ops(Graph *g) {
+    Shape s = SH(2, 3, 4, 5);
+    int x = g_input(g, "x", INPUT_DATA, DT_REAL, s), y = g_input(g, "y", INPUT_DATA, DT_REAL, s);
+    int pos = g_input(g, "pos", INPUT_DATA, DT_REAL, s);
+    int ta = g_input(g, "tie_a", INPUT_DATA, DT_REAL, s), tb = g_input(g, "tie_b", INPUT_DATA, DT_REAL, s);
+    out_node(g, "add", g_add(g, x, y));
+    out_node(g, "sub", g_sub(g, x, y));
+    out_node(g, "div", g_div(g, x, pos));
+    out_node(g, "neg", g_unary(g, OP_NEG, x));
+    out_node(g, "exp", g_unary(g, OP_EXP, x));
+    out_node(g, "log", g_unary(g, OP_LOG, pos));
+    out_node(g, "rsqrt", g_unary(g, OP_RSQRT, pos));
+    out_node(g, "sqrt", g_unary(g, OP_SQRT, pos));
+    out_node(g, "eq", g_eq(g, ta, tb));
+    out_node(g, "select", g_select(g, g_gt(g, x, y), x, g_mul(g, x, y)));
+    int b = g_input(g, "b", INPUT_DATA, DT_REAL, SH(2, 1, 4, 1));
+    out_node(g, "broadcast", g_broadcast(g, b, s));
+    out_node(g, "permute", g_permute(g, g_unary(g, OP_EXP, x), (int[]){2, 0, 3, 1}));
+    int labels = g_input(g, "labels", INPUT_DATA, DT_INT, SH(2, 3));
+    out_node(g, "one_hot", g_one_hot(g, labels, 4));
+}
+
+/* Reductions shaped to take each strategy of loop.cu.tmpl: thread, warp, block and cols. */
+static void add_reductions(Graph *g) {
+    int rows = g_input(g, "rows_x", INPUT_DATA, DT_REAL, SH(300, 100));   /* warp */
+    int wide = g_input(g, "wide_x", INPUT_DATA, DT_REAL, SH(4, 5000));    /* block */
+    int cols = g_input(g, "cols_x", INPUT_DATA, DT_REAL, SH(100, 300));   /* cols */
+    int tall = g_input(g, "tall_x", INPUT_DATA, DT_REAL, SH(40, 9000));   /* thread, long rows */
+    int small = g_input(g, "small_x", INPUT_DATA, DT_REAL, SH(2, 3, 4, 5)); /* thread */
+    out_node(g, "warp_sum", g_reduce(g, OP_REDUCE_SUM, rows, 0x2));
+    out_node(g, "warp_max", g_reduce(g, OP_REDUCE_MAX, rows, 0x2));
+    out_node(g, "block_sum", g_reduce(g, OP_REDUCE_SUM, wide, 0x2));
+    out_node(g, "block_max", g_reduce(g, OP_REDUCE_MAX, wide, 0x2));
+    out_node(g, "block_all", g_reduce(g, OP_REDUCE_SUM, g_mul(g, wide, wide), 0x3));
+    out_node(g, "cols_sum", g_reduce(g, OP_REDUCE_SUM, cols, 0x1));
+    out_node(g, "cols_max", g_reduce(g, OP_REDUCE_MAX, cols, 0x1));
+    out_node(g, "thread_sum", g_reduce(g, OP_REDUCE_SUM, tall, 0x1));
+    out_node(g, "small_sum_13", g_reduce(g, OP_REDUCE_SUM, small, 0xa));
+    out_node(g, "small_max_02", g_reduce(g, OP_REDUCE_MAX, small, 0x5));
+    /* softmax over rows: reductions with prologues and epilogues when fused */
+    Shape rs = SH(300, 100);
+    int m = g_broadcast(g, g_reduce(g, OP_REDUCE_MAX, rows, 0x2), rs);
+    int e = g_unary(g, OP_EXP, g_sub(g, rows, m));
+    out_node(g, "softmax", g_div(g, e, g_broadcast(g, g_reduce(g, OP_REDUCE_SUM, e, 0x2), rs)));
+    /* a column normalisation: a cols reduction with a fused epilogue */
+    Shape cs = SH(100, 300);
+    int mean = g_scale(g, g_reduce(g, OP_REDUCE_SUM, cols, 0x1), 0.01);
+    out_node(g, "col_centered", g_sub(g, cols, g_broadcast(g, mean, cs)));
+}
+
+static void add_template_ops(Graph *g) {
+    int a = g_input(g, "mm_a", INPUT_DATA, DT_REAL, SH(3, 20, 37));
+    int at = g_input(g, "mm_at", INPUT_DATA, DT_REAL, SH(3, 37, 20));
+    int b = g_input(g, "mm_b", INPUT_DATA, DT_REAL, SH(3, 37, 19));
+    int bt = g_input(g, "mm_bt", INPUT_DATA, DT_REAL, SH(3, 19, 37));
+    out_node(g, "matmul", g_matmul(g, a, b, false, false));
+    out_node(g, "matmul_ta", g_matmul(g, at, b, true, false));
+    out_node(g, "matmul_tb", g_matmul(g, a, bt, false, true));
+    out_node(g, "matmul_tab", g_matmul(g, at, bt, true, true));
+    static const int cfg[5][3] = {{3, 1, 1}, {3, 2, 0}, {3, 2, 1}, {5, 1, 2}, {1, 1, 0}}; /* k, s, p */
+    Shape xs = SH(2, 3, 6, 9, 11);
+    int x = g_input(g, "conv_x", INPUT_DATA, DT_REAL, xs);
+    for (int i = 0; i < 5; i++) {
+        int k = cfg[i][0], st = cfg[i][1], p = cfg[i][2];
+        Shape ws = SH(2, 5, 6, k, k);
+        int64_t ho = (9 + 2 * p - k) / st + 1, wo = (11 + 2 * p - k) / st + 1;
+        char name[64];
+        snprintf(name, sizeof name, "conv_w%d", i);
+        int w = g_input(g, name, INPUT_DATA, DT_REAL, ws);
+        snprintf(name, sizeof name, "conv_dy%d", i);
+        int dy = g_input(g, name, INPUT_DATA, DT_REAL, SH(2, 3, 5, ho, wo));
+        snprintf(name, sizeof name, "conv2d_k%ds%dp%d", k, st, p);
+        out_node(g, name, g_conv2d(g, x, w, st, p));
+        snprintf(name, sizeof name, "conv2d_grad_input_k%ds%dp%d", k, st, p);
+        out_node(g, name, g_conv2d_grad_input(g, dy, w, xs, st, p));
+        snprintf(name, sizeof name, "conv2d_grad_weight_k%ds%dp%d", k, st, p);
+        out_node(g, name, g_conv2d_grad_weight(g, x, dy, ws, st, p));
+    }
+    static const int pools[2][2] = {{2, 2}, {3, 2}}; /* kernel, stride (3/2 overlaps) */
+    int px = g_input(g, "pool_x", INPUT_DATA, DT_REAL, SH(2, 3, 7, 7));
+    int pt = g_input(g, "pool_tie", INPUT_DATA, DT_REAL, SH(2, 3, 7, 7));
+    int pdy = g_input(g, "pool_dy", INPUT_DATA, DT_REAL, SH(2, 3, 3, 3));
+    for (int i = 0; i < 2; i++) {
+        int k = pools[i][0], st = pools[i][1];
+        char name[64];
+        snprintf(name, sizeof name, "max_pool2d_k%d", k);
+        out_node(g, name, g_max_pool2d(g, px, k, st));
+        snprintf(name, sizeof name, "pool_scatter_k%d", k);
+        out_node(g, name, g_pool_scatter(g, px, pdy, k, st));
+        snprintf(name, sizeof name, "pool_scatter_ties_k%d", k);
+        out_node(g, name, g_pool_scatter(g, pt, pdy, k, st));
+        snprintf(name, sizeof name, "pool_gather_k%d", k);
+        out_node(g, name, g_pool_gather(g, pt, px, k, st));
+    }
+}
+
+/* Deterministic inputs that suit their names: positive "pos", small integers for "tie" (exact
+ * ties), labels in range. */
+static void primitive_inputs(const Graph *g, TensorSet *set) {
+    MamlError err;
+    uint64_t x = 12345;
+    tensorset_init(set);
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = &g->nodes[i];
+        if (n->op != OP_INPUT) continue;
+        Tensor *t = tensorset_add(set, n->name, n->dtype == DT_REAL ? TENSOR_F64 : TENSOR_I64, n->shape, NULL, &err);
+        cr_assert(t, "%s", err.message);
+        for (int64_t k = 0, c = shape_numel(n->shape); k < c; k++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            double v = (double)(x >> 11) / 4503599627370496.0 - 1.0;
+            if (n->dtype != DT_REAL) v = (double)((k * 7 + 3) % 4);
+            else if (strstr(n->name, "pos")) v += 1.5;
+            else if (strstr(n->name, "tie")) v = (double)((k * 5) % 3);
+            tensor_set(t, k, v);
+        }
+    }
+}
+
+static void emu_primitives(bool fuse, bool f64) {
+    Rendered r;
+    memset(&r, 0, sizeof r);
+    graph_init(&r.raw);
+    add_elementwise_ops(&r.raw);
+    add_reductions(&r.raw);
+    add_template_ops(&r.raw);
+    MamlError err;
+    cr_assert_eq(graph_status(&r.raw, &err), 0, "%s", err.message);
+    render_graph(&r, fuse, f64);
+    int strategies[5] = {0};
+    const char *names[5] = {"map_", "thread_", "warp_", "block_", "cols_"};
+    for (int f = 0; f < r.code.n_functions; f++)
+        for (int s = 0; s < 5; s++) strategies[s] += !strncmp(r.code.functions[f].name, names[s], strlen(names[s]));
+    for (int s = 0; s < 5; s++) cr_assert_gt(strategies[s], 0, "no %s function: the test no longer covers it", names[s]);
+    TensorSet in;
+    primitive_inputs(&r.raw, &in);
+    char label[64];
+    snprintf(label, sizeof label, "primitives %s %s", fuse ? "fused" : "unfused", f64 ? "f64" : "f32");
+    emu_compare_kernels(&r, &in, label);
+    emu_matches_ref(&r, &in, label);
+    tensorset_free(&in);
+    rendered_free(&r);
+}
+
+Test(cuda_emu, every_primitive_and_loop_strategy_matches_c_and_ref, .timeout = 600) {
+    emu_primitives(true, false);
+    emu_primitives(false, false);
+    emu_primitives(true, true);
+}
+
+Test(cuda_emu, seed_kernels_match_the_c_kernels, .timeout = 900) {
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 2, true, false);
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_EVAL, 2, true, false);
+}
+
+Test(cuda_emu, seed_unfused_and_f64_kernels_match_the_c_kernels, .timeout = 900) {
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 2, false, false);
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 1, true, true);
+}
+
+Test(cuda_emu, strided_and_wide_graph_kernels_match_the_c_kernels, .timeout = 900) {
+    emu_kernels_match_c("graphs/omniglot_5w1s.yaml", MAML_TRAIN_STEP, 2, true, false);
+    emu_kernels_match_c("graphs/omniglot_20w1s.yaml", MAML_TRAIN_STEP, 1, true, false);
+}
+
+Test(cuda_emu, sinusoid_kernels_match_the_c_kernels, .timeout = 600) {
+    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, true, false);
+    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, false, false);
+    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_EVAL, 4, true, false);
+}
+
+/* Fills a float or double arena with values in [-1, 1) from a fixed sequence. */
+static void fill_random(char *arena, size_t bytes, bool f64) {
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    size_t n = bytes / (f64 ? 8 : 4);
+    for (size_t i = 0; i < n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        double v = (double)(x >> 11) / 4503599627370496.0 - 1.0;
+        if (f64) ((double *)arena)[i] = v;
+        else ((float *)arena)[i] = (float)v;
+    }
+}
+
+/* Every function of a shipped graph at its shipped meta-batch (so with the tilings a real step
+ * uses), launched once by its first kernel on an arena of random values, against the C kernel on
+ * the same arena. */
+static void emu_functions_match_c_at_size(const char *path, MamlGraphKind kind) {
+    GraphSpec spec;
+    memset(&spec, 0, sizeof spec);
+    MamlError err;
+    cr_assert_eq(spec_load(path, NULL, 0, &spec, &err), 0, "%s", err.message);
+    int tasks = spec.maml.meta_batch;
+    spec_free(&spec);
+    Rendered r;
+    render_shipped(&r, path, kind, tasks, true, false);
+    char cu_path[1200], c_path[1200];
+    emu_build(&r.text, cu_path, sizeof cu_path);
+    void *cu = dlopen(cu_path, RTLD_NOW | RTLD_LOCAL), *cc = c_kernels_build(&r, c_path, sizeof c_path);
+    cr_assert(cu, "dlopen %s: %s", cu_path, dlerror());
+    EmuLaunch launch;
+    void *sym = dlsym(cu, "emu_launch");
+    memcpy(&launch, &sym, sizeof sym);
+    void (*const *c_kernels)(void *) = dlsym(cc, "mamlc_kernels");
+    cr_assert(sym && c_kernels);
+    const KernelProgram *p = &r.cg.prog;
+    const MemPlan *m = &r.cg.plan;
+    size_t bytes = (size_t)m->arena_bytes + 64;
+    char *A = malloc(bytes), *B = malloc(bytes);
+    cr_assert(A && B);
+    fill_random(A, bytes, false);
+    memcpy(B, A, bytes);
+    bool *done = calloc((size_t)r.code.n_functions + 1, sizeof *done);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < p->n_kernels; i++) {
+        const CudaLaunch *l = &r.code.launches[i];
+        if (done[l->function]) continue;
+        done[l->function] = true;
+        const char *fname = r.code.functions[l->function].name;
+        void *fsym = dlsym(cu, fname), *args[CUDA_MAX_ARGS];
+        void (*fn)(void);
+        memcpy(&fn, &fsym, sizeof fsym);
+        for (int a = 0; a < l->n_args; a++) args[a] = A + m->offset[l->args[a]];
+        char why[256];
+        cr_assert_eq(launch(fn, l->grid, l->block, args, l->n_args, needs_coroutines(fname), why, sizeof why),
+                     0, "%s (%s): %s", l->name, fname, why);
+        c_kernels[i](B);
+        int w = kernel_writes(&p->kernels[i]), reads[CUDA_MAX_ARGS];
+        double scale = 0, diff = 0;
+        int n_reads = kernel_reads(&p->kernels[i], reads, CUDA_MAX_ARGS);
+        reads[n_reads++] = w;
+        for (int q = 0; q < n_reads; q++)
+            for (int64_t k = 0; k < p->bufs[reads[q]].numel; k++) {
+                double v = ((float *)(B + m->offset[reads[q]]))[k];
+                if (isfinite(v)) scale = fmax(scale, fabs(v));
+            }
+        for (int64_t k = 0; k < p->bufs[w].numel; k++) {
+            double a = ((float *)(A + m->offset[w]))[k], b = ((float *)(B + m->offset[w]))[k];
+            if (a == b || (isnan(a) && isnan(b))) continue;
+            diff = fmax(diff, isfinite(a) && isfinite(b) ? fabs(a - b) : INFINITY);
+        }
+        double e = diff / (scale > 0 ? scale : 1);
+        cr_expect(e <= 1e-5, "%s: %s (%s): relative error %.3g", path, l->name, fname, e);
+        if (e > worst) worst = e, worst_name = l->name;
+        memcpy(A + m->offset[w], B + m->offset[w], (size_t)p->bufs[w].numel * m->elem_size);
+    }
+    cr_log_info("%s %s T=%d: %d functions (of %d kernels) at the shipped size match the C kernels; "
+                "worst %.3g (%s)", path, kind == MAML_EVAL ? "eval" : "train", tasks, r.code.n_functions,
+                p->n_kernels, worst, worst_name);
+    free(done);
+    free(A);
+    free(B);
+    dlclose(cu);
+    dlclose(cc);
+    rendered_free(&r);
+}
+
+Test(cuda_emu, seed_functions_at_the_shipped_size_match_the_c_kernels, .timeout = 1200) {
+    emu_functions_match_c_at_size("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP);
+}
+
+static void read_fixture_set(const char *file, TensorSet *set) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "fixtures/pytorch_maml/%s", file);
+    MamlError err;
+    tensorset_init(set);
+    cr_assert_eq(safetensors_read(shared_path(1, rel), set, &err), 0, "%s", err.message);
+}
+
+/* The whole meta-gradient of the seed on PyTorch's fixtures, as gpu-check compares it on a GPU:
+ * every tensor within 1e-4 of float64's result (the cuda backend's bound), or 3x the float32
+ * reference's own error where that is larger. */
+static void emu_fixture(const char *params, const char *batch, int tasks, int q_query, const char *label) {
+    Rendered r;
+    memset(&r, 0, sizeof r);
+    char q[64];
+    snprintf(q, sizeof q, "maml.q_query=%d", q_query);
+    const char *ov[2] = {"maml.inner.lr=0.4", q};
+    MamlError err;
+    cr_assert_eq(spec_load("graphs/omniglot_seed.yaml", ov, 2, &r.spec, &err), 0, "%s", err.message);
+    graph_init(&r.raw);
+    cr_assert_eq(maml_build(&r.spec, MAML_META_GRAD, tasks, &r.raw, NULL, &err), 0, "%s", err.message);
+    render_graph(&r, true, false);
+    TensorSet in, b;
+    read_fixture_set(params, &in);
+    read_fixture_set(batch, &b);
+    for (int i = 0; i < b.n; i++)
+        cr_assert(tensorset_add(&in, b.items[i].name, b.items[i].dtype, b.items[i].shape, b.items[i].data, &err));
+    emu_matches_ref(&r, &in, label);
+    tensorset_free(&b);
+    tensorset_free(&in);
+    rendered_free(&r);
+}
+
+Test(cuda_emu, seed_meta_gradient_on_pytorch_fixtures_matches_ref, .timeout = 900) {
+    emu_fixture("params_p5_default.safetensors", "batch_so_T2_5w1s_q1_in1.safetensors", 2, 1, "fixture so_T2_5w1s_q1_in1");
+    emu_fixture("params_p5_default.safetensors", "batch_so_T2_5w1s_q5_in1.safetensors", 2, 5, "fixture so_T2_5w1s_q5_in1");
+}

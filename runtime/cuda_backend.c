@@ -1,0 +1,662 @@
+/* Backend "cuda": pipeline, CUDA rendering, parallel NVRTC through the cache, one arena, one
+ * CUDA graph per step. */
+#include "cuda_backend.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cuda_driver.h"
+#include "kernel_cache.h"
+
+/* Estimated NVRTC cost of a function, in units of a plain loop kernel (about 15 ms of one core):
+ * the unrolled convolution templates measured about 20 times that. */
+#define CONV_COST 20
+/* A piece holds about this much work: enough that NVRTC's fixed cost per program (about 60 ms)
+ * stays small, small enough that 16 pieces keep 16 cores busy on the seed graph. */
+#define PIECE_COST 24
+#define MAX_PIECES 16
+
+CudaOptions cuda_default_options(void) {
+    const char *require = getenv("MAMLC_REQUIRE_CACHE");
+    CudaOptions o = {.no_fuse = false, .cache_dir = NULL, .quiet = false, .device = -1,
+                     .require_cache = require && *require && strcmp(require, "0") != 0};
+    return o;
+}
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+/* ---- compiling in pieces ---- */
+
+static int function_cost(const CudaFunction *f) {
+    return strncmp(f->name, "conv2d", 6) == 0 ? CONV_COST : 1;
+}
+
+/* Greedy: the costliest functions first, each into the piece with the least work so far. The
+ * result depends on the functions alone, so the pieces (and their cache keys) do too. */
+static int assign_pieces(const CudaCode *code, int *piece_of, MamlError *err) {
+    int n = code->n_functions, total = 0;
+    for (int f = 0; f < n; f++) total += function_cost(&code->functions[f]);
+    int pieces = (total + PIECE_COST - 1) / PIECE_COST;
+    if (pieces > MAX_PIECES) pieces = MAX_PIECES;
+    if (pieces > n) pieces = n;
+    int *load = maml_calloc((size_t)pieces + 1, sizeof *load, err);
+    if (!load) return -1;
+    for (int f = 0; f < n; f++) piece_of[f] = -1;
+    for (int cost = CONV_COST; cost >= 1; cost--)
+        for (int f = 0; f < n; f++) {
+            if (function_cost(&code->functions[f]) != cost) continue;
+            int best = 0;
+            for (int p = 1; p < pieces; p++)
+                if (load[p] < load[best]) best = p;
+            piece_of[f] = best;
+            load[best] += cost;
+        }
+    free(load);
+    return pieces;
+}
+
+typedef struct {
+    Nvrtc *nvrtc;
+    const NvrtcOptions *opt;
+    StrBuf src;
+    NvrtcImage *img;
+    MamlError err;
+    int rc;
+} PieceJob;
+
+typedef struct {
+    PieceJob *jobs;
+    int n, next;
+    pthread_mutex_t lock;
+} JobQueue;
+
+static void *compile_worker(void *arg) {
+    JobQueue *q = arg;
+    for (;;) {
+        pthread_mutex_lock(&q->lock);
+        int i = q->next < q->n ? q->next++ : -1;
+        pthread_mutex_unlock(&q->lock);
+        if (i < 0) return NULL;
+        PieceJob *j = &q->jobs[i];
+        j->rc = nvrtc_compile(j->nvrtc, j->src.data, "kernels.cu", j->opt, j->img, &j->err);
+    }
+}
+
+/* The prelude and the functions of piece p, in program order. */
+static void piece_source(const char *text, const CudaCode *code, const int *piece_of, int p,
+                         StrBuf *out) {
+    sb_append(out, text + code->header_end, code->prelude_end - code->header_end);
+    for (int f = 0; f < code->n_functions; f++)
+        if (piece_of[f] == p)
+            sb_append(out, text + code->functions[f].begin,
+                      code->functions[f].end - code->functions[f].begin);
+}
+
+static int online_cpus(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > MAX_PIECES ? MAX_PIECES : (int)n;
+}
+
+/* Runs the jobs on up to `threads` threads (the calling one included). */
+static void run_jobs(PieceJob *jobs, int n, int threads) {
+    JobQueue q = {.jobs = jobs, .n = n, .next = 0};
+    pthread_mutex_init(&q.lock, NULL);
+    pthread_t tid[MAX_PIECES];
+    int started = 0;
+    for (int t = 1; t < threads && t < n; t++)
+        if (pthread_create(&tid[started], NULL, compile_worker, &q) == 0) started++;
+    compile_worker(&q); /* when no thread could start, this one does all the work */
+    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+    pthread_mutex_destroy(&q.lock);
+}
+
+int cuda_compile_code(Nvrtc *n, const char *text, const CudaCode *code, const NvrtcOptions *opt,
+                      int threads, CudaImages *out, MamlError *err) {
+    double t0 = now_ms();
+    memset(out, 0, sizeof *out);
+    out->piece_of = maml_calloc((size_t)code->n_functions + 1, sizeof *out->piece_of, err);
+    if (!out->piece_of) return -1;
+    int pieces = assign_pieces(code, out->piece_of, err);
+    if (pieces < 0) return -1;
+    out->images = maml_calloc((size_t)pieces + 1, sizeof *out->images, err);
+    PieceJob *jobs = maml_calloc((size_t)pieces + 1, sizeof *jobs, err);
+    if (!out->images || !jobs) {
+        free(jobs);
+        return -1;
+    }
+    out->n_pieces = pieces;
+    for (int p = 0; p < pieces; p++) {
+        jobs[p] = (PieceJob){.nvrtc = n, .opt = opt, .img = &out->images[p]};
+        sb_init(&jobs[p].src);
+        piece_source(text, code, out->piece_of, p, &jobs[p].src);
+        if (jobs[p].src.failed) jobs[p].rc = maml_fail(&jobs[p].err, "out of memory");
+    }
+    out->threads = threads > 0 ? threads : online_cpus();
+    if (out->threads > pieces) out->threads = pieces > 0 ? pieces : 1;
+    run_jobs(jobs, pieces, out->threads);
+    int rc = 0;
+    for (int p = 0; p < pieces; p++) {
+        if (jobs[p].rc && rc == 0) rc = maml_fail(err, "%s", jobs[p].err.message);
+        if (jobs[p].rc == 0 && out->images[p].lookup == CACHE_HIT) out->cached++;
+        sb_free(&jobs[p].src);
+    }
+    free(jobs);
+    out->ms = now_ms() - t0;
+    return rc;
+}
+
+void cuda_images_free(CudaImages *im) {
+    for (int p = 0; im->images && p < im->n_pieces; p++) nvrtc_image_free(&im->images[p]);
+    free(im->images);
+    free(im->piece_of);
+    memset(im, 0, sizeof *im);
+}
+
+#if MAMLC_HAVE_CUDA
+
+/* ---- the backend ---- */
+
+typedef struct {
+    CudaDriver drv;
+    CompiledGraph cg;
+    CudaCode code;
+    CudaImages images;
+    CUmodule *modules; /* per piece */
+    CUfunction *fns;   /* per function */
+    CUdeviceptr arena;
+    CUstream stream;
+    char *host;               /* pinned staging: inputs, then outputs */
+    int64_t *in_at, *out_at;  /* per buffer (-1: not an input) / per output: staging offset */
+    CUdeviceptr *arg_values;  /* every launch's arguments, concatenated */
+    void **arg_ptrs;          /* what cuLaunchKernel takes: pointers to arg_values */
+    int *arg_start;           /* per launch: its first entry in arg_values */
+    CUgraph graph;
+    CUgraphExec exec;
+    CUevent ev[2];
+    bool sync_each;
+    CudaBackendInfo info;
+} CudaImpl;
+
+static CudaImpl *impl_of(const Backend *b) {
+    return b && strcmp(b->name, "cuda") == 0 ? b->impl : NULL;
+}
+
+static size_t elem_size(const CudaImpl *c) {
+    return c->cg.plan.elem_size;
+}
+
+/* "k12_mul (warp_0123456789abcdef)": what errors about launch i say. */
+static void launch_what(const CudaImpl *c, int i, char *buf, size_t size) {
+    const CudaLaunch *l = &c->code.launches[i];
+    snprintf(buf, size, "%s (%s)", l->name, c->code.functions[l->function].name);
+}
+
+static int load_modules(CudaImpl *c, MamlError *err) {
+    const CudaDriver *d = &c->drv;
+    c->modules = maml_calloc((size_t)c->images.n_pieces + 1, sizeof *c->modules, err);
+    c->fns = maml_calloc((size_t)c->code.n_functions + 1, sizeof *c->fns, err);
+    if (!c->modules || !c->fns) return -1;
+    for (int p = 0; p < c->images.n_pieces; p++) {
+        char what[64];
+        snprintf(what, sizeof what, "kernels.cu piece %d of %d", p + 1, c->images.n_pieces);
+        if (cuda_module_load(d, c->images.images[p].image, what, &c->modules[p], err)) return -1;
+    }
+    for (int f = 0; f < c->code.n_functions; f++)
+        if (cuda_module_function(d, c->modules[c->images.piece_of[f]], c->code.functions[f].name,
+                                 &c->fns[f], err))
+            return -1;
+    return 0;
+}
+
+static int compile_kernels(CudaImpl *c, const CudaOptions *opt, const StrBuf *text, MamlError *err) {
+    Nvrtc *n = NULL;
+    KernelCache cache;
+    int rc = nvrtc_open(&n, err);
+    if (rc == 0 && opt->cache_dir) rc = kernel_cache_open(&cache, opt->cache_dir, NULL, opt->require_cache, err);
+    else if (rc == 0) rc = kernel_cache_open(&cache, NULL, "cuda", opt->require_cache, err);
+    NvrtcOptions no = {.arch = cuda_driver_arch(&c->drv), .cache = &cache};
+    if (rc == 0) rc = cuda_compile_code(n, text->data, &c->code, &no, 0, &c->images, err);
+    nvrtc_close(n);
+    if (rc) return -1;
+    c->info.n_pieces = c->images.n_pieces;
+    c->info.pieces_cached = c->images.cached;
+    c->info.compile_ms = c->images.ms;
+    return load_modules(c, err);
+}
+
+static double mib(long long bytes) {
+    return (double)bytes / (1024.0 * 1024.0);
+}
+
+/* The one device allocation: the arena, sized by the memory plan. */
+static int alloc_arena(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
+    const CudaDriver *d = &c->drv;
+    size_t free_b = 0, total_b = 0;
+    if (CU_CHECK(d, err, "before the arena", cuMemGetInfo, &free_b, &total_b)) return -1;
+    c->info.free_bytes = (long long)free_b;
+    c->info.total_bytes = (long long)total_b;
+    long long bytes = c->cg.plan.arena_bytes > 0 ? c->cg.plan.arena_bytes : MEMPLAN_ALIGN;
+    if (!opt->quiet)
+        fprintf(stderr, "mamlc: cuda: %s; memory plan: arena %.1f MiB (liveness bound %.1f MiB), "
+                        "%.1f MiB free on the device; %d kernels as %d functions, NVRTC %.0f ms "
+                        "(%d of %d pieces from the cache)\n",
+                c->info.device, mib(bytes), mib(c->cg.plan.lower_bound), mib((long long)free_b),
+                c->code.n_kernels, c->code.n_functions, c->info.compile_ms, c->info.pieces_cached,
+                c->info.n_pieces);
+    CUresult rc = d->cuMemAlloc(&c->arena, (size_t)bytes);
+    if (rc == CUDA_SUCCESS) return 0;
+    c->arena = 0;
+    MamlError why;
+    cuda_check(d, rc, "cuMemAlloc", "arena", &why);
+    return maml_fail(err, "%s; the memory plan needs %.1f MiB for the arena (liveness bound %.1f "
+                          "MiB), cuMemGetInfo reports %.1f MiB free of %.1f MiB",
+                     why.message, mib(bytes), mib(c->cg.plan.lower_bound), mib((long long)free_b),
+                     mib((long long)total_b));
+}
+
+/* Pinned staging for the inputs and outputs, and every launch's arguments. */
+static int prepare_buffers(CudaImpl *c, MamlError *err) {
+    const KernelProgram *p = &c->cg.prog;
+    size_t es = elem_size(c), at = 0;
+    c->in_at = maml_calloc((size_t)p->n_bufs + 1, sizeof *c->in_at, err);
+    c->out_at = maml_calloc((size_t)p->n_outputs + 1, sizeof *c->out_at, err);
+    c->arg_start = maml_calloc((size_t)p->n_kernels + 1, sizeof *c->arg_start, err);
+    if (!c->in_at || !c->out_at || !c->arg_start) return -1;
+    for (int b = 0; b < p->n_bufs; b++) {
+        c->in_at[b] = p->bufs[b].kind == BUF_INPUT ? (int64_t)at : -1;
+        if (p->bufs[b].kind == BUF_INPUT) at += ((size_t)p->bufs[b].numel * es + 63) / 64 * 64;
+    }
+    for (int o = 0; o < p->n_outputs; o++) {
+        c->out_at[o] = (int64_t)at;
+        at += ((size_t)p->bufs[p->outputs[o].buf].numel * es + 63) / 64 * 64;
+    }
+    if (CU_CHECK(&c->drv, err, "pinned staging", cuMemHostAlloc, (void **)&c->host, at ? at : 64, 0))
+        return -1;
+    int total = 0;
+    for (int i = 0; i < p->n_kernels; i++) c->arg_start[i] = total, total += c->code.launches[i].n_args;
+    c->arg_values = maml_calloc((size_t)total + 1, sizeof *c->arg_values, err);
+    c->arg_ptrs = maml_calloc((size_t)total + 1, sizeof *c->arg_ptrs, err);
+    if (!c->arg_values || !c->arg_ptrs) return -1;
+    for (int i = 0; i < p->n_kernels; i++) {
+        const CudaLaunch *l = &c->code.launches[i];
+        for (int a = 0; a < l->n_args; a++) {
+            CUdeviceptr *v = &c->arg_values[c->arg_start[i] + a];
+            *v = c->arena + (CUdeviceptr)c->cg.plan.offset[l->args[a]];
+            c->arg_ptrs[c->arg_start[i] + a] = v;
+        }
+    }
+    return 0;
+}
+
+static int launch(CudaImpl *c, int i, MamlError *err) {
+    const CudaLaunch *l = &c->code.launches[i];
+    char what[128];
+    launch_what(c, i, what, sizeof what);
+    return CU_CHECK(&c->drv, err, what, cuLaunchKernel, c->fns[l->function], l->grid[0], l->grid[1],
+                    l->grid[2], l->block[0], l->block[1], l->block[2], 0, c->stream,
+                    &c->arg_ptrs[c->arg_start[i]], NULL);
+}
+
+static int copy_inputs_async(CudaImpl *c, MamlError *err) {
+    const KernelProgram *p = &c->cg.prog;
+    for (int b = 0; b < p->n_bufs; b++) {
+        if (c->in_at[b] < 0) continue;
+        char what[160];
+        snprintf(what, sizeof what, "input %s", p->bufs[b].name);
+        if (CU_CHECK(&c->drv, err, what, cuMemcpyHtoDAsync, c->arena + (CUdeviceptr)c->cg.plan.offset[b],
+                     c->host + c->in_at[b], (size_t)p->bufs[b].numel * elem_size(c), c->stream))
+            return -1;
+    }
+    return 0;
+}
+
+static int copy_outputs_async(CudaImpl *c, MamlError *err) {
+    const KernelProgram *p = &c->cg.prog;
+    for (int o = 0; o < p->n_outputs; o++) {
+        int b = p->outputs[o].buf;
+        char what[160];
+        snprintf(what, sizeof what, "output %s", p->outputs[o].name);
+        if (CU_CHECK(&c->drv, err, what, cuMemcpyDtoHAsync, c->host + c->out_at[o],
+                     c->arena + (CUdeviceptr)c->cg.plan.offset[b],
+                     (size_t)p->bufs[b].numel * elem_size(c), c->stream))
+            return -1;
+    }
+    return 0;
+}
+
+/* Copies in, every kernel, copies out, on the stream; with sync_each, a synchronisation after
+ * each kernel names the one that faulted. */
+static int enqueue_step(CudaImpl *c, bool sync_each, MamlError *err) {
+    if (copy_inputs_async(c, err)) return -1;
+    for (int i = 0; i < c->cg.prog.n_kernels; i++) {
+        if (launch(c, i, err)) return -1;
+        char what[128];
+        launch_what(c, i, what, sizeof what);
+        if (sync_each && CU_CHECK(&c->drv, err, what, cuStreamSynchronize, c->stream)) return -1;
+    }
+    return copy_outputs_async(c, err);
+}
+
+static int capture_step(CudaImpl *c, MamlError *err) {
+    const CudaDriver *d = &c->drv;
+    if (CU_CHECK(d, err, "step", cuStreamBeginCapture, c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))
+        return -1;
+    int rc = enqueue_step(c, false, err);
+    CUgraph graph = NULL;
+    CUresult end = d->cuStreamEndCapture(c->stream, &graph); /* always: it leaves capture mode */
+    if (rc == 0) rc = cuda_check(d, end, "cuStreamEndCapture", "step", err);
+    c->graph = graph;
+    if (rc) return -1;
+    return CU_CHECK(d, err, "step", cuGraphInstantiate, &c->exec, c->graph, 0);
+}
+
+/* ---- inputs and outputs ---- */
+
+static bool dtype_fits(DType want, TensorDType have) {
+    bool is_float = have == TENSOR_F32 || have == TENSOR_F64;
+    return want == DT_REAL ? is_float : !is_float;
+}
+
+static int check_inputs(const Graph *g, const TensorSet *inputs, MamlError *err) {
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = &g->nodes[i];
+        if (n->op != OP_INPUT) continue;
+        const Tensor *t = tensorset_find(inputs, n->name);
+        char want[96], have[96];
+        if (!t)
+            return maml_fail(err, "missing tensor '%s' (expected shape %s)", n->name,
+                             shape_str(n->shape, want, sizeof want));
+        if (!shape_equal(t->shape, n->shape))
+            return maml_fail(err, "tensor '%s': expected shape %s, found %s", n->name,
+                             shape_str(n->shape, want, sizeof want),
+                             shape_str(t->shape, have, sizeof have));
+        if (!dtype_fits(n->dtype, t->dtype))
+            return maml_fail(err, "tensor '%s': expected %s values, found %s", n->name,
+                             n->dtype == DT_REAL ? "floating-point" : "integer",
+                             tensor_dtype_name(t->dtype));
+    }
+    return 0;
+}
+
+/* Labels feeding one_hot must be integers in [0, depth): the kernels would silently give an
+ * all-zero row otherwise. */
+static int check_labels(const Graph *g, const TensorSet *inputs, MamlError *err) {
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = &g->nodes[i];
+        const Node *src = n->op == OP_ONE_HOT ? &g->nodes[n->in[0]] : NULL;
+        if (!src || src->op != OP_INPUT) continue;
+        const Tensor *t = tensorset_find(inputs, src->name);
+        for (int64_t k = 0, count = shape_numel(t->shape); k < count; k++) {
+            double l = tensor_get(t, k);
+            if (!(l >= 0 && l < n->attr.depth) || l != floor(l))
+                return maml_fail(err, "tensor '%s': label %g at position %lld is out of range [0, %d)",
+                                 src->name, l, (long long)k, n->attr.depth);
+        }
+    }
+    return 0;
+}
+
+static void copy_in(const Tensor *t, void *dst, bool f64) {
+    int64_t count = shape_numel(t->shape);
+    if (f64 && t->dtype == TENSOR_F64) memcpy(dst, t->data, (size_t)count * 8);
+    else if (!f64 && t->dtype == TENSOR_F32) memcpy(dst, t->data, (size_t)count * 4);
+    else if (f64)
+        for (int64_t i = 0; i < count; i++) ((double *)dst)[i] = tensor_get(t, i);
+    else
+        for (int64_t i = 0; i < count; i++) ((float *)dst)[i] = (float)tensor_get(t, i);
+}
+
+static int cuda_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err) {
+    CudaImpl *c = b->impl;
+    const CudaDriver *d = &c->drv;
+    if (check_inputs(b->graph, inputs, err) || check_labels(b->graph, inputs, err)) return -1;
+    if (CU_CHECK(d, err, "run", cuCtxSetCurrent, d->ctx)) return -1;
+    bool f64 = b->prec == PREC_F64;
+    const KernelProgram *p = &c->cg.prog;
+    for (int i = 0; i < p->n_bufs; i++)
+        if (c->in_at[i] >= 0) copy_in(tensorset_find(inputs, p->bufs[i].name), c->host + c->in_at[i], f64);
+    int rc = c->sync_each ? enqueue_step(c, true, err) : CU_CHECK(d, err, "step", cuGraphLaunch, c->exec, c->stream);
+    if (rc == 0) rc = CU_CHECK(d, err, "step (set MAMLC_CUDA_SYNC=1 to name the kernel)", cuStreamSynchronize, c->stream);
+    for (int o = 0; rc == 0 && o < p->n_outputs; o++) {
+        const KOutput *out = &p->outputs[o];
+        if (!tensorset_add(outputs, out->name, f64 ? TENSOR_F64 : TENSOR_F32, out->shape,
+                           c->host + c->out_at[o], err))
+            rc = -1;
+    }
+    return rc;
+}
+
+/* ---- open and close ---- */
+
+static void cuda_destroy(Backend *b) {
+    CudaImpl *c = b ? b->impl : NULL;
+    if (c) {
+        CudaDriver *d = &c->drv;
+        if (d->ctx_retained) {
+            d->cuCtxSetCurrent(d->ctx);
+            if (c->exec) d->cuGraphExecDestroy(c->exec);
+            if (c->graph) d->cuGraphDestroy(c->graph);
+            for (int i = 0; i < 2; i++)
+                if (c->ev[i]) d->cuEventDestroy(c->ev[i]);
+            if (c->stream) d->cuStreamDestroy(c->stream);
+            if (c->host) d->cuMemFreeHost(c->host);
+            if (c->arena) d->cuMemFree(c->arena);
+            for (int p = 0; c->modules && p < c->images.n_pieces; p++)
+                if (c->modules[p]) d->cuModuleUnload(c->modules[p]);
+        }
+        cuda_driver_close(d);
+        free(c->modules), free(c->fns), free(c->in_at), free(c->out_at);
+        free(c->arg_values), free(c->arg_ptrs), free(c->arg_start);
+        cuda_images_free(&c->images);
+        cuda_code_free(&c->code);
+        compiled_graph_free(&c->cg);
+        free(c);
+    }
+    free(b);
+}
+
+static int device_ordinal(const CudaOptions *opt) {
+    if (opt->device >= 0) return opt->device;
+    const char *env = getenv("MAMLC_CUDA_DEVICE");
+    return env && *env ? atoi(env) : 0;
+}
+
+static int render(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precision prec,
+                  StrBuf *text, MamlError *err) {
+    PipelineOptions po = pipeline_default_options();
+    po.no_fuse = opt->no_fuse;
+    po.f64 = prec == PREC_F64;
+    if (compile_pipeline(g, &po, &c->cg, err)) return -1;
+    if (cuda_code_alloc(&c->code, c->cg.prog.n_kernels, err)) return -1;
+    CodegenOptions co = {.f64 = po.f64, .source = "a graph (cuda backend)"};
+    return codegen_cuda(&c->cg.graph, &c->cg.prog, &c->cg.plan, &co, text, &c->code, err);
+}
+
+static int prepare(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precision prec,
+                   MamlError *err) {
+    CudaDriver *d = &c->drv;
+    if (cuda_driver_open(d, device_ordinal(opt), err)) return -1;
+    cuda_driver_describe(d, c->info.device, sizeof c->info.device);
+    c->info.arch = cuda_driver_arch(d);
+    StrBuf text;
+    sb_init(&text);
+    int rc = render(c, g, opt, prec, &text, err);
+    if (rc == 0) rc = compile_kernels(c, opt, &text, err);
+    sb_free(&text);
+    if (rc || alloc_arena(c, opt, err)) return -1;
+    if (CU_CHECK(d, err, "step stream", cuStreamCreate, &c->stream, CU_STREAM_NON_BLOCKING)) return -1;
+    for (int i = 0; i < 2; i++)
+        if (CU_CHECK(d, err, "timing", cuEventCreate, &c->ev[i], CU_EVENT_DEFAULT)) return -1;
+    if (prepare_buffers(c, err)) return -1;
+    const char *sync = getenv("MAMLC_CUDA_SYNC");
+    c->sync_each = sync && *sync && strcmp(sync, "0") != 0;
+    c->info.n_kernels = c->code.n_kernels;
+    c->info.n_functions = c->code.n_functions;
+    c->info.arena_bytes = c->cg.plan.arena_bytes;
+    c->info.lower_bound = c->cg.plan.lower_bound;
+    return c->sync_each ? 0 : capture_step(c, err);
+}
+
+int cuda_backend_open(const Graph *g, Precision prec, const CudaOptions *opt, Backend **out,
+                      MamlError *err) {
+    *out = NULL;
+    CudaOptions defaults = cuda_default_options();
+    if (!opt) opt = &defaults;
+    if (graph_status(g, err)) return -1;
+    Backend *b = maml_calloc(1, sizeof *b, err);
+    CudaImpl *c = b ? maml_calloc(1, sizeof *c, err) : NULL;
+    if (!c) {
+        free(b);
+        return -1;
+    }
+    b->name = "cuda";
+    b->run = cuda_run;
+    b->destroy = cuda_destroy;
+    b->graph = g;
+    b->prec = prec;
+    b->impl = c;
+    if (prepare(c, g, opt, prec, err)) {
+        cuda_destroy(b);
+        return -1;
+    }
+    *out = b;
+    return 0;
+}
+
+bool cuda_device_available(char *why, int why_size) {
+    CudaDriver d;
+    MamlError err;
+    bool ok = cuda_driver_open(&d, 0, &err) == 0;
+    if (ok) cuda_driver_describe(&d, why, (size_t)why_size);
+    else snprintf(why, (size_t)why_size, "%s", err.message);
+    cuda_driver_close(&d);
+    return ok;
+}
+
+/* ---- facts and timing ---- */
+
+int cuda_backend_info(const Backend *b, CudaBackendInfo *info, MamlError *err) {
+    const CudaImpl *c = impl_of(b);
+    if (!c) return maml_fail(err, "not a cuda backend");
+    *info = c->info;
+    return 0;
+}
+
+const CompiledGraph *cuda_backend_compiled(const Backend *b) {
+    const CudaImpl *c = impl_of(b);
+    return c ? &c->cg : NULL;
+}
+
+const CudaCode *cuda_backend_code(const Backend *b) {
+    const CudaImpl *c = impl_of(b);
+    return c ? &c->code : NULL;
+}
+
+int cuda_backend_run_kernel(Backend *b, int i, MamlError *err) {
+    CudaImpl *c = impl_of(b);
+    if (!c) return maml_fail(err, "not a cuda backend");
+    if (i < 0 || i >= c->code.n_kernels)
+        return maml_fail(err, "kernel %d out of range (%d kernels)", i, c->code.n_kernels);
+    char what[128];
+    launch_what(c, i, what, sizeof what);
+    if (CU_CHECK(&c->drv, err, what, cuCtxSetCurrent, c->drv.ctx) || launch(c, i, err)) return -1;
+    return CU_CHECK(&c->drv, err, what, cuStreamSynchronize, c->stream);
+}
+
+/* The milliseconds between the two timing events, after waiting for the second. */
+static int elapsed(CudaImpl *c, const char *what, double *ms, MamlError *err) {
+    float f = 0;
+    if (CU_CHECK(&c->drv, err, what, cuEventSynchronize, c->ev[1]) ||
+        CU_CHECK(&c->drv, err, what, cuEventElapsedTime, &f, c->ev[0], c->ev[1]))
+        return -1;
+    *ms = f;
+    return 0;
+}
+
+int cuda_backend_time_steps(Backend *b, int reps, double *ms, MamlError *err) {
+    CudaImpl *c = impl_of(b);
+    if (!c) return maml_fail(err, "not a cuda backend");
+    const CudaDriver *d = &c->drv;
+    if (CU_CHECK(d, err, "timing", cuCtxSetCurrent, d->ctx)) return -1;
+    for (int r = 0; r < reps; r++) {
+        int rc = CU_CHECK(d, err, "timing", cuEventRecord, c->ev[0], c->stream);
+        if (rc == 0) rc = c->sync_each ? enqueue_step(c, false, err) : CU_CHECK(d, err, "step", cuGraphLaunch, c->exec, c->stream);
+        if (rc == 0) rc = CU_CHECK(d, err, "timing", cuEventRecord, c->ev[1], c->stream);
+        if (rc || elapsed(c, "step", &ms[r], err)) return -1;
+    }
+    return 0;
+}
+
+int cuda_backend_time_kernels(Backend *b, int reps, double *kernel_ms, MamlError *err) {
+    CudaImpl *c = impl_of(b);
+    if (!c) return maml_fail(err, "not a cuda backend");
+    const CudaDriver *d = &c->drv;
+    if (reps < 1) reps = 1;
+    if (CU_CHECK(d, err, "timing", cuCtxSetCurrent, d->ctx)) return -1;
+    for (int i = 0; i < c->code.n_kernels; i++) {
+        char what[128];
+        launch_what(c, i, what, sizeof what);
+        int rc = CU_CHECK(d, err, what, cuEventRecord, c->ev[0], c->stream);
+        for (int r = 0; rc == 0 && r < reps; r++) rc = launch(c, i, err);
+        if (rc == 0) rc = CU_CHECK(d, err, what, cuEventRecord, c->ev[1], c->stream);
+        if (rc || elapsed(c, what, &kernel_ms[i], err)) return -1;
+        kernel_ms[i] /= reps;
+    }
+    return 0;
+}
+
+#else /* built without the CUDA headers */
+
+int cuda_backend_open(const Graph *g, Precision prec, const CudaOptions *opt, Backend **out,
+                      MamlError *err) {
+    (void)g, (void)prec, (void)opt;
+    *out = NULL;
+    return maml_fail(err, "no CUDA driver: mamlc was built without the CUDA headers "
+                          "(add -isystem $CUDA_HOME/include to CFLAGS)");
+}
+
+bool cuda_device_available(char *why, int why_size) {
+    snprintf(why, (size_t)why_size, "no CUDA driver: mamlc was built without the CUDA headers");
+    return false;
+}
+
+int cuda_backend_info(const Backend *b, CudaBackendInfo *info, MamlError *err) {
+    (void)b, (void)info;
+    return maml_fail(err, "not a cuda backend");
+}
+
+const CompiledGraph *cuda_backend_compiled(const Backend *b) {
+    (void)b;
+    return NULL;
+}
+
+const CudaCode *cuda_backend_code(const Backend *b) {
+    (void)b;
+    return NULL;
+}
+
+int cuda_backend_run_kernel(Backend *b, int i, MamlError *err) {
+    (void)b, (void)i;
+    return maml_fail(err, "not a cuda backend");
+}
+
+int cuda_backend_time_steps(Backend *b, int reps, double *ms, MamlError *err) {
+    (void)b, (void)reps, (void)ms;
+    return maml_fail(err, "not a cuda backend");
+}
+
+int cuda_backend_time_kernels(Backend *b, int reps, double *kernel_ms, MamlError *err) {
+    (void)b, (void)reps, (void)kernel_ms;
+    return maml_fail(err, "not a cuda backend");
+}
+
+#endif

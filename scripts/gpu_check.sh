@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# The CUDA checks and the benchmark on a machine with a GPU, in one go (about 3 to 5 minutes):
+#   device      the driver, the device, NVRTC and cuDNN found
+#   compile     the seed's training step (meta-batch 32): cold NVRTC compile, then warm start
+#   fixtures    `mamlc grad --backend cuda` on PyTorch's fixtures against float64, every tensor within
+#               1e-4 relative (or 3x the float32 reference's own error where that is larger)
+#   steps       10 training steps of every shipped graph, cuda against ref (build/gpu_compare steps)
+#   bench       `mamlc bench --backend cuda` on the shipped graphs, and the seed's slowest kernels
+#   sanitizer   compute-sanitizer memcheck, racecheck and synccheck on one meta-gradient
+# then a short table. Usage:
+#   scripts/gpu_check.sh [LOG_DIR]
+# LOG_DIR (default $OUT when set, else build/gpu-check) receives gpu_check.log (everything printed)
+# and bench.txt (the benchmark JSON). Needs ./mamlc and build/gpu_compare: built with
+# `make all build/gpu_compare` when missing (that needs the build dependencies); on a machine
+# without them, build here with `make gpu-check-prep` and bring mamlc, build/gpu_compare and
+# build/gpucheck along. Fixtures come from $MAMLC_FIXTURES, ../shared/fixtures/pytorch_maml or
+# build/gpucheck/fixtures. GPU_CHECK_BACKEND=cpu runs the same script on the cpu backend (a dry run
+# of the script itself on a machine without a GPU; the device-only parts are skipped);
+# GPU_CHECK_STEPS (default 10) and GPU_CHECK_REPS (default 30) shorten such a run.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+LOG_DIR=${1:-${OUT:-build/gpu-check}}
+BACKEND=${GPU_CHECK_BACKEND:-cuda}
+STEPS=${GPU_CHECK_STEPS:-10}
+REPS=${GPU_CHECK_REPS:-30}
+mkdir -p "$LOG_DIR"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+exec > >(tee "$LOG_DIR/gpu_check.log") 2>&1
+TEE_PID=$!
+START=$(date +%s)
+SUMMARY=()
+FAILED=0
+MAMLC=./mamlc
+CMP=build/gpu_compare
+
+elapsed() { echo $(($(date +%s) - START)); }
+section() { printf '\n== %s  (t=%ss)\n' "$*" "$(elapsed)"; }
+# result NAME TEXT: one row of the final table; TEXT starting with FAIL fails the check.
+result() {
+    SUMMARY+=("$(printf '%-30s %s' "$1" "$2")")
+    case "$2" in FAIL*) FAILED=1 ;; esac
+}
+
+finish() {
+    section "summary (backend $BACKEND)"
+    printf '%s\n' "${SUMMARY[@]}"
+    [ -f "$WORK/bench_table.txt" ] && { echo; cat "$WORK/bench_table.txt"; }
+    echo
+    if [ "$FAILED" = 0 ]; then echo "gpu-check: all checks passed ($(elapsed) s)"; else echo "gpu-check: FAILED ($(elapsed) s)"; fi
+    echo "full log: $LOG_DIR/gpu_check.log"
+    rm -rf "$WORK"
+    exec 1>&- 2>&-
+    wait "$TEE_PID" 2>/dev/null
+    exit "$FAILED"
+}
+
+# ---- binaries -------------------------------------------------------------------------------------
+section "environment"
+uname -srm
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+[ -d build/gpucheck/lib ] && export LD_LIBRARY_PATH="$PWD/build/gpucheck/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ! "$MAMLC" check graphs/sinusoid.yaml >/dev/null 2>&1 || ! [ -x "$CMP" ]; then
+    echo "building mamlc and $CMP"
+    if ! timeout 600 make -j"$(nproc)" all "$CMP"; then
+        result build "FAIL: no usable ./mamlc or $CMP and the build failed (see above)"
+        finish
+    fi
+fi
+ldd "$MAMLC" | grep "not found" && { result binaries "FAIL: libraries missing for ./mamlc"; finish; }
+FIX=${MAMLC_FIXTURES:-}
+for d in ../shared/fixtures/pytorch_maml build/gpucheck/fixtures; do
+    [ -z "$FIX" ] && [ -f "$d/manifest.yaml" ] && FIX=$d
+done
+echo "fixtures: ${FIX:-none found}"
+# A fresh kernel cache: the first open of every program compiles, so compile times are cold.
+export MAMLC_CACHE="$WORK/cache"
+
+# ---- device ---------------------------------------------------------------------------------------
+section "device"
+"$CMP" device | tee "$WORK/device.txt"
+if [ "${PIPESTATUS[0]}" != 0 ] && [ "$BACKEND" = cuda ]; then
+    result device "FAIL: $(head -n 1 "$WORK/device.txt")"
+    finish
+fi
+result device "$(sed -n 's/^device: //p' "$WORK/device.txt")"
+
+# ---- steps (CPU-heavy reference runs, in the background while the GPU works) ----------------------
+section "steps: $STEPS training steps of each shipped graph, $BACKEND against ref (background)"
+STEP_GRAPHS="omniglot_seed:2 omniglot_5w1s:2 omniglot_20w1s:1 sinusoid:4"
+STEP_PIDS=()
+for gt in $STEP_GRAPHS; do
+    g=${gt%%:*} t=${gt##*:}
+    (
+        timeout 300 "$CMP" steps "graphs/$g.yaml" --backend "$BACKEND" --steps "$STEPS" --tasks "$t" \
+            >"$WORK/steps_$g.txt" 2>&1
+        echo $? >"$WORK/steps_$g.rc"
+    ) &
+    STEP_PIDS+=($!)
+done
+
+# ---- compile --------------------------------------------------------------------------------------
+[ "$BACKEND" = cuda ] && section "compile: the seed's training step, cold then warm"
+nvrtc_ms() { sed -n 's/.*NVRTC \([0-9]*\) ms (\([0-9]*\) of \([0-9]*\) pieces.*/\1 ms (\2 of \3 pieces cached)/p' "$1" | head -n 1; }
+for pass in cold warm; do
+    [ "$BACKEND" = cuda ] || break
+    timeout 180 "$MAMLC" bench graphs/omniglot_seed.yaml --backend "$BACKEND" --reps 1 --warmup 0 \
+        >"$WORK/compile_$pass.out" 2>"$WORK/compile_$pass.err"
+    rc=$?
+    cat "$WORK/compile_$pass.err"
+    [ $rc = 0 ] || { result "compile ($pass)" "FAIL: mamlc bench exit status $rc"; continue; }
+    [ "$BACKEND" = cuda ] && result "NVRTC seed step ($pass)" "$(nvrtc_ms "$WORK/compile_$pass.err")"
+done
+
+# ---- fixtures -------------------------------------------------------------------------------------
+section "fixtures: mamlc grad --backend $BACKEND against PyTorch's float64"
+# case, parameters, batch (the first-order case shares the second-order one's), settings
+CASES=(
+    "so_T2_5w1s_q1_in1 params_p5_default so_T2_5w1s_q1_in1"
+    "so_T2_5w1s_q5_in1 params_p5_default so_T2_5w1s_q5_in1 --set maml.q_query=5"
+    "so_T3_5w1s_q3_in3 params_p5_bnpert so_T3_5w1s_q3_in3 --set maml.q_query=3 --set maml.inner.steps=3"
+    "fo_T3_5w1s_q3_in3 params_p5_bnpert so_T3_5w1s_q3_in3 --set maml.q_query=3 --set maml.inner.steps=3 --set maml.inner.first_order=true"
+    "so_T2_20w1s_q1_in1 params_p20_default so_T2_20w1s_q1_in1 --set maml.n_way=20"
+)
+run_grad() { # run_grad OUT BACKEND PARAMS BATCH [ARGS...]
+    local out=$1 backend=$2 params=$3 batch=$4
+    shift 4
+    timeout 240 "$MAMLC" grad graphs/omniglot_seed.yaml --params "$FIX/$params.safetensors" \
+        --batch "$FIX/batch_$batch.safetensors" --out "$out" --backend "$backend" \
+        --set maml.inner.lr=0.4 "$@"
+}
+if [ -z "$FIX" ]; then
+    result fixtures "FAIL: no fixtures (set MAMLC_FIXTURES or run make gpu-check-prep)"
+else
+    for c in "${CASES[@]}"; do
+        set -- $c
+        name=$1 params=$2 batch=$3
+        shift 3
+        run_grad "$WORK/$name.ref32.safetensors" ref "$params" "$batch" "$@" --dtype f32 >"$WORK/$name.ref32.txt" 2>&1 &
+        ref_pid=$!
+        if ! run_grad "$WORK/$name.got.safetensors" "$BACKEND" "$params" "$batch" "$@"; then
+            wait $ref_pid
+            if [ "$BACKEND" = cuda ]; then
+                echo "again with MAMLC_CUDA_SYNC=1, to name the failing kernel:"
+                MAMLC_CUDA_SYNC=1 run_grad "$WORK/$name.got.safetensors" cuda "$params" "$batch" "$@"
+            fi
+            result "fixture $name" "FAIL: mamlc grad failed"
+            continue
+        fi
+        wait $ref_pid || { cat "$WORK/$name.ref32.txt"; result "fixture $name" "FAIL: the ref run failed"; continue; }
+        "$CMP" tensors "$WORK/$name.got.safetensors" "$FIX/expected64_$name.safetensors" \
+            "$WORK/$name.ref32.safetensors" >"$WORK/$name.cmp"
+        rc=$?
+        grep -E "OVER|missing" "$WORK/$name.cmp"
+        tail -n 1 "$WORK/$name.cmp"
+        worst=$(sed -n 's/.*worst error\/bound \(.*\)/\1/p' "$WORK/$name.cmp")
+        if [ $rc = 0 ]; then result "fixture $name" "ok (worst error/bound $worst)"
+        else result "fixture $name" "FAIL (worst error/bound $worst; see the log)"; cat "$WORK/$name.cmp"; fi
+    done
+fi
+
+# ---- steps: results -------------------------------------------------------------------------------
+section "steps: waiting for the background runs"
+wait "${STEP_PIDS[@]}" # not a bare wait: that would also wait for the log's tee
+for gt in $STEP_GRAPHS; do
+    g=${gt%%:*}
+    echo "-- $g"
+    grep -v " ok$" "$WORK/steps_$g.txt"
+    rc=$(cat "$WORK/steps_$g.rc" 2>/dev/null || echo "?")
+    worst=$(sed -n 's/.*worst error\/bound \(.*\)/\1/p' "$WORK/steps_$g.txt")
+    case $rc in
+    0) result "$STEPS steps $g" "ok (worst error/bound $worst)" ;;
+    1) result "$STEPS steps $g" "FAIL (worst error/bound $worst)" ;;
+    124) result "$STEPS steps $g" "FAIL: timed out" ;;
+    *) result "$STEPS steps $g" "FAIL: exit status $rc" ;;
+    esac
+done
+
+# ---- bench ----------------------------------------------------------------------------------------
+section "bench: mamlc bench --backend $BACKEND"
+BENCHES=(
+    "seed_q1 graphs/omniglot_seed.yaml"
+    "seed_q15 graphs/omniglot_seed.yaml --set maml.q_query=15"
+    "seed_q1_nofuse graphs/omniglot_seed.yaml --no-fuse"
+    "5w1s graphs/omniglot_5w1s.yaml"
+    "20w1s graphs/omniglot_20w1s.yaml"
+    "sinusoid graphs/sinusoid.yaml"
+)
+field() { sed -n "s/.*\"$2\": \([-0-9.e+]*\).*/\1/p" "$1" | head -n 1; }
+printf '%-16s %8s %10s %10s %11s %12s\n' bench kernels "step ms" "GFLOP/s" "arena MiB" "images/s" >"$WORK/bench_table.txt"
+: >"$LOG_DIR/bench.txt"
+for b in "${BENCHES[@]}"; do
+    set -- $b
+    name=$1
+    shift
+    if ! timeout 120 "$MAMLC" bench "$@" --backend "$BACKEND" --json --reps "$REPS" --warmup 3 \
+        >"$WORK/bench_$name.json" 2>"$WORK/bench_$name.err"; then
+        cat "$WORK/bench_$name.err"
+        result "bench $name" "FAIL: mamlc bench failed"
+        continue
+    fi
+    cat "$WORK/bench_$name.err"
+    { echo "== $name: mamlc bench $* --backend $BACKEND"; cat "$WORK/bench_$name.json"; } >>"$LOG_DIR/bench.txt"
+    f=$WORK/bench_$name.json
+    arena=$(sed -n 's/.*arena \([0-9.]*\) MiB.*/\1/p' "$WORK/bench_$name.err" | head -n 1)
+    printf '%-16s %8s %10.3f %10.1f %11s %12.0f\n' "$name" "$(field "$f" n_kernels)" "$(field "$f" step_ms_median)" \
+        "$(field "$f" gflops)" "${arena:--}" "$(field "$f" images_per_s)" >>"$WORK/bench_table.txt"
+    result "bench $name" "$(field "$f" step_ms_median) ms per step"
+done
+cat "$WORK/bench_table.txt"
+if [ "$BACKEND" = cuda ]; then
+    section "profile: the seed's slowest kernels"
+    timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --top 20 || result profile "FAIL: gpu_compare profile failed"
+fi
+
+# ---- sanitizers -----------------------------------------------------------------------------------
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ "$BACKEND" = cuda ] && [ -n "$CS" ] && [ -n "$FIX" ]; then
+    for tool in memcheck synccheck racecheck; do
+        left=$((290 - $(elapsed)))
+        if [ $left -lt 30 ]; then
+            result "sanitizer $tool" "skipped (time)"
+            continue
+        fi
+        section "compute-sanitizer --tool $tool (kernels one at a time; up to ${left}s)"
+        MAMLC_CUDA_SYNC=1 timeout "$left" "$CS" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+            "$MAMLC" grad graphs/omniglot_seed.yaml --params "$FIX/params_p5_default.safetensors" \
+            --batch "$FIX/batch_so_T2_5w1s_q1_in1.safetensors" --out "$WORK/sanitized.safetensors" \
+            --backend cuda --set maml.inner.lr=0.4 2>&1 | tail -n 25
+        rc=${PIPESTATUS[0]}
+        case $rc in
+        0) result "sanitizer $tool" "ok" ;;
+        124) result "sanitizer $tool" "not finished in ${left}s" ;;
+        *) result "sanitizer $tool" "FAIL: exit status $rc (see the log)" ;;
+        esac
+    done
+elif [ "$BACKEND" = cuda ]; then
+    result sanitizers "skipped (no compute-sanitizer or no fixtures)"
+fi
+
+finish

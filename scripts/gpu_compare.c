@@ -1,0 +1,437 @@
+/* gpu_compare: the checks scripts/gpu_check.sh runs on a machine with a GPU, where Criterion and
+ * the ../shared data are not available. Linked against build/libmamlc.a.
+ *
+ *   gpu_compare device
+ *       the CUDA driver and device, NVRTC and cuDNN this machine offers (exit 1 without a device)
+ *   gpu_compare tensors GOT.safetensors WANT64.safetensors [REF32.safetensors] [--bound B]
+ *       per tensor, max|got - want| / scale, where scale is the tensor's largest magnitude (or its
+ *       group's, "grad/", "adam/m/", ..., when it is zero up to rounding, like the conv-bias
+ *       gradients batch norm cancels exactly); the bound is B (default 1e-4), or 3x REF32's own
+ *       error where that is larger. Exit 1 when a tensor is over its bound.
+ *   gpu_compare steps GRAPH.yaml [--backend cuda] [--steps 10] [--tasks 2] [--set K=V ...]
+ *       STEPS training steps from the same start (bench_inputs, images replaced by uniform noise so
+ *       that max-pool windows hold no near-ties) on the backend, on ref in float64 and on ref in
+ *       float32, each feeding its updated parameters and Adam state back; then `tensors` on the
+ *       final state.
+ *   gpu_compare profile GRAPH.yaml [--top 15] [--no-fuse] [--set K=V ...]
+ *       the cuda backend at the graph's meta-batch: the captured step replayed (CUDA events),
+ *       then every kernel timed alone; the slowest kernels with their achieved FLOP/s and
+ *       bytes/s. */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "bench.h"
+#include "cuda_backend.h"
+#include "cuda_driver.h"
+#include "cuda_nvrtc.h"
+#include "cudnn_conv.h"
+#include "kernel.h"
+#include "maml.h"
+#include "safetensors.h"
+#include "spec.h"
+
+#define MAX_SETS 16
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ---- device ---- */
+
+static int cmd_device(void) {
+    char why[1024];
+    bool ok = cuda_device_available(why, sizeof why);
+    printf("device: %s\n", why);
+    MamlError err;
+    Nvrtc *n;
+    if (nvrtc_open(&n, &err) == 0) {
+        int major, minor;
+        nvrtc_version(n, &major, &minor);
+        printf("nvrtc:  %d.%d (%s)\n", major, minor, nvrtc_library(n));
+        nvrtc_close(n);
+    } else {
+        printf("nvrtc:  %s\n", err.message);
+        ok = false;
+    }
+    Cudnn *c;
+    if (cudnn_open(&c, &err) == 0) {
+        printf("cudnn:  %zu (%s)\n", cudnn_version(c), cudnn_library(c));
+        cudnn_close(c);
+    } else {
+        printf("cudnn:  %s (optional)\n", err.message);
+    }
+    return ok ? 0 : 1;
+}
+
+/* ---- tensors ---- */
+
+/* "grad/conv1.x" -> "grad", "adam/m/x" -> "adam/m", "x" -> "". */
+static void group_of(const char *name, char *buf, size_t size) {
+    const char *slash = strrchr(name, '/');
+    size_t n = slash ? (size_t)(slash - name) : 0;
+    if (n >= size) n = size - 1;
+    memcpy(buf, name, n);
+    buf[n] = 0;
+}
+
+static double max_abs(const Tensor *t) {
+    double m = 0;
+    for (int64_t k = 0, c = shape_numel(t->shape); k < c; k++) m = fmax(m, fabs(tensor_get(t, k)));
+    return m;
+}
+
+static double scale_of(const TensorSet *want, const Tensor *t) {
+    char g[128], h[128];
+    group_of(t->name, g, sizeof g);
+    double group = 0;
+    for (int i = 0; i < want->n; i++) {
+        group_of(want->items[i].name, h, sizeof h);
+        if (strcmp(g, h) == 0) group = fmax(group, max_abs(&want->items[i]));
+    }
+    double s = max_abs(t) >= 1e-9 * group ? max_abs(t) : group;
+    return s > 0 ? s : 1.0;
+}
+
+/* max |got - want| / scale, and ||got - want|| / ||want|| */
+static void errors(const Tensor *got, const Tensor *want, double scale, double *max_rel, double *l2_rel) {
+    double d = 0, num = 0, den = 0;
+    for (int64_t k = 0, c = shape_numel(want->shape); k < c; k++) {
+        double a = tensor_get(got, k), b = tensor_get(want, k);
+        if (isnan(a) && isnan(b)) continue;
+        double e = isnan(a) || isnan(b) ? INFINITY : fabs(a - b);
+        d = fmax(d, e);
+        num += e * e;
+        den += b * b;
+    }
+    *max_rel = d / scale;
+    *l2_rel = den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Prints one line per tensor of want; returns the number over their bound (-1: a tensor missing). */
+static int compare_sets(const TensorSet *got, const TensorSet *want, const TensorSet *ref32,
+                        double bound, const char *label) {
+    int bad = 0;
+    double worst = 0;
+    printf("%-36s %12s %12s %12s  %s\n", "tensor", "max rel err", "bound", "l2 rel err", label);
+    for (int i = 0; i < want->n; i++) {
+        const Tensor *w = &want->items[i], *g = tensorset_find(got, w->name);
+        if (!g || !shape_equal(g->shape, w->shape)) {
+            printf("%-36s missing or of another shape\n", w->name);
+            return -1;
+        }
+        double scale = scale_of(want, w), e, l2, b = bound;
+        errors(g, w, scale, &e, &l2);
+        const Tensor *r = ref32 ? tensorset_find(ref32, w->name) : NULL;
+        if (r) {
+            double re, rl2;
+            errors(r, w, scale, &re, &rl2);
+            b = fmax(bound, 3 * re);
+        }
+        bool ok = e <= b;
+        bad += !ok;
+        worst = fmax(worst, e / b);
+        printf("%-36s %12.3g %12.3g %12.3g  %s\n", w->name, e, b, l2, ok ? "ok" : "OVER");
+    }
+    printf("%s: %d of %d tensors over their bound; worst error/bound %.3g\n", label, bad, want->n, worst);
+    return bad;
+}
+
+static int read_set(const char *path, TensorSet *set) {
+    MamlError err;
+    tensorset_init(set);
+    if (safetensors_read(path, set, &err) == 0) return 0;
+    fprintf(stderr, "gpu_compare: %s\n", err.message);
+    return -1;
+}
+
+static int cmd_tensors(int argc, char **argv) {
+    const char *files[3] = {NULL, NULL, NULL};
+    double bound = 1e-4;
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--bound") == 0 && i + 1 < argc) bound = atof(argv[++i]);
+        else if (n < 3) files[n++] = argv[i];
+    }
+    if (n < 2) {
+        fprintf(stderr, "usage: gpu_compare tensors GOT WANT64 [REF32] [--bound B]\n");
+        return 2;
+    }
+    TensorSet got, want, ref32;
+    tensorset_init(&ref32);
+    if (read_set(files[0], &got) || read_set(files[1], &want) || (files[2] && read_set(files[2], &ref32)))
+        return 2;
+    int bad = compare_sets(&got, &want, files[2] ? &ref32 : NULL, bound, files[0]);
+    tensorset_free(&got);
+    tensorset_free(&want);
+    tensorset_free(&ref32);
+    return bad == 0 ? 0 : 1;
+}
+
+/* ---- steps ---- */
+
+typedef struct {
+    const char *graph, *backend;
+    int steps, tasks;
+    const char *sets[MAX_SETS];
+    int n_sets;
+} StepArgs;
+
+static int parse_steps(int argc, char **argv, StepArgs *a) {
+    memset(a, 0, sizeof *a);
+    a->backend = "cuda", a->steps = 10, a->tasks = 2;
+    for (int i = 0; i < argc; i++) {
+        bool more = i + 1 < argc;
+        if (!strcmp(argv[i], "--backend") && more) a->backend = argv[++i];
+        else if (!strcmp(argv[i], "--steps") && more) a->steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tasks") && more) a->tasks = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--set") && more && a->n_sets < MAX_SETS - 1) a->sets[a->n_sets++] = argv[++i];
+        else if (argv[i][0] != '-' && !a->graph) a->graph = argv[i];
+        else return -1;
+    }
+    return a->graph && a->steps > 0 && a->tasks > 0 ? 0 : -1;
+}
+
+/* Uniform noise in [0, 1) for the images: no two pixels of a pooling window nearly tie, so the
+ * float32 runs take the same argmaxes as the float64 one. */
+static void noise_images(TensorSet *in) {
+    uint64_t x = 12345;
+    for (int i = 0; i < in->n; i++) {
+        Tensor *t = &in->items[i];
+        if (strcmp(t->name, "support_x") != 0 && strcmp(t->name, "query_x") != 0) continue;
+        if (t->shape.rank < 4) continue; /* regression inputs keep their values */
+        for (int64_t k = 0, n = shape_numel(t->shape); k < n; k++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            tensor_set(t, k, (double)(x >> 11) / 9007199254740992.0);
+        }
+    }
+}
+
+/* Copies every output that names an input back into the inputs; adam/step counts up. */
+static void feed_back(TensorSet *in, const TensorSet *out) {
+    for (int i = 0; i < out->n; i++) {
+        const Tensor *o = &out->items[i];
+        Tensor *t = tensorset_find(in, o->name);
+        if (!t) continue;
+        for (int64_t k = 0, n = shape_numel(o->shape); k < n; k++) tensor_set(t, k, tensor_get(o, k));
+    }
+    Tensor *step = tensorset_find(in, "adam/step");
+    if (step) tensor_set(step, 0, tensor_get(step, 0) + 1);
+}
+
+typedef struct {
+    Backend *b;
+    TensorSet state, last;
+    double seconds;
+    const char *label;
+    int steps, rc;
+    double *losses; /* per step */
+    MamlError err;
+} Runner;
+
+static void *runner_main(void *arg) {
+    Runner *r = arg;
+    for (int s = 0; s < r->steps && r->rc == 0; s++) {
+        tensorset_free(&r->last);
+        tensorset_init(&r->last);
+        double t0 = now_s();
+        r->rc = backend_run(r->b, &r->state, &r->last, &r->err);
+        r->seconds += now_s() - t0;
+        const Tensor *loss = tensorset_find(&r->last, "meta_loss");
+        r->losses[s] = loss ? tensor_get(loss, 0) : NAN;
+        if (r->rc == 0) feed_back(&r->state, &r->last);
+    }
+    return NULL;
+}
+
+/* The backends start from the same float32 values (the float64 reference too), so their
+ * differences come from the arithmetic alone. */
+static int open_runners(const StepArgs *a, const Graph *g, const TensorSet *start, Runner *r, MamlError *err) {
+    const char *names[3] = {a->backend, "ref", "ref"};
+    Precision precs[3] = {PREC_F32, PREC_F64, PREC_F32};
+    const char *labels[3] = {a->backend, "ref f64", "ref f32"};
+    for (int i = 0; i < 3; i++) {
+        char why[1200];
+        if (backend_open(names[i], g, precs[i], &r[i].b, why, sizeof why, err)) return -1;
+        r[i].label = labels[i];
+        r[i].steps = a->steps;
+        r[i].losses = calloc((size_t)a->steps, sizeof *r[i].losses);
+        tensorset_init(&r[i].state);
+        tensorset_init(&r[i].last);
+        if (!r[i].losses) return maml_fail(err, "out of memory");
+        for (int k = 0; k < start->n; k++) {
+            const Tensor *t = &start->items[k];
+            bool real = t->dtype == TENSOR_F32 || t->dtype == TENSOR_F64;
+            Tensor *c = tensorset_add(&r[i].state, t->name, real ? TENSOR_F32 : t->dtype, t->shape, NULL, err);
+            if (!c) return -1;
+            for (int64_t q = 0, n = shape_numel(t->shape); q < n; q++) tensor_set(c, q, tensor_get(t, q));
+        }
+    }
+    return 0;
+}
+
+/* The three runs go side by side, each on its own thread (the backends share nothing). */
+static int run_steps(const StepArgs *a, Runner *r, MamlError *err) {
+    pthread_t tid[3];
+    bool started[3] = {false, false, false};
+    for (int i = 0; i < 3; i++) started[i] = pthread_create(&tid[i], NULL, runner_main, &r[i]) == 0;
+    for (int i = 0; i < 3; i++) {
+        if (started[i]) pthread_join(tid[i], NULL);
+        else runner_main(&r[i]);
+    }
+    for (int i = 0; i < 3; i++)
+        if (r[i].rc) return maml_fail(err, "%s: %s", r[i].label, r[i].err.message);
+    printf("%-5s %16s %16s %16s   (meta_loss before each update)\n", "step", r[0].label, "ref f64", "ref f32");
+    for (int s = 0; s < a->steps; s++)
+        printf("%-5d %16.9g %16.9g %16.9g\n", s + 1, r[0].losses[s], r[1].losses[s], r[2].losses[s]);
+    printf("seconds: %s %.3f, ref f64 %.3f, ref f32 %.3f\n", r[0].label, r[0].seconds, r[1].seconds, r[2].seconds);
+    return 0;
+}
+
+static int cmd_steps(int argc, char **argv) {
+    StepArgs a;
+    if (parse_steps(argc, argv, &a)) {
+        fprintf(stderr, "usage: gpu_compare steps GRAPH.yaml [--backend cuda] [--steps 10] [--tasks 2] [--set K=V ...]\n");
+        return 2;
+    }
+    char batch[64];
+    snprintf(batch, sizeof batch, "maml.meta_batch=%d", a.tasks);
+    a.sets[a.n_sets++] = batch;
+    GraphSpec spec = {0};
+    Graph g;
+    graph_init(&g);
+    TensorSet start;
+    tensorset_init(&start);
+    Runner r[3];
+    memset(r, 0, sizeof r);
+    MamlError err;
+    int rc = spec_load(a.graph, a.sets, a.n_sets, &spec, &err);
+    if (rc == 0) rc = maml_build(&spec, MAML_TRAIN_STEP, a.tasks, &g, NULL, &err);
+    if (rc == 0) rc = bench_inputs(&spec, &g, 7, &start, &err);
+    if (rc == 0) noise_images(&start);
+    if (rc == 0) rc = open_runners(&a, &g, &start, r, &err);
+    if (rc == 0) rc = run_steps(&a, r, &err);
+    int bad = 0;
+    if (rc == 0) {
+        char label[300];
+        snprintf(label, sizeof label, "%s after %d steps (T=%d): %s vs ref", a.graph, a.steps, a.tasks, r[0].label);
+        bad = compare_sets(&r[0].state, &r[1].state, &r[2].state, 1e-4, label);
+    } else {
+        fprintf(stderr, "gpu_compare: %s\n", err.message);
+    }
+    for (int i = 0; i < 3; i++) {
+        backend_close(r[i].b);
+        tensorset_free(&r[i].state);
+        tensorset_free(&r[i].last);
+        free(r[i].losses);
+    }
+    tensorset_free(&start);
+    graph_free(&g);
+    spec_free(&spec);
+    return rc ? 2 : bad ? 1 : 0;
+}
+
+/* ---- profile ---- */
+
+typedef struct {
+    int kernel;
+    double ms;
+} KernelTime;
+
+static int by_time(const void *a, const void *b) {
+    double x = ((const KernelTime *)a)->ms, y = ((const KernelTime *)b)->ms;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void print_profile(Backend *b, const double *kernel_ms, double step_ms, int top) {
+    const CompiledGraph *cg = cuda_backend_compiled(b);
+    const CudaCode *code = cuda_backend_code(b);
+    int n = cg->prog.n_kernels;
+    KernelTime *t = calloc((size_t)n + 1, sizeof *t);
+    double sum = 0, flops = 0;
+    for (int i = 0; i < n; i++) t[i] = (KernelTime){i, kernel_ms[i]}, sum += kernel_ms[i];
+    for (int i = 0; i < n; i++) flops += kernel_flops(&cg->prog.kernels[i]);
+    qsort(t, (size_t)n, sizeof *t, by_time);
+    printf("step (graph replay, median): %.3f ms; kernels alone sum to %.3f ms; %d kernels; %.2f GFLOP "
+           "-> %.1f GFLOP/s\n", step_ms, sum, n, flops / 1e9, flops / 1e6 / step_ms);
+    printf("%-26s %-34s %-18s %9s %6s %10s %9s\n", "kernel", "function", "grid", "ms", "%", "GFLOP/s", "GB/s");
+    for (int r = 0; r < top && r < n; r++) {
+        const Kernel *k = &cg->prog.kernels[t[r].kernel];
+        const CudaLaunch *l = &code->launches[t[r].kernel];
+        char grid[48];
+        snprintf(grid, sizeof grid, "(%u,%u,%u)", l->grid[0], l->grid[1], l->grid[2]);
+        double s = t[r].ms * 1e-3;
+        printf("%-26s %-34s %-18s %9.4f %6.1f %10.1f %9.1f\n", l->name, code->functions[l->function].name, grid,
+               t[r].ms, 100 * t[r].ms / sum, kernel_flops(k) / 1e9 / s,
+               kernel_bytes(&cg->prog, k, (int)cg->plan.elem_size) / 1e9 / s);
+    }
+    free(t);
+}
+
+static int cmd_profile(int argc, char **argv) {
+    const char *graph = NULL, *sets[MAX_SETS];
+    int n_sets = 0, top = 15;
+    CudaOptions o = cuda_default_options();
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--top") && i + 1 < argc) top = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--no-fuse")) o.no_fuse = true;
+        else if (!strcmp(argv[i], "--set") && i + 1 < argc && n_sets < MAX_SETS) sets[n_sets++] = argv[++i];
+        else if (argv[i][0] != '-' && !graph) graph = argv[i];
+        else return fprintf(stderr, "usage: gpu_compare profile GRAPH.yaml [--top N] [--no-fuse] [--set K=V]\n"), 2;
+    }
+    if (!graph) return fprintf(stderr, "usage: gpu_compare profile GRAPH.yaml [--top N] [--no-fuse] [--set K=V]\n"), 2;
+    GraphSpec spec = {0};
+    Graph g;
+    graph_init(&g);
+    TensorSet in, out;
+    tensorset_init(&in);
+    tensorset_init(&out);
+    Backend *b = NULL;
+    MamlError err;
+    enum { REPS = 30 };
+    double steps[REPS], *kernel_ms = NULL;
+    int rc = spec_load(graph, sets, n_sets, &spec, &err);
+    if (rc == 0) rc = maml_build(&spec, MAML_TRAIN_STEP, spec.maml.meta_batch, &g, NULL, &err);
+    if (rc == 0) rc = bench_inputs(&spec, &g, 7, &in, &err);
+    if (rc == 0) rc = cuda_backend_open(&g, PREC_F32, &o, &b, &err);
+    if (rc == 0) rc = backend_run(b, &in, &out, &err);
+    if (rc == 0) rc = cuda_backend_time_steps(b, REPS, steps, &err);
+    if (rc == 0 && !(kernel_ms = calloc((size_t)cuda_backend_compiled(b)->prog.n_kernels + 1, sizeof *kernel_ms)))
+        rc = maml_fail(&err, "out of memory");
+    if (rc == 0) rc = cuda_backend_time_kernels(b, 10, kernel_ms, &err);
+    if (rc == 0) {
+        qsort(steps, REPS, sizeof *steps, cmp_double);
+        printf("profile %s (meta_batch %d%s)\n", graph, spec.maml.meta_batch, o.no_fuse ? ", unfused" : "");
+        print_profile(b, kernel_ms, steps[REPS / 2], top);
+    } else {
+        fprintf(stderr, "gpu_compare: %s\n", err.message);
+    }
+    free(kernel_ms);
+    backend_close(b);
+    tensorset_free(&in);
+    tensorset_free(&out);
+    graph_free(&g);
+    spec_free(&spec);
+    return rc ? 2 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "device")) return cmd_device();
+    if (argc >= 2 && !strcmp(argv[1], "tensors")) return cmd_tensors(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "steps")) return cmd_steps(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "profile")) return cmd_profile(argc - 2, argv + 2);
+    fprintf(stderr, "usage: gpu_compare device | tensors GOT WANT64 [REF32] [--bound B] | steps GRAPH.yaml [...] "
+                    "| profile GRAPH.yaml [...]\n");
+    return 2;
+}
