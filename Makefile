@@ -151,8 +151,8 @@ $(BUILD)/gpu_compare: scripts/gpu_compare.c $(BUILD)/libmamlc.a
 .PHONY: gpu-check gpu-check-prep
 gpu-check-prep: all $(BUILD)/gpu_compare
 	@mkdir -p $(BUILD)/gpucheck/fixtures $(BUILD)/gpucheck/lib
-	cp $(SHARED)/fixtures/pytorch_maml/* $(BUILD)/gpucheck/fixtures/
-	cp "$$($(CC) -print-file-name=libgomp.so.1)" $(BUILD)/gpucheck/lib/
+	cp -f $(SHARED)/fixtures/pytorch_maml/* $(BUILD)/gpucheck/fixtures/
+	cp -f "$$($(CC) -print-file-name=libgomp.so.1)" $(BUILD)/gpucheck/lib/
 
 gpu-check: all $(BUILD)/gpu_compare
 	scripts/gpu_check.sh

@@ -352,14 +352,7 @@ static void pool_vars(const Kernel *k, Vars *vs) {
     var_i(vs, "kernel", t->kernel), var_i(vs, "stride", t->stride);
 }
 
-/* The conv templates keep one plane of double accumulators on the stack. */
-#define MAX_PLANE 65536
-
 static int render_template(Cg *c, const Kernel *k, StrBuf *out) {
-    if (k->kind <= KERNEL_CONV2D_GRAD_WEIGHT && k->kind != KERNEL_LOOP &&
-        (k->t.H * k->t.W > MAX_PLANE || k->t.HO * k->t.WO > MAX_PLANE))
-        return maml_fail(c->err, "%s: planes over %d pixels are not supported by the C templates",
-                         k->name, MAX_PLANE);
     static const char *const in_names[KERNEL_KIND_COUNT][3] = {
         [KERNEL_CONV2D] = {"x", "w", "y"},
         [KERNEL_CONV2D_GRAD_INPUT] = {"dy", "w", "dx"},
@@ -402,6 +395,15 @@ static int render_program(Cg *c, const CodegenOptions *opt, StrBuf *out) {
     var_i(&vs, "arena_bytes", c->m->arena_bytes);
     var_s(&vs, "real", opt->f64 ? "double" : "float");
     if (render(c, PROGRAM, "prelude", &vs, false, out)) return -1;
+    /* the convolution kernels share their register block and packing code: rendered once */
+    for (int i = 0; i < p->n_kernels; i++) {
+        KernelKind kind = p->kernels[i].kind;
+        if (kind == KERNEL_CONV2D || kind == KERNEL_CONV2D_GRAD_INPUT ||
+            kind == KERNEL_CONV2D_GRAD_WEIGHT) {
+            if (render(c, "c/conv2d.c.tmpl", "support", NULL, false, out)) return -1;
+            break;
+        }
+    }
     StrBuf table;
     sb_init(&table);
     int rc = 0;

@@ -119,8 +119,10 @@ static void find_used_axes(LoopPlan *L) {
     L->used_inner = L->used_outer = 0;
     for (int i = 0; i < k->n_ops; i++) {
         uint32_t m = axes_of_op(k, &k->ops[i]);
-        if (k->ops[i].phase == KPHASE_INNER) L->used_inner |= m;
-        else L->used_outer |= m;
+        if (k->ops[i].phase == KPHASE_INNER)
+            L->used_inner |= m;
+        else
+            L->used_outer |= m;
     }
     for (int s = 0; s < k->n_stores; s++)
         for (int a = 0; a < k->rank; a++)
@@ -139,13 +141,14 @@ static Strategy pick_strategy(const LoopPlan *L, bool has_reduce) {
 /* The kernel's buffers in parameter order: those it reads, then the one it writes (once). */
 static int list_buffers(Cg *c, const Kernel *k, LoopPlan *L) {
     L->n_bufs = kernel_reads(k, L->bufs, CUDA_MAX_ARGS);
+    if (L->n_bufs >= CUDA_MAX_ARGS) /* kernel_reads stops at the limit: some may be missing */
+        return maml_fail(c->err,
+                         "%s reads %d or more buffers (the CUDA renderer passes at most %d)",
+                         k->name, CUDA_MAX_ARGS, CUDA_MAX_ARGS - 1);
     int w = kernel_writes(k);
     bool w_read = false;
     for (int i = 0; i < L->n_bufs; i++) w_read |= L->bufs[i] == w;
-    if (w_read) return 0;
-    if (L->n_bufs == CUDA_MAX_ARGS)
-        return maml_fail(c->err, "%s touches more than %d buffers", k->name, CUDA_MAX_ARGS - 1);
-    L->bufs[L->n_bufs++] = w;
+    if (!w_read) L->bufs[L->n_bufs++] = w;
     return 0;
 }
 
@@ -163,8 +166,10 @@ static int plan_loop(Cg *c, const Kernel *k, LoopPlan *L) {
     L->outer = L->inner = 1;
     bool has_reduce = false;
     for (int a = 0; a < k->rank; a++) {
-        if (k->reduce_axes & (1u << a)) L->inner_axes[L->n_inner++] = a, L->inner *= k->dims[a];
-        else L->outer_axes[L->n_outer++] = a, L->outer *= k->dims[a];
+        if (k->reduce_axes & (1u << a))
+            L->inner_axes[L->n_inner++] = a, L->inner *= k->dims[a];
+        else
+            L->outer_axes[L->n_outer++] = a, L->outer *= k->dims[a];
     }
     for (int i = 0; i < k->n_ops; i++) has_reduce |= is_reduce(&k->ops[i]);
     if (list_buffers(c, k, L)) return -1;
@@ -179,10 +184,14 @@ static int plan_loop(Cg *c, const Kernel *k, LoopPlan *L) {
 
 static int64_t loop_grid(const LoopPlan *L) {
     switch (L->strat) {
-    case STRAT_WARP: return min64(ceil_div(L->outer, 8), GRID_CAP);
-    case STRAT_BLOCK: return min64(L->outer, GRID_CAP);
-    case STRAT_COLS: return min64(ceil_div(L->outer, 32), GRID_CAP);
-    default: return min64(ceil_div(L->outer, THREADS), GRID_CAP);
+    case STRAT_WARP:
+        return min64(ceil_div(L->outer, 8), GRID_CAP);
+    case STRAT_BLOCK:
+        return min64(L->outer, GRID_CAP);
+    case STRAT_COLS:
+        return min64(ceil_div(L->outer, 32), GRID_CAP);
+    default:
+        return min64(ceil_div(L->outer, THREADS), GRID_CAP);
     }
 }
 
@@ -209,7 +218,10 @@ static int emit_index(const LoopPlan *L, const int *axes, int n, uint32_t mask, 
         var_s(&vs, "lin", lin);
         var_i(&vs, "div", div);
         var_i(&vs, "n", L->k->dims[axes[j]]);
-        const char *section = n == 1 ? "index_all" : j == 0 ? "index_div" : j == n - 1 ? "index_mod" : "index_divmod";
+        const char *section = n == 1       ? "index_all"
+                              : j == 0     ? "index_div"
+                              : j == n - 1 ? "index_mod"
+                                           : "index_divmod";
         if (line(L->c, depth, section, &vs, out)) return -1;
     }
     return 0;
@@ -220,8 +232,10 @@ static void index_expr(const Kernel *k, const int64_t *strides, int64_t offset, 
     for (int a = 0; a < k->rank; a++) {
         if (strides[a] == 0) continue;
         if (any) sb_puts(out, " + ");
-        if (strides[a] == 1) sb_printf(out, "i%d", a);
-        else sb_printf(out, "i%d * %lld", a, (long long)strides[a]);
+        if (strides[a] == 1)
+            sb_printf(out, "i%d", a);
+        else
+            sb_printf(out, "i%d * %lld", a, (long long)strides[a]);
         any = true;
     }
     if (offset || !any) sb_printf(out, "%s%lld", any ? " + " : "", (long long)offset);
@@ -240,7 +254,8 @@ static int op_expr(const LoopPlan *L, int i, StrBuf *expr) {
     const Kernel *k = L->k;
     const KOp *op = &k->ops[i];
     char names[3][32], buf[32], axis[16];
-    for (int s = 0; s < 3; s++) snprintf(names[s], sizeof names[s], "v%d", op->src[s] >= 0 ? op->src[s] : 0);
+    for (int s = 0; s < 3; s++)
+        snprintf(names[s], sizeof names[s], "v%d", op->src[s] >= 0 ? op->src[s] : 0);
     StrBuf idx, num;
     sb_init(&idx);
     sb_init(&num);
@@ -318,7 +333,8 @@ static int emit_stores(const LoopPlan *L, int depth, StrBuf *out) {
         var_s(&vs, "var", var);
         var_s(&vs, "v", v);
         var_s(&vs, "index", idx.data ? idx.data : "0");
-        int rc = idx.failed ? maml_fail(L->c->err, "out of memory") : line(L->c, depth, "store", &vs, out);
+        int rc = idx.failed ? maml_fail(L->c->err, "out of memory")
+                            : line(L->c, depth, "store", &vs, out);
         sb_free(&idx);
         if (rc) return -1;
     }
@@ -349,7 +365,8 @@ static int loop_params(const LoopPlan *L, StrBuf *out) {
         var_s(&vs, "var", var);
         var_s(&vs, "restrict", restrict_text.data ? restrict_text.data : "");
         if (rc == 0 && i > 0) rc = render(c, LOOP, "param_sep", NULL, true, out);
-        if (rc == 0) rc = render(c, LOOP, L->bufs[i] == w ? "param_out" : "param_in", &vs, true, out);
+        if (rc == 0)
+            rc = render(c, LOOP, L->bufs[i] == w ? "param_out" : "param_in", &vs, true, out);
         sb_free(&restrict_text);
     }
     return rc;
@@ -376,9 +393,10 @@ enum {
 };
 
 static const char *const piece_names[P_COUNT] = {
-    "params", "outer_index", "outer_index_inner", "outer_index_epilogue", "acc_declare",
-    "inner_index", "inner_values", "acc_update", "acc_warp", "acc_warp_deep", "acc_put_warp",
-    "acc_get_warp", "acc_put_cols", "acc_get_cols", "epilogue"};
+    "params",       "outer_index",   "outer_index_inner", "outer_index_epilogue",
+    "acc_declare",  "inner_index",   "inner_values",      "acc_update",
+    "acc_warp",     "acc_warp_deep", "acc_put_warp",      "acc_get_warp",
+    "acc_put_cols", "acc_get_cols",  "epilogue"};
 
 static int loop_pieces(const LoopPlan *L, StrBuf *pc) {
     bool cols = L->strat == STRAT_COLS, block = L->strat == STRAT_BLOCK;
@@ -386,11 +404,18 @@ static int loop_pieces(const LoopPlan *L, StrBuf *pc) {
     int epi_depth = L->strat == STRAT_MAP || L->strat == STRAT_THREAD ? 2 : block ? 4 : 3;
     uint32_t all_used = L->used_inner | L->used_outer;
     int rc = loop_params(L, &pc[P_PARAMS]);
-    if (rc == 0) rc = emit_index(L, L->outer_axes, L->n_outer, all_used, "o", 2, &pc[P_OUTER_INDEX]);
-    if (rc == 0) rc = emit_index(L, L->outer_axes, L->n_outer, L->used_inner, "o", 3, &pc[P_OUTER_INDEX_INNER]);
-    if (rc == 0) rc = emit_index(L, L->outer_axes, L->n_outer, L->used_outer, "o", 3, &pc[P_OUTER_INDEX_EPILOGUE]);
+    if (rc == 0)
+        rc = emit_index(L, L->outer_axes, L->n_outer, all_used, "o", 2, &pc[P_OUTER_INDEX]);
+    if (rc == 0)
+        rc = emit_index(L, L->outer_axes, L->n_outer, L->used_inner, "o", 3,
+                        &pc[P_OUTER_INDEX_INNER]);
+    if (rc == 0)
+        rc = emit_index(L, L->outer_axes, L->n_outer, L->used_outer, "o", 3,
+                        &pc[P_OUTER_INDEX_EPILOGUE]);
     if (rc == 0) rc = emit_accs(L, "acc", true, 2, &pc[P_ACC_DECLARE]);
-    if (rc == 0) rc = emit_index(L, L->inner_axes, L->n_inner, L->used_inner, "q", inner_depth, &pc[P_INNER_INDEX]);
+    if (rc == 0)
+        rc = emit_index(L, L->inner_axes, L->n_inner, L->used_inner, "q", inner_depth,
+                        &pc[P_INNER_INDEX]);
     if (rc == 0) rc = emit_values(L, KPHASE_INNER, inner_depth, &pc[P_INNER_VALUES]);
     if (rc == 0) rc = emit_accs(L, "update", true, inner_depth, &pc[P_ACC_UPDATE]);
     if (rc == 0) rc = emit_accs(L, "warp", true, 2, &pc[P_ACC_WARP]);
@@ -465,7 +490,8 @@ typedef struct {
 
 typedef struct {
     int64_t out_ch, in_ch, HO, WO, KH, KW, stride, images; /* images = T * N */
-    bool transposed; /* grad_input: staged rows follow (TH + KH - 2) / S + 2, width (W + KW - 2) / S + 2 */
+    bool transposed; /* grad_input: staged rows follow (TH + KH - 2) / S + 2, width (W + KW - 2) / S
+                        + 2 */
 } DirectShape;
 
 static int64_t staged_rows(const DirectShape *s, int64_t TH) {
@@ -512,19 +538,24 @@ static int plan_direct(const DirectShape *s, size_t elem, const char *name, Dire
     t->OB = divisor_at_most(s->out_ch, 64, t->RO);
     while (!fit_rows(s, t))
         if (!shrink_block(s, t) && !shrink_registers(s, t))
-            return maml_fail(err, "%s: output rows of %lld pixels are too wide for the CUDA "
-                                  "convolution templates", name, (long long)s->WO);
+            return maml_fail(err,
+                             "%s: output rows of %lld pixels are too wide for the CUDA "
+                             "convolution templates",
+                             name, (long long)s->WO);
     /* Small planes: fewer channels per thread, then per block, until the launch fills the GPU. */
     while (t->RO > 1 && (t->OB / t->RO) * t->TH * s->WO < THREADS / 2) {
         t->RO /= 2;
         fit_rows(s, t);
     }
     while (t->blocks < MIN_BLOCKS && shrink_block(s, t)) fit_rows(s, t);
-    int64_t per_channel = (staged_rows(s, t->TH) * staged_cols(s) + s->KH * s->KW * t->OB) * (int64_t)elem;
+    int64_t per_channel =
+        (staged_rows(s, t->TH) * staged_cols(s) + s->KH * s->KW * t->OB) * (int64_t)elem;
     int64_t cc = min64(s->in_ch, SMEM_BUDGET / per_channel);
     if (cc < 1)
-        return maml_fail(err, "%s: one input channel's tile (%lld bytes) exceeds the CUDA "
-                              "templates' shared memory budget", name, (long long)per_channel);
+        return maml_fail(err,
+                         "%s: one input channel's tile (%lld bytes) exceeds the CUDA "
+                         "templates' shared memory budget",
+                         name, (long long)per_channel);
     /* a chunk that divides the channels avoids a zero-filled tail, when it costs at most half */
     int64_t even = divisor_at_most(s->in_ch, cc, 1);
     t->CC = 2 * even >= cc ? even : cc;
@@ -548,8 +579,14 @@ static void conv_vars(const Kernel *k, Vars *vs) {
 
 static int conv_forward_vars(Cg *c, const Kernel *k, Vars *vs, CudaLaunch *l) {
     const KTemplate *t = &k->t;
-    DirectShape s = {.out_ch = t->O, .in_ch = t->C, .HO = t->HO, .WO = t->WO, .KH = t->KH,
-                     .KW = t->KW, .stride = t->stride, .images = t->T * t->N};
+    DirectShape s = {.out_ch = t->O,
+                     .in_ch = t->C,
+                     .HO = t->HO,
+                     .WO = t->WO,
+                     .KH = t->KH,
+                     .KW = t->KW,
+                     .stride = t->stride,
+                     .images = t->T * t->N};
     DirectTiles d;
     if (plan_direct(&s, c->m->elem_size, k->name, &d, c->err)) return -1;
     var_i(vs, "OB", d.OB), var_i(vs, "RO", d.RO), var_i(vs, "CC", d.CC), var_i(vs, "TH", d.TH);
@@ -560,8 +597,15 @@ static int conv_forward_vars(Cg *c, const Kernel *k, Vars *vs, CudaLaunch *l) {
 
 static int conv_grad_input_vars(Cg *c, const Kernel *k, Vars *vs, CudaLaunch *l) {
     const KTemplate *t = &k->t;
-    DirectShape s = {.out_ch = t->C, .in_ch = t->O, .HO = t->H, .WO = t->W, .KH = t->KH,
-                     .KW = t->KW, .stride = t->stride, .images = t->T * t->N, .transposed = true};
+    DirectShape s = {.out_ch = t->C,
+                     .in_ch = t->O,
+                     .HO = t->H,
+                     .WO = t->W,
+                     .KH = t->KH,
+                     .KW = t->KW,
+                     .stride = t->stride,
+                     .images = t->T * t->N,
+                     .transposed = true};
     DirectTiles d;
     if (plan_direct(&s, c->m->elem_size, k->name, &d, c->err)) return -1;
     var_i(vs, "CB", d.OB), var_i(vs, "RC", d.RO), var_i(vs, "OC", d.CC), var_i(vs, "TH", d.TH);
@@ -584,14 +628,17 @@ static int conv_grad_weight_vars(Cg *c, const Kernel *k, Vars *vs, CudaLaunch *l
     int64_t OB = pow2_divisor(t->O, 16), CB = pow2_divisor(t->C, 16);
     /* fewer channels per block (more blocks, more split rows) while the GPU would idle */
     while (t->O / OB * (t->C / CB) * t->T < MIN_BLOCKS && (OB > 1 || CB > 1)) {
-        if (OB >= CB) OB /= 2;
-        else CB /= 2;
+        if (OB >= CB)
+            OB /= 2;
+        else
+            CB /= 2;
     }
     int64_t split = THREADS / (OB * CB), TH = t->HO;
     while (TH > 1 && grad_weight_smem(t, OB, CB, split, TH, elem) > SMEM_BUDGET) TH = (TH + 1) / 2;
     if (grad_weight_smem(t, OB, CB, split, TH, elem) > SMEM_BUDGET)
-        return maml_fail(c->err, "%s: a %lldx%lld kernel over %lld-pixel rows exceeds the CUDA "
-                                 "grad_weight template's shared memory budget",
+        return maml_fail(c->err,
+                         "%s: a %lldx%lld kernel over %lld-pixel rows exceeds the CUDA "
+                         "grad_weight template's shared memory budget",
                          k->name, (long long)t->KH, (long long)t->KW, (long long)t->WO);
     int64_t NT = ceil_div(t->HO, TH);
     TH = ceil_div(t->HO, NT);
@@ -801,8 +848,8 @@ void cuda_code_free(CudaCode *code) {
     memset(code, 0, sizeof *code);
 }
 
-int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m, const CodegenOptions *opt,
-                 StrBuf *out, CudaCode *code, MamlError *err) {
+int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m,
+                 const CodegenOptions *opt, StrBuf *out, CudaCode *code, MamlError *err) {
     if (m->elem_size != (opt->f64 ? 8u : 4u))
         return maml_fail(err, "memory plan is for %zu-byte reals, codegen for %s", m->elem_size,
                          opt->f64 ? "double" : "float");
@@ -835,7 +882,8 @@ static FILE *open_in(const char *dir, const char *name, char *path, size_t size,
 }
 
 static int close_checked(FILE *f, const char *path, int rc, MamlError *err) {
-    if (fclose(f) != 0 && rc == 0) return maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
+    if (fclose(f) != 0 && rc == 0)
+        return maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
     return rc;
 }
 
@@ -857,13 +905,16 @@ static int write_cuda_files(const char *dir, const Graph *g, const KernelProgram
     char path[2048];
     FILE *f = open_in(dir, "kernels.cu", path, sizeof path, err);
     if (!f) return -1;
-    int rc = fwrite(src->data, 1, src->len, f) == src->len ? 0 : maml_fail(err, "%s: short write", path);
+    int rc =
+        fwrite(src->data, 1, src->len, f) == src->len ? 0 : maml_fail(err, "%s: short write", path);
     if (close_checked(f, path, rc, err)) return -1;
     if (!(f = open_in(dir, "plan.json", path, sizeof path, err))) return -1;
     rc = close_checked(f, path, codegen_write_plan_json(f, g, p, m, err), err);
     if (rc || !(f = open_in(dir, "report.txt", path, sizeof path, err))) return -1;
-    fprintf(f, "mamlc compile --backend cuda: lowering, memory plan and CUDA rendering took %.3f s "
-               "(NVRTC runs when the backend opens)\n", s->seconds);
+    fprintf(f,
+            "mamlc compile --backend cuda: lowering, memory plan and CUDA rendering took %.3f s "
+            "(NVRTC runs when the backend opens)\n",
+            s->seconds);
     fprintf(f, "without fusion: %d kernels\n", s->unfused_kernels);
     rc = codegen_write_report(f, g, p, m, err);
     if (rc == 0) write_launches(f, p, code);

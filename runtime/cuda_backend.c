@@ -23,7 +23,10 @@
 
 CudaOptions cuda_default_options(void) {
     const char *require = getenv("MAMLC_REQUIRE_CACHE");
-    CudaOptions o = {.no_fuse = false, .cache_dir = NULL, .quiet = false, .device = -1,
+    CudaOptions o = {.no_fuse = false,
+                     .cache_dir = NULL,
+                     .quiet = false,
+                     .device = -1,
                      .require_cache = require && *require && strcmp(require, "0") != 0};
     return o;
 }
@@ -174,11 +177,11 @@ typedef struct {
     CUfunction *fns;   /* per function */
     CUdeviceptr arena;
     CUstream stream;
-    char *host;               /* pinned staging: inputs, then outputs */
-    int64_t *in_at, *out_at;  /* per buffer (-1: not an input) / per output: staging offset */
-    CUdeviceptr *arg_values;  /* every launch's arguments, concatenated */
-    void **arg_ptrs;          /* what cuLaunchKernel takes: pointers to arg_values */
-    int *arg_start;           /* per launch: its first entry in arg_values */
+    char *host;              /* pinned staging: inputs, then outputs */
+    int64_t *in_at, *out_at; /* per buffer (-1: not an input) / per output: staging offset */
+    CUdeviceptr *arg_values; /* every launch's arguments, concatenated */
+    void **arg_ptrs;         /* what cuLaunchKernel takes: pointers to arg_values */
+    int *arg_start;          /* per launch: its first entry in arg_values */
     CUgraph graph;
     CUgraphExec exec;
     CUevent ev[2];
@@ -217,12 +220,15 @@ static int load_modules(CudaImpl *c, MamlError *err) {
     return 0;
 }
 
-static int compile_kernels(CudaImpl *c, const CudaOptions *opt, const StrBuf *text, MamlError *err) {
+static int compile_kernels(CudaImpl *c, const CudaOptions *opt, const StrBuf *text,
+                           MamlError *err) {
     Nvrtc *n = NULL;
     KernelCache cache;
     int rc = nvrtc_open(&n, err);
-    if (rc == 0 && opt->cache_dir) rc = kernel_cache_open(&cache, opt->cache_dir, NULL, opt->require_cache, err);
-    else if (rc == 0) rc = kernel_cache_open(&cache, NULL, "cuda", opt->require_cache, err);
+    if (rc == 0 && opt->cache_dir)
+        rc = kernel_cache_open(&cache, opt->cache_dir, NULL, opt->require_cache, err);
+    else if (rc == 0)
+        rc = kernel_cache_open(&cache, NULL, "cuda", opt->require_cache, err);
     NvrtcOptions no = {.arch = cuda_driver_arch(&c->drv), .cache = &cache};
     if (rc == 0) rc = cuda_compile_code(n, text->data, &c->code, &no, 0, &c->images, err);
     nvrtc_close(n);
@@ -246,9 +252,10 @@ static int alloc_arena(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
     c->info.total_bytes = (long long)total_b;
     long long bytes = c->cg.plan.arena_bytes > 0 ? c->cg.plan.arena_bytes : MEMPLAN_ALIGN;
     if (!opt->quiet)
-        fprintf(stderr, "mamlc: cuda: %s; memory plan: arena %.1f MiB (liveness bound %.1f MiB), "
-                        "%.1f MiB free on the device; %d kernels as %d functions, NVRTC %.0f ms "
-                        "(%d of %d pieces from the cache)\n",
+        fprintf(stderr,
+                "mamlc: cuda: %s; memory plan: arena %.1f MiB (liveness bound %.1f MiB), "
+                "%.1f MiB free on the device; %d kernels as %d functions, NVRTC %.0f ms "
+                "(%d of %d pieces from the cache)\n",
                 c->info.device, mib(bytes), mib(c->cg.plan.lower_bound), mib((long long)free_b),
                 c->code.n_kernels, c->code.n_functions, c->info.compile_ms, c->info.pieces_cached,
                 c->info.n_pieces);
@@ -257,8 +264,9 @@ static int alloc_arena(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
     c->arena = 0;
     MamlError why;
     cuda_check(d, rc, "cuMemAlloc", "arena", &why);
-    return maml_fail(err, "%s; the memory plan needs %.1f MiB for the arena (liveness bound %.1f "
-                          "MiB), cuMemGetInfo reports %.1f MiB free of %.1f MiB",
+    return maml_fail(err,
+                     "%s; the memory plan needs %.1f MiB for the arena (liveness bound %.1f "
+                     "MiB), cuMemGetInfo reports %.1f MiB free of %.1f MiB",
                      why.message, mib(bytes), mib(c->cg.plan.lower_bound), mib((long long)free_b),
                      mib((long long)total_b));
 }
@@ -279,10 +287,12 @@ static int prepare_buffers(CudaImpl *c, MamlError *err) {
         c->out_at[o] = (int64_t)at;
         at += ((size_t)p->bufs[p->outputs[o].buf].numel * es + 63) / 64 * 64;
     }
-    if (CU_CHECK(&c->drv, err, "pinned staging", cuMemHostAlloc, (void **)&c->host, at ? at : 64, 0))
+    if (CU_CHECK(&c->drv, err, "pinned staging", cuMemHostAlloc, (void **)&c->host, at ? at : 64,
+                 0))
         return -1;
     int total = 0;
-    for (int i = 0; i < p->n_kernels; i++) c->arg_start[i] = total, total += c->code.launches[i].n_args;
+    for (int i = 0; i < p->n_kernels; i++)
+        c->arg_start[i] = total, total += c->code.launches[i].n_args;
     c->arg_values = maml_calloc((size_t)total + 1, sizeof *c->arg_values, err);
     c->arg_ptrs = maml_calloc((size_t)total + 1, sizeof *c->arg_ptrs, err);
     if (!c->arg_values || !c->arg_ptrs) return -1;
@@ -312,8 +322,9 @@ static int copy_inputs_async(CudaImpl *c, MamlError *err) {
         if (c->in_at[b] < 0) continue;
         char what[160];
         snprintf(what, sizeof what, "input %s", p->bufs[b].name);
-        if (CU_CHECK(&c->drv, err, what, cuMemcpyHtoDAsync, c->arena + (CUdeviceptr)c->cg.plan.offset[b],
-                     c->host + c->in_at[b], (size_t)p->bufs[b].numel * elem_size(c), c->stream))
+        if (CU_CHECK(&c->drv, err, what, cuMemcpyHtoDAsync,
+                     c->arena + (CUdeviceptr)c->cg.plan.offset[b], c->host + c->in_at[b],
+                     (size_t)p->bufs[b].numel * elem_size(c), c->stream))
             return -1;
     }
     return 0;
@@ -348,7 +359,8 @@ static int enqueue_step(CudaImpl *c, bool sync_each, MamlError *err) {
 
 static int capture_step(CudaImpl *c, MamlError *err) {
     const CudaDriver *d = &c->drv;
-    if (CU_CHECK(d, err, "step", cuStreamBeginCapture, c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))
+    if (CU_CHECK(d, err, "step", cuStreamBeginCapture, c->stream,
+                 CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))
         return -1;
     int rc = enqueue_step(c, false, err);
     CUgraph graph = NULL;
@@ -398,7 +410,8 @@ static int check_labels(const Graph *g, const TensorSet *inputs, MamlError *err)
         for (int64_t k = 0, count = shape_numel(t->shape); k < count; k++) {
             double l = tensor_get(t, k);
             if (!(l >= 0 && l < n->attr.depth) || l != floor(l))
-                return maml_fail(err, "tensor '%s': label %g at position %lld is out of range [0, %d)",
+                return maml_fail(err,
+                                 "tensor '%s': label %g at position %lld is out of range [0, %d)",
                                  src->name, l, (long long)k, n->attr.depth);
         }
     }
@@ -407,8 +420,10 @@ static int check_labels(const Graph *g, const TensorSet *inputs, MamlError *err)
 
 static void copy_in(const Tensor *t, void *dst, bool f64) {
     int64_t count = shape_numel(t->shape);
-    if (f64 && t->dtype == TENSOR_F64) memcpy(dst, t->data, (size_t)count * 8);
-    else if (!f64 && t->dtype == TENSOR_F32) memcpy(dst, t->data, (size_t)count * 4);
+    if (f64 && t->dtype == TENSOR_F64)
+        memcpy(dst, t->data, (size_t)count * 8);
+    else if (!f64 && t->dtype == TENSOR_F32)
+        memcpy(dst, t->data, (size_t)count * 4);
     else if (f64)
         for (int64_t i = 0; i < count; i++) ((double *)dst)[i] = tensor_get(t, i);
     else
@@ -423,9 +438,13 @@ static int cuda_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, Mam
     bool f64 = b->prec == PREC_F64;
     const KernelProgram *p = &c->cg.prog;
     for (int i = 0; i < p->n_bufs; i++)
-        if (c->in_at[i] >= 0) copy_in(tensorset_find(inputs, p->bufs[i].name), c->host + c->in_at[i], f64);
-    int rc = c->sync_each ? enqueue_step(c, true, err) : CU_CHECK(d, err, "step", cuGraphLaunch, c->exec, c->stream);
-    if (rc == 0) rc = CU_CHECK(d, err, "step (set MAMLC_CUDA_SYNC=1 to name the kernel)", cuStreamSynchronize, c->stream);
+        if (c->in_at[i] >= 0)
+            copy_in(tensorset_find(inputs, p->bufs[i].name), c->host + c->in_at[i], f64);
+    int rc = c->sync_each ? enqueue_step(c, true, err)
+                          : CU_CHECK(d, err, "step", cuGraphLaunch, c->exec, c->stream);
+    if (rc == 0)
+        rc = CU_CHECK(d, err, "step (set MAMLC_CUDA_SYNC=1 to name the kernel)",
+                      cuStreamSynchronize, c->stream);
     for (int o = 0; rc == 0 && o < p->n_outputs; o++) {
         const KOutput *out = &p->outputs[o];
         if (!tensorset_add(outputs, out->name, f64 ? TENSOR_F64 : TENSOR_F32, out->shape,
@@ -470,8 +489,8 @@ static int device_ordinal(const CudaOptions *opt) {
     return env && *env ? atoi(env) : 0;
 }
 
-static int render(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precision prec,
-                  StrBuf *text, MamlError *err) {
+static int render(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precision prec, StrBuf *text,
+                  MamlError *err) {
     PipelineOptions po = pipeline_default_options();
     po.no_fuse = opt->no_fuse;
     po.f64 = prec == PREC_F64;
@@ -493,7 +512,8 @@ static int prepare(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precisio
     if (rc == 0) rc = compile_kernels(c, opt, &text, err);
     sb_free(&text);
     if (rc || alloc_arena(c, opt, err)) return -1;
-    if (CU_CHECK(d, err, "step stream", cuStreamCreate, &c->stream, CU_STREAM_NON_BLOCKING)) return -1;
+    if (CU_CHECK(d, err, "step stream", cuStreamCreate, &c->stream, CU_STREAM_NON_BLOCKING))
+        return -1;
     for (int i = 0; i < 2; i++)
         if (CU_CHECK(d, err, "timing", cuEventCreate, &c->ev[i], CU_EVENT_DEFAULT)) return -1;
     if (prepare_buffers(c, err)) return -1;
@@ -536,8 +556,10 @@ bool cuda_device_available(char *why, int why_size) {
     CudaDriver d;
     MamlError err;
     bool ok = cuda_driver_open(&d, 0, &err) == 0;
-    if (ok) cuda_driver_describe(&d, why, (size_t)why_size);
-    else snprintf(why, (size_t)why_size, "%s", err.message);
+    if (ok)
+        cuda_driver_describe(&d, why, (size_t)why_size);
+    else
+        snprintf(why, (size_t)why_size, "%s", err.message);
     cuda_driver_close(&d);
     return ok;
 }
@@ -589,7 +611,9 @@ int cuda_backend_time_steps(Backend *b, int reps, double *ms, MamlError *err) {
     if (CU_CHECK(d, err, "timing", cuCtxSetCurrent, d->ctx)) return -1;
     for (int r = 0; r < reps; r++) {
         int rc = CU_CHECK(d, err, "timing", cuEventRecord, c->ev[0], c->stream);
-        if (rc == 0) rc = c->sync_each ? enqueue_step(c, false, err) : CU_CHECK(d, err, "step", cuGraphLaunch, c->exec, c->stream);
+        if (rc == 0)
+            rc = c->sync_each ? enqueue_step(c, false, err)
+                              : CU_CHECK(d, err, "step", cuGraphLaunch, c->exec, c->stream);
         if (rc == 0) rc = CU_CHECK(d, err, "timing", cuEventRecord, c->ev[1], c->stream);
         if (rc || elapsed(c, "step", &ms[r], err)) return -1;
     }

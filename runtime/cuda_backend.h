@@ -49,11 +49,11 @@ bool cuda_device_available(char *why, int why_size);
  * functions, so the pieces compile in parallel and each is cached on its own. */
 typedef struct {
     int n_pieces;
-    NvrtcImage *images;  /* per piece */
-    int *piece_of;       /* per function: the piece holding it */
-    int cached;          /* pieces that came from the cache */
-    int threads;         /* compile threads used */
-    double ms;           /* wall time of the whole compile */
+    NvrtcImage *images; /* per piece */
+    int *piece_of;      /* per function: the piece holding it */
+    int cached;         /* pieces that came from the cache */
+    int threads;        /* compile threads used */
+    double ms;          /* wall time of the whole compile */
 } CudaImages;
 
 /* Splits text (rendered by codegen_cuda, laid out by code) into pieces of similar estimated
@@ -68,10 +68,10 @@ void cuda_images_free(CudaImages *im);
 /* ---- facts and timing for bench and tests ---- */
 
 typedef struct {
-    char device[320];        /* cuda_driver_describe */
-    int arch;                /* 10 * major + minor */
+    char device[320]; /* cuda_driver_describe */
+    int arch;         /* 10 * major + minor */
     int n_kernels, n_functions, n_pieces, pieces_cached;
-    double compile_ms;       /* NVRTC (or cache) wall time at open */
+    double compile_ms; /* NVRTC (or cache) wall time at open */
     long long arena_bytes, lower_bound;
     long long free_bytes, total_bytes; /* cuMemGetInfo before the arena was allocated */
 } CudaBackendInfo;

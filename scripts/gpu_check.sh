@@ -4,9 +4,11 @@
 #   compile     the seed's training step (meta-batch 32): cold NVRTC compile, then warm start
 #   fixtures    `mamlc grad --backend cuda` on PyTorch's fixtures against float64, every tensor within
 #               1e-4 relative (or 3x the float32 reference's own error where that is larger)
-#   steps       10 training steps of every shipped graph, cuda against ref (build/gpu_compare steps)
+#   steps       10 training steps of every shipped graph, cuda against ref (build/gpu_compare steps;
+#               the 20-way graph, whose 5 second-order inner steps take ref minutes, against the cpu
+#               backend in float64, which the test suite holds to ref within 1e-12)
+#   sanitizer   compute-sanitizer memcheck, synccheck and racecheck on one meta-gradient
 #   bench       `mamlc bench --backend cuda` on the shipped graphs, and the seed's slowest kernels
-#   sanitizer   compute-sanitizer memcheck, racecheck and synccheck on one meta-gradient
 # then a short table. Usage:
 #   scripts/gpu_check.sh [LOG_DIR]
 # LOG_DIR (default $OUT when set, else build/gpu-check) receives gpu_check.log (everything printed)
@@ -86,13 +88,13 @@ result device "$(sed -n 's/^device: //p' "$WORK/device.txt")"
 
 # ---- steps (CPU-heavy reference runs, in the background while the GPU works) ----------------------
 section "steps: $STEPS training steps of each shipped graph, $BACKEND against ref (background)"
-STEP_GRAPHS="omniglot_seed:2 omniglot_5w1s:2 omniglot_20w1s:1 sinusoid:4"
+STEP_GRAPHS="omniglot_seed:2:ref omniglot_5w1s:2:ref omniglot_20w1s:1:cpu sinusoid:4:ref"
 STEP_PIDS=()
-for gt in $STEP_GRAPHS; do
-    g=${gt%%:*} t=${gt##*:}
+for gto in $STEP_GRAPHS; do
+    IFS=: read -r g t oracle <<<"$gto"
     (
-        timeout 300 "$CMP" steps "graphs/$g.yaml" --backend "$BACKEND" --steps "$STEPS" --tasks "$t" \
-            >"$WORK/steps_$g.txt" 2>&1
+        timeout 300 "$CMP" steps "graphs/$g.yaml" --backend "$BACKEND" --oracle "$oracle" --steps "$STEPS" \
+            --tasks "$t" >"$WORK/steps_$g.txt" 2>&1
         echo $? >"$WORK/steps_$g.rc"
     ) &
     STEP_PIDS+=($!)
@@ -158,11 +160,32 @@ else
     done
 fi
 
+# ---- sanitizers (while the reference runs finish) -------------------------------------------------
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ "$BACKEND" = cuda ] && [ -n "$CS" ] && [ -n "$FIX" ]; then
+    for tl in memcheck:90 synccheck:60 racecheck:120; do
+        tool=${tl%%:*} limit=${tl##*:}
+        section "compute-sanitizer --tool $tool on one meta-gradient (kernels one at a time; at most ${limit}s)"
+        MAMLC_CUDA_SYNC=1 timeout "$limit" "$CS" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+            "$MAMLC" grad graphs/omniglot_seed.yaml --params "$FIX/params_p5_default.safetensors" \
+            --batch "$FIX/batch_so_T2_5w1s_q1_in1.safetensors" --out "$WORK/sanitized.safetensors" \
+            --backend cuda --set maml.inner.lr=0.4 2>&1 | tail -n 25
+        rc=${PIPESTATUS[0]}
+        case $rc in
+        0) result "sanitizer $tool" "ok" ;;
+        124) result "sanitizer $tool" "not finished in ${limit}s" ;;
+        *) result "sanitizer $tool" "FAIL: exit status $rc (see the log)" ;;
+        esac
+    done
+elif [ "$BACKEND" = cuda ]; then
+    result sanitizers "skipped (no compute-sanitizer or no fixtures)"
+fi
+
 # ---- steps: results -------------------------------------------------------------------------------
 section "steps: waiting for the background runs"
 wait "${STEP_PIDS[@]}" # not a bare wait: that would also wait for the log's tee
-for gt in $STEP_GRAPHS; do
-    g=${gt%%:*}
+for gto in $STEP_GRAPHS; do
+    g=${gto%%:*}
     echo "-- $g"
     grep -v " ok$" "$WORK/steps_$g.txt"
     rc=$(cat "$WORK/steps_$g.rc" 2>/dev/null || echo "?")
@@ -192,10 +215,12 @@ for b in "${BENCHES[@]}"; do
     set -- $b
     name=$1
     shift
-    if ! timeout 120 "$MAMLC" bench "$@" --backend "$BACKEND" --json --reps "$REPS" --warmup 3 \
-        >"$WORK/bench_$name.json" 2>"$WORK/bench_$name.err"; then
+    timeout 120 "$MAMLC" bench "$@" --backend "$BACKEND" --json --reps "$REPS" --warmup 3 \
+        >"$WORK/bench_$name.json" 2>"$WORK/bench_$name.err"
+    rc=$?
+    if [ $rc != 0 ]; then
         cat "$WORK/bench_$name.err"
-        result "bench $name" "FAIL: mamlc bench failed"
+        result "bench $name" "FAIL: mamlc bench exit status $rc$([ $rc = 124 ] && echo ' (timed out)')"
         continue
     fi
     cat "$WORK/bench_$name.err"
@@ -210,31 +235,6 @@ cat "$WORK/bench_table.txt"
 if [ "$BACKEND" = cuda ]; then
     section "profile: the seed's slowest kernels"
     timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --top 20 || result profile "FAIL: gpu_compare profile failed"
-fi
-
-# ---- sanitizers -----------------------------------------------------------------------------------
-CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-if [ "$BACKEND" = cuda ] && [ -n "$CS" ] && [ -n "$FIX" ]; then
-    for tool in memcheck synccheck racecheck; do
-        left=$((290 - $(elapsed)))
-        if [ $left -lt 30 ]; then
-            result "sanitizer $tool" "skipped (time)"
-            continue
-        fi
-        section "compute-sanitizer --tool $tool (kernels one at a time; up to ${left}s)"
-        MAMLC_CUDA_SYNC=1 timeout "$left" "$CS" --tool "$tool" --error-exitcode 9 --print-limit 20 \
-            "$MAMLC" grad graphs/omniglot_seed.yaml --params "$FIX/params_p5_default.safetensors" \
-            --batch "$FIX/batch_so_T2_5w1s_q1_in1.safetensors" --out "$WORK/sanitized.safetensors" \
-            --backend cuda --set maml.inner.lr=0.4 2>&1 | tail -n 25
-        rc=${PIPESTATUS[0]}
-        case $rc in
-        0) result "sanitizer $tool" "ok" ;;
-        124) result "sanitizer $tool" "not finished in ${left}s" ;;
-        *) result "sanitizer $tool" "FAIL: exit status $rc (see the log)" ;;
-        esac
-    done
-elif [ "$BACKEND" = cuda ]; then
-    result sanitizers "skipped (no compute-sanitizer or no fixtures)"
 fi
 
 finish

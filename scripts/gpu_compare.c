@@ -8,15 +8,15 @@
  *       group's, "grad/", "adam/m/", ..., when it is zero up to rounding, like the conv-bias
  *       gradients batch norm cancels exactly); the bound is B (default 1e-4), or 3x REF32's own
  *       error where that is larger. Exit 1 when a tensor is over its bound.
- *   gpu_compare steps GRAPH.yaml [--backend cuda] [--steps 10] [--tasks 2] [--set K=V ...]
- *       STEPS training steps from the same start (bench_inputs, images replaced by uniform noise so
- *       that max-pool windows hold no near-ties) on the backend, on ref in float64 and on ref in
- *       float32, each feeding its updated parameters and Adam state back; then `tensors` on the
- *       final state.
- *   gpu_compare profile GRAPH.yaml [--top 15] [--no-fuse] [--set K=V ...]
- *       the cuda backend at the graph's meta-batch: the captured step replayed (CUDA events),
- *       then every kernel timed alone; the slowest kernels with their achieved FLOP/s and
- *       bytes/s. */
+ *   gpu_compare steps GRAPH.yaml [--backend cuda] [--oracle ref] [--steps 10] [--tasks 2] [--set
+ * K=V ...] STEPS training steps from the same start (bench_inputs, images replaced by uniform noise
+ * so that max-pool windows hold no near-ties) on the backend, on the oracle in float64 and on the
+ * oracle in float32, side by side on three threads, each feeding its updated parameters and Adam
+ * state back; then `tensors` on the final state. The oracle is ref, or cpu where ref would take
+ * minutes (the test suite holds cpu in float64 to ref within 1e-12). gpu_compare profile GRAPH.yaml
+ * [--top 15] [--no-fuse] [--set K=V ...] the cuda backend at the graph's meta-batch: the captured
+ * step replayed (CUDA events), then every kernel timed alone; the slowest kernels with their
+ * achieved FLOP/s and bytes/s. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -100,7 +100,8 @@ static double scale_of(const TensorSet *want, const Tensor *t) {
 }
 
 /* max |got - want| / scale, and ||got - want|| / ||want|| */
-static void errors(const Tensor *got, const Tensor *want, double scale, double *max_rel, double *l2_rel) {
+static void errors(const Tensor *got, const Tensor *want, double scale, double *max_rel,
+                   double *l2_rel) {
     double d = 0, num = 0, den = 0;
     for (int64_t k = 0, c = shape_numel(want->shape); k < c; k++) {
         double a = tensor_get(got, k), b = tensor_get(want, k);
@@ -114,7 +115,8 @@ static void errors(const Tensor *got, const Tensor *want, double scale, double *
     *l2_rel = den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* Prints one line per tensor of want; returns the number over their bound (-1: a tensor missing). */
+/* Prints one line per tensor of want; returns the number over their bound (-1: a tensor missing).
+ */
 static int compare_sets(const TensorSet *got, const TensorSet *want, const TensorSet *ref32,
                         double bound, const char *label) {
     int bad = 0;
@@ -139,7 +141,8 @@ static int compare_sets(const TensorSet *got, const TensorSet *want, const Tenso
         worst = fmax(worst, e / b);
         printf("%-36s %12.3g %12.3g %12.3g  %s\n", w->name, e, b, l2, ok ? "ok" : "OVER");
     }
-    printf("%s: %d of %d tensors over their bound; worst error/bound %.3g\n", label, bad, want->n, worst);
+    printf("%s: %d of %d tensors over their bound; worst error/bound %.3g\n", label, bad, want->n,
+           worst);
     return bad;
 }
 
@@ -156,8 +159,10 @@ static int cmd_tensors(int argc, char **argv) {
     double bound = 1e-4;
     int n = 0;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--bound") == 0 && i + 1 < argc) bound = atof(argv[++i]);
-        else if (n < 3) files[n++] = argv[i];
+        if (strcmp(argv[i], "--bound") == 0 && i + 1 < argc)
+            bound = atof(argv[++i]);
+        else if (n < 3)
+            files[n++] = argv[i];
     }
     if (n < 2) {
         fprintf(stderr, "usage: gpu_compare tensors GOT WANT64 [REF32] [--bound B]\n");
@@ -165,7 +170,8 @@ static int cmd_tensors(int argc, char **argv) {
     }
     TensorSet got, want, ref32;
     tensorset_init(&ref32);
-    if (read_set(files[0], &got) || read_set(files[1], &want) || (files[2] && read_set(files[2], &ref32)))
+    if (read_set(files[0], &got) || read_set(files[1], &want) ||
+        (files[2] && read_set(files[2], &ref32)))
         return 2;
     int bad = compare_sets(&got, &want, files[2] ? &ref32 : NULL, bound, files[0]);
     tensorset_free(&got);
@@ -177,7 +183,7 @@ static int cmd_tensors(int argc, char **argv) {
 /* ---- steps ---- */
 
 typedef struct {
-    const char *graph, *backend;
+    const char *graph, *backend, *oracle;
     int steps, tasks;
     const char *sets[MAX_SETS];
     int n_sets;
@@ -185,15 +191,23 @@ typedef struct {
 
 static int parse_steps(int argc, char **argv, StepArgs *a) {
     memset(a, 0, sizeof *a);
-    a->backend = "cuda", a->steps = 10, a->tasks = 2;
+    a->backend = "cuda", a->oracle = "ref", a->steps = 10, a->tasks = 2;
     for (int i = 0; i < argc; i++) {
         bool more = i + 1 < argc;
-        if (!strcmp(argv[i], "--backend") && more) a->backend = argv[++i];
-        else if (!strcmp(argv[i], "--steps") && more) a->steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--tasks") && more) a->tasks = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--set") && more && a->n_sets < MAX_SETS - 1) a->sets[a->n_sets++] = argv[++i];
-        else if (argv[i][0] != '-' && !a->graph) a->graph = argv[i];
-        else return -1;
+        if (!strcmp(argv[i], "--backend") && more)
+            a->backend = argv[++i];
+        else if (!strcmp(argv[i], "--oracle") && more)
+            a->oracle = argv[++i];
+        else if (!strcmp(argv[i], "--steps") && more)
+            a->steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tasks") && more)
+            a->tasks = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--set") && more && a->n_sets < MAX_SETS - 1)
+            a->sets[a->n_sets++] = argv[++i];
+        else if (argv[i][0] != '-' && !a->graph)
+            a->graph = argv[i];
+        else
+            return -1;
     }
     return a->graph && a->steps > 0 && a->tasks > 0 ? 0 : -1;
 }
@@ -219,7 +233,8 @@ static void feed_back(TensorSet *in, const TensorSet *out) {
         const Tensor *o = &out->items[i];
         Tensor *t = tensorset_find(in, o->name);
         if (!t) continue;
-        for (int64_t k = 0, n = shape_numel(o->shape); k < n; k++) tensor_set(t, k, tensor_get(o, k));
+        for (int64_t k = 0, n = shape_numel(o->shape); k < n; k++)
+            tensor_set(t, k, tensor_get(o, k));
     }
     Tensor *step = tensorset_find(in, "adam/step");
     if (step) tensor_set(step, 0, tensor_get(step, 0) + 1);
@@ -229,7 +244,7 @@ typedef struct {
     Backend *b;
     TensorSet state, last;
     double seconds;
-    const char *label;
+    char label[32];
     int steps, rc;
     double *losses; /* per step */
     MamlError err;
@@ -252,14 +267,17 @@ static void *runner_main(void *arg) {
 
 /* The backends start from the same float32 values (the float64 reference too), so their
  * differences come from the arithmetic alone. */
-static int open_runners(const StepArgs *a, const Graph *g, const TensorSet *start, Runner *r, MamlError *err) {
-    const char *names[3] = {a->backend, "ref", "ref"};
+static int open_runners(const StepArgs *a, const Graph *g, const TensorSet *start, Runner *r,
+                        MamlError *err) {
+    const char *names[3] = {a->backend, a->oracle, a->oracle};
     Precision precs[3] = {PREC_F32, PREC_F64, PREC_F32};
-    const char *labels[3] = {a->backend, "ref f64", "ref f32"};
     for (int i = 0; i < 3; i++) {
         char why[1200];
         if (backend_open(names[i], g, precs[i], &r[i].b, why, sizeof why, err)) return -1;
-        r[i].label = labels[i];
+        snprintf(r[i].label, sizeof r[i].label, "%s%s", names[i],
+                 i == 0   ? ""
+                 : i == 1 ? " f64"
+                          : " f32");
         r[i].steps = a->steps;
         r[i].losses = calloc((size_t)a->steps, sizeof *r[i].losses);
         tensorset_init(&r[i].state);
@@ -268,9 +286,11 @@ static int open_runners(const StepArgs *a, const Graph *g, const TensorSet *star
         for (int k = 0; k < start->n; k++) {
             const Tensor *t = &start->items[k];
             bool real = t->dtype == TENSOR_F32 || t->dtype == TENSOR_F64;
-            Tensor *c = tensorset_add(&r[i].state, t->name, real ? TENSOR_F32 : t->dtype, t->shape, NULL, err);
+            Tensor *c = tensorset_add(&r[i].state, t->name, real ? TENSOR_F32 : t->dtype, t->shape,
+                                      NULL, err);
             if (!c) return -1;
-            for (int64_t q = 0, n = shape_numel(t->shape); q < n; q++) tensor_set(c, q, tensor_get(t, q));
+            for (int64_t q = 0, n = shape_numel(t->shape); q < n; q++)
+                tensor_set(c, q, tensor_get(t, q));
         }
     }
     return 0;
@@ -282,22 +302,30 @@ static int run_steps(const StepArgs *a, Runner *r, MamlError *err) {
     bool started[3] = {false, false, false};
     for (int i = 0; i < 3; i++) started[i] = pthread_create(&tid[i], NULL, runner_main, &r[i]) == 0;
     for (int i = 0; i < 3; i++) {
-        if (started[i]) pthread_join(tid[i], NULL);
-        else runner_main(&r[i]);
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            runner_main(&r[i]);
     }
     for (int i = 0; i < 3; i++)
         if (r[i].rc) return maml_fail(err, "%s: %s", r[i].label, r[i].err.message);
-    printf("%-5s %16s %16s %16s   (meta_loss before each update)\n", "step", r[0].label, "ref f64", "ref f32");
+    printf("%-5s %16s %16s %16s   (meta_loss before each update)\n", "step", r[0].label, r[1].label,
+           r[2].label);
     for (int s = 0; s < a->steps; s++)
-        printf("%-5d %16.9g %16.9g %16.9g\n", s + 1, r[0].losses[s], r[1].losses[s], r[2].losses[s]);
-    printf("seconds: %s %.3f, ref f64 %.3f, ref f32 %.3f\n", r[0].label, r[0].seconds, r[1].seconds, r[2].seconds);
+        printf("%-5d %16.9g %16.9g %16.9g\n", s + 1, r[0].losses[s], r[1].losses[s],
+               r[2].losses[s]);
+    printf("seconds: %s %.3f, %s %.3f, %s %.3f\n", r[0].label, r[0].seconds, r[1].label,
+           r[1].seconds, r[2].label, r[2].seconds);
     return 0;
 }
 
 static int cmd_steps(int argc, char **argv) {
     StepArgs a;
     if (parse_steps(argc, argv, &a)) {
-        fprintf(stderr, "usage: gpu_compare steps GRAPH.yaml [--backend cuda] [--steps 10] [--tasks 2] [--set K=V ...]\n");
+        fprintf(
+            stderr,
+            "usage: gpu_compare steps GRAPH.yaml [--backend cuda] [--oracle ref|cpu] [--steps 10] "
+            "[--tasks 2] [--set K=V ...]\n");
         return 2;
     }
     char batch[64];
@@ -320,7 +348,8 @@ static int cmd_steps(int argc, char **argv) {
     int bad = 0;
     if (rc == 0) {
         char label[300];
-        snprintf(label, sizeof label, "%s after %d steps (T=%d): %s vs ref", a.graph, a.steps, a.tasks, r[0].label);
+        snprintf(label, sizeof label, "%s after %d steps (T=%d): %s vs %s", a.graph, a.steps,
+                 a.tasks, r[0].label, a.oracle);
         bad = compare_sets(&r[0].state, &r[1].state, &r[2].state, 1e-4, label);
     } else {
         fprintf(stderr, "gpu_compare: %s\n", err.message);
@@ -363,17 +392,21 @@ static void print_profile(Backend *b, const double *kernel_ms, double step_ms, i
     for (int i = 0; i < n; i++) t[i] = (KernelTime){i, kernel_ms[i]}, sum += kernel_ms[i];
     for (int i = 0; i < n; i++) flops += kernel_flops(&cg->prog.kernels[i]);
     qsort(t, (size_t)n, sizeof *t, by_time);
-    printf("step (graph replay, median): %.3f ms; kernels alone sum to %.3f ms; %d kernels; %.2f GFLOP "
-           "-> %.1f GFLOP/s\n", step_ms, sum, n, flops / 1e9, flops / 1e6 / step_ms);
-    printf("%-26s %-34s %-18s %9s %6s %10s %9s\n", "kernel", "function", "grid", "ms", "%", "GFLOP/s", "GB/s");
+    printf("step (graph replay, median): %.3f ms; kernels alone sum to %.3f ms; %d kernels; %.2f "
+           "GFLOP "
+           "-> %.1f GFLOP/s\n",
+           step_ms, sum, n, flops / 1e9, flops / 1e6 / step_ms);
+    printf("%-26s %-34s %-18s %9s %6s %10s %9s\n", "kernel", "function", "grid", "ms", "%",
+           "GFLOP/s", "GB/s");
     for (int r = 0; r < top && r < n; r++) {
         const Kernel *k = &cg->prog.kernels[t[r].kernel];
         const CudaLaunch *l = &code->launches[t[r].kernel];
         char grid[48];
         snprintf(grid, sizeof grid, "(%u,%u,%u)", l->grid[0], l->grid[1], l->grid[2]);
         double s = t[r].ms * 1e-3;
-        printf("%-26s %-34s %-18s %9.4f %6.1f %10.1f %9.1f\n", l->name, code->functions[l->function].name, grid,
-               t[r].ms, 100 * t[r].ms / sum, kernel_flops(k) / 1e9 / s,
+        printf("%-26s %-34s %-18s %9.4f %6.1f %10.1f %9.1f\n", l->name,
+               code->functions[l->function].name, grid, t[r].ms, 100 * t[r].ms / sum,
+               kernel_flops(k) / 1e9 / s,
                kernel_bytes(&cg->prog, k, (int)cg->plan.elem_size) / 1e9 / s);
     }
     free(t);
@@ -384,13 +417,24 @@ static int cmd_profile(int argc, char **argv) {
     int n_sets = 0, top = 15;
     CudaOptions o = cuda_default_options();
     for (int i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--top") && i + 1 < argc) top = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--no-fuse")) o.no_fuse = true;
-        else if (!strcmp(argv[i], "--set") && i + 1 < argc && n_sets < MAX_SETS) sets[n_sets++] = argv[++i];
-        else if (argv[i][0] != '-' && !graph) graph = argv[i];
-        else return fprintf(stderr, "usage: gpu_compare profile GRAPH.yaml [--top N] [--no-fuse] [--set K=V]\n"), 2;
+        if (!strcmp(argv[i], "--top") && i + 1 < argc)
+            top = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--no-fuse"))
+            o.no_fuse = true;
+        else if (!strcmp(argv[i], "--set") && i + 1 < argc && n_sets < MAX_SETS)
+            sets[n_sets++] = argv[++i];
+        else if (argv[i][0] != '-' && !graph)
+            graph = argv[i];
+        else
+            return fprintf(
+                       stderr,
+                       "usage: gpu_compare profile GRAPH.yaml [--top N] [--no-fuse] [--set K=V]\n"),
+                   2;
     }
-    if (!graph) return fprintf(stderr, "usage: gpu_compare profile GRAPH.yaml [--top N] [--no-fuse] [--set K=V]\n"), 2;
+    if (!graph)
+        return fprintf(stderr,
+                       "usage: gpu_compare profile GRAPH.yaml [--top N] [--no-fuse] [--set K=V]\n"),
+               2;
     GraphSpec spec = {0};
     Graph g;
     graph_init(&g);
@@ -407,12 +451,14 @@ static int cmd_profile(int argc, char **argv) {
     if (rc == 0) rc = cuda_backend_open(&g, PREC_F32, &o, &b, &err);
     if (rc == 0) rc = backend_run(b, &in, &out, &err);
     if (rc == 0) rc = cuda_backend_time_steps(b, REPS, steps, &err);
-    if (rc == 0 && !(kernel_ms = calloc((size_t)cuda_backend_compiled(b)->prog.n_kernels + 1, sizeof *kernel_ms)))
+    if (rc == 0 && !(kernel_ms = calloc((size_t)cuda_backend_compiled(b)->prog.n_kernels + 1,
+                                        sizeof *kernel_ms)))
         rc = maml_fail(&err, "out of memory");
     if (rc == 0) rc = cuda_backend_time_kernels(b, 10, kernel_ms, &err);
     if (rc == 0) {
         qsort(steps, REPS, sizeof *steps, cmp_double);
-        printf("profile %s (meta_batch %d%s)\n", graph, spec.maml.meta_batch, o.no_fuse ? ", unfused" : "");
+        printf("profile %s (meta_batch %d%s)\n", graph, spec.maml.meta_batch,
+               o.no_fuse ? ", unfused" : "");
         print_profile(b, kernel_ms, steps[REPS / 2], top);
     } else {
         fprintf(stderr, "gpu_compare: %s\n", err.message);
@@ -431,7 +477,8 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "tensors")) return cmd_tensors(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "steps")) return cmd_steps(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "profile")) return cmd_profile(argc - 2, argv + 2);
-    fprintf(stderr, "usage: gpu_compare device | tensors GOT WANT64 [REF32] [--bound B] | steps GRAPH.yaml [...] "
+    fprintf(stderr, "usage: gpu_compare device | tensors GOT WANT64 [REF32] [--bound B] | steps "
+                    "GRAPH.yaml [...] "
                     "| profile GRAPH.yaml [...]\n");
     return 2;
 }

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -82,7 +83,8 @@ template <size_t N> static void call_n_args() {
     call_with(std::make_index_sequence<N>{});
 }
 
-template <size_t... N> static std::array<void (*)(), sizeof...(N)> callers(std::index_sequence<N...>) {
+template <size_t... N>
+static std::array<void (*)(), sizeof...(N)> callers(std::index_sequence<N...>) {
     return {{&call_n_args<N>...}};
 }
 
@@ -100,10 +102,12 @@ __asm__(".text\n"
         ".local emu_switch\n"
         ".type emu_switch, @function\n"
         "emu_switch:\n"
-        "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n    pushq %r13\n    pushq %r14\n    pushq %r15\n"
+        "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n"
+        "    pushq %r13\n    pushq %r14\n    pushq %r15\n"
         "    movq %rsp, (%rdi)\n"
         "    movq %rsi, %rsp\n"
-        "    popq %r15\n    popq %r14\n    popq %r13\n    popq %r12\n    popq %rbx\n    popq %rbp\n"
+        "    popq %r15\n    popq %r14\n    popq %r13\n"
+        "    popq %r12\n    popq %rbx\n    popq %rbp\n"
         "    ret\n"
         ".size emu_switch, .-emu_switch\n");
 #define EMU_FAST_SWITCH 1
@@ -242,10 +246,14 @@ static inline float __int_as_float(int i) {
     return f;
 }
 
+__attribute__((destructor)) static void emu_unmap_stacks() {
+    if (emu::stacks) munmap(emu::stacks, (size_t)emu::MAX_THREADS * emu::STACK);
+}
+
 /* Runs fn over the grid; coroutines: the kernel has barriers or shuffles. Returns 0, or -1 with
  * the failure in err. */
-extern "C" int emu_launch(void (*fn)(), const unsigned grid[3], const unsigned block[3], void **args,
-                          int n_args, int coroutines, char *err, int err_size) {
+extern "C" int emu_launch(void (*fn)(), const unsigned grid[3], const unsigned block[3],
+                          void **args, int n_args, int coroutines, char *err, int err_size) {
     using namespace emu;
     failure[0] = 0;
     n_threads = (int)(block[0] * block[1] * block[2]);
@@ -253,9 +261,14 @@ extern "C" int emu_launch(void (*fn)(), const unsigned grid[3], const unsigned b
         snprintf(err, (size_t)err_size, "block of %d threads or %d arguments", n_threads, n_args);
         return -1;
     }
-    if (!stacks && !(stacks = (char *)malloc((size_t)MAX_THREADS * STACK))) {
-        snprintf(err, (size_t)err_size, "out of memory for coroutine stacks");
-        return -1;
+    if (!stacks) { /* mapped, not malloc'ed: released when the object is unloaded */
+        void *m = mmap(nullptr, (size_t)MAX_THREADS * STACK, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) {
+            snprintf(err, (size_t)err_size, "cannot map the coroutine stacks");
+            return -1;
+        }
+        stacks = (char *)m;
     }
     emu::coroutines = coroutines != 0;
     call_fn = fn, call_args = args, call_n = n_args;
