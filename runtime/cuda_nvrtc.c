@@ -152,6 +152,9 @@ static int build_options(const NvrtcImage *img, const NvrtcOptions *opt, OptionL
     const char *defaults[] = {o->arch, "-default-device", "-std=c++17", "-lineinfo"};
     o->n = 0;
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) o->list[o->n++] = defaults[i];
+    /* For accuracy experiments: no contraction of a*b+c into one rounding. */
+    const char *fmad = getenv("MAMLC_NVRTC_FMAD");
+    if (fmad && strcmp(fmad, "0") == 0) o->list[o->n++] = "--fmad=false";
     if (opt->n_options > MAX_OPTIONS - o->n)
         return maml_fail(err, "nvrtc: too many options (%d)", opt->n_options);
     for (int i = 0; i < opt->n_options; i++) o->list[o->n++] = opt->options[i];

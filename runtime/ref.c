@@ -1,6 +1,9 @@
 /* Reference interpreter: every node is a dense double array, computed by the plainest loops that
- * express the primitive's definition. float32 runs round each stored value to float. Buffers are
- * freed after their last consumer, so the unrolled MAML graphs fit in memory. */
+ * express the primitive's definition. float32 runs compute as a plain float32 program would:
+ * every stored value is rounded to float, and so is every partial sum and product of the
+ * reductions (sequential order, no fused multiply-add), so that ref in float32 against ref in
+ * float64 measures float32's own rounding, accumulators included. Buffers are freed after their
+ * last consumer, so the unrolled MAML graphs fit in memory. */
 #include "ref.h"
 
 #include <math.h>
@@ -32,6 +35,15 @@ static int64_t offset_in(int64_t flat, Shape s, const int64_t *st) {
         flat /= s.dims[i];
     }
     return off;
+}
+
+/* s + a*b, in float32 (product and sum each rounded) when f32 is set. */
+static inline double mul_add(bool f32, double s, double a, double b) {
+    return f32 ? (double)((float)s + (float)(a * b)) : s + a * b;
+}
+
+static inline double add(bool f32, double s, double v) {
+    return f32 ? (double)((float)s + (float)v) : s + v;
 }
 
 static double *in_val(Interp *in, const Node *n, int k) {
@@ -87,7 +99,7 @@ static void run_reduce(Interp *in, const Node *n, double *out) {
     for (int64_t i = 0; i < count; i++) out[i] = n->op == OP_REDUCE_SUM ? 0.0 : -INFINITY;
     for (int64_t i = 0, total = shape_numel(xs); i < total; i++) {
         double *o = &out[offset_in(i, xs, st)];
-        *o = n->op == OP_REDUCE_SUM ? *o + x[i] : fmax(*o, x[i]);
+        *o = n->op == OP_REDUCE_SUM ? add(in->prec == PREC_F32, *o, x[i]) : fmax(*o, x[i]);
     }
 }
 
@@ -115,6 +127,7 @@ static void run_matmul(Interp *in, const Node *n, double *out) {
     int64_t k = n->attr.trans_a ? as.dims[r - 2] : as.dims[r - 1];
     int64_t batch = shape_numel(n->shape) / (m * nn);
     const double *a = in_val(in, n, 0), *b = in_val(in, n, 1);
+    bool f32 = in->prec == PREC_F32;
     for (int64_t p = 0; p < batch; p++) {
         const double *ap = a + p * m * k, *bp = b + p * k * nn;
         for (int64_t i = 0; i < m; i++)
@@ -123,7 +136,7 @@ static void run_matmul(Interp *in, const Node *n, double *out) {
                 for (int64_t q = 0; q < k; q++) {
                     double av = n->attr.trans_a ? ap[q * m + i] : ap[i * k + q];
                     double bv = n->attr.trans_b ? bp[j * k + q] : bp[q * nn + j];
-                    s += av * bv;
+                    s = mul_add(f32, s, av, bv);
                 }
                 out[(p * m + i) * nn + j] = s;
             }
@@ -136,11 +149,12 @@ static void run_matmul(Interp *in, const Node *n, double *out) {
 typedef struct {
     int64_t T, N, C, H, W, O, KH, KW, HO, WO;
     int stride, pad;
+    bool f32; /* accumulate in float32 */
 } ConvDims;
 
-static ConvDims conv_dims(Shape x, Shape w, Shape y, const Attr *a) {
+static ConvDims conv_dims(Shape x, Shape w, Shape y, const Attr *a, bool f32) {
     ConvDims d = {x.dims[0], x.dims[1], x.dims[2], x.dims[3], x.dims[4], w.dims[1],
-                  w.dims[3], w.dims[4], y.dims[3], y.dims[4], a->stride, a->padding};
+                  w.dims[3], w.dims[4], y.dims[3], y.dims[4], a->stride, a->padding, f32};
     return d;
 }
 
@@ -166,9 +180,9 @@ static void conv_tap(OpKind op, const ConvDims *d, int64_t kh, int64_t kw, const
         int64_t xr = xb + (i * d->stride - d->pad + kh) * d->W - d->pad + kw, yr = yb + i * d->WO;
         for (int64_t j = j0; j < j1; j++) {
             int64_t xi = xr + j * d->stride, yi = yr + j;
-            if (op == OP_CONV2D) dst[yi] += x[xi] * w[wi];
-            else if (op == OP_CONV2D_GRAD_INPUT) dst[xi] += y[yi] * w[wi];
-            else dst[wi] += x[xi] * y[yi];
+            if (op == OP_CONV2D) dst[yi] = mul_add(d->f32, dst[yi], x[xi], w[wi]);
+            else if (op == OP_CONV2D_GRAD_INPUT) dst[xi] = mul_add(d->f32, dst[xi], y[yi], w[wi]);
+            else dst[wi] = mul_add(d->f32, dst[wi], x[xi], y[yi]);
         }
     }
 }
@@ -187,7 +201,7 @@ static void run_conv_family(Interp *in, const Node *n, double *out) {
         xs = a->shape, ys = b->shape, ws = n->shape;
         x = in_val(in, n, 0), y = in_val(in, n, 1);
     }
-    ConvDims d = conv_dims(xs, ws, ys, &n->attr);
+    ConvDims d = conv_dims(xs, ws, ys, &n->attr, in->prec == PREC_F32);
     memset(out, 0, (size_t)shape_numel(n->shape) * sizeof *out);
     for (int64_t t = 0; t < d.T; t++)
         for (int64_t nn = 0; nn < d.N; nn++)
@@ -224,7 +238,7 @@ static void run_pool_family(Interp *in, const Node *n, double *out) {
                 int64_t oi = (p * HO + i) * WO + j;
                 if (n->op == OP_MAX_POOL2D) out[oi] = x[best];
                 else if (n->op == OP_POOL_GATHER) out[oi] = z[best];
-                else out[best] += z[oi];
+                else out[best] = add(in->prec == PREC_F32, out[best], z[oi]);
             }
 }
 

@@ -9,6 +9,7 @@
 #               backend in float64, which the test suite holds to ref within 1e-12)
 #   sanitizer   compute-sanitizer memcheck, synccheck and racecheck on one meta-gradient
 #   bench       `mamlc bench --backend cuda` on the shipped graphs, and the seed's slowest kernels
+#   pytorch     examples/pytorch_seed_maml.py --device cuda (q 1 and 15) against the bench figures
 # then a short table. Usage:
 #   scripts/gpu_check.sh [LOG_DIR]
 # LOG_DIR (default $OUT when set, else build/gpu-check) receives gpu_check.log (everything printed)
@@ -18,13 +19,17 @@
 # build/gpucheck along. Fixtures come from $MAMLC_FIXTURES, ../shared/fixtures/pytorch_maml or
 # build/gpucheck/fixtures. GPU_CHECK_BACKEND=cpu runs the same script on the cpu backend (a dry run
 # of the script itself on a machine without a GPU; the device-only parts are skipped);
-# GPU_CHECK_STEPS (default 10) and GPU_CHECK_REPS (default 30) shorten such a run.
+# GPU_CHECK_STEPS (default 10) and GPU_CHECK_REPS (default 30) shorten such a run;
+# GPU_CHECK_SANITIZERS (default "memcheck synccheck racecheck") picks compute-sanitizer's tools
+# ("" for none); GPU_CHECK_PYTHON (default python3) runs the PyTorch side ("" to skip it).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 LOG_DIR=${1:-${OUT:-build/gpu-check}}
 BACKEND=${GPU_CHECK_BACKEND:-cuda}
 STEPS=${GPU_CHECK_STEPS:-10}
 REPS=${GPU_CHECK_REPS:-30}
+SANITIZERS=${GPU_CHECK_SANITIZERS-memcheck synccheck racecheck}
+PYTHON=${GPU_CHECK_PYTHON-python3}
 mkdir -p "$LOG_DIR"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 exec > >(tee "$LOG_DIR/gpu_check.log") 2>&1
@@ -160,11 +165,23 @@ else
     done
 fi
 
+# ---- track: each step from the float64 trajectory (one wrong step vs accumulated drift) ---------
+if [ "$BACKEND" = cuda ]; then
+    section "track: omniglot_5w1s, every step from ref's float64 state"
+    timeout 120 "$CMP" track graphs/omniglot_5w1s.yaml --backend cuda --oracle ref --steps "$STEPS" \
+        --tasks 2 --dump "$LOG_DIR/track_5w1s_worst_state.safetensors"
+    case $? in
+    0) result "track omniglot_5w1s" "ok (every step within its bound)" ;;
+    1) result "track omniglot_5w1s" "FAIL (a step over its bound; see the log)" ;;
+    *) result "track omniglot_5w1s" "FAIL: gpu_compare track failed" ;;
+    esac
+fi
+
 # ---- sanitizers (while the reference runs finish) -------------------------------------------------
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ "$BACKEND" = cuda ] && [ -n "$CS" ] && [ -n "$FIX" ]; then
-    for tl in memcheck:90 synccheck:60 racecheck:120; do
-        tool=${tl%%:*} limit=${tl##*:}
+    for tool in $SANITIZERS; do
+        case $tool in racecheck) limit=120 ;; memcheck) limit=90 ;; *) limit=60 ;; esac
         section "compute-sanitizer --tool $tool on one meta-gradient (kernels one at a time; at most ${limit}s)"
         MAMLC_CUDA_SYNC=1 timeout "$limit" "$CS" --tool "$tool" --error-exitcode 9 --print-limit 20 \
             "$MAMLC" grad graphs/omniglot_seed.yaml --params "$FIX/params_p5_default.safetensors" \
@@ -177,7 +194,7 @@ if [ "$BACKEND" = cuda ] && [ -n "$CS" ] && [ -n "$FIX" ]; then
         *) result "sanitizer $tool" "FAIL: exit status $rc (see the log)" ;;
         esac
     done
-elif [ "$BACKEND" = cuda ]; then
+elif [ "$BACKEND" = cuda ] && [ -n "$SANITIZERS" ]; then
     result sanitizers "skipped (no compute-sanitizer or no fixtures)"
 fi
 
@@ -232,6 +249,21 @@ for b in "${BENCHES[@]}"; do
     result "bench $name" "$(field "$f" step_ms_median) ms per step"
 done
 cat "$WORK/bench_table.txt"
+if [ "$BACKEND" = cuda ] && [ -n "$PYTHON" ]; then
+    section "pytorch: examples/pytorch_seed_maml.py --device cuda, the seed's step side by side"
+    for q in 1 15; do
+        name=seed_q$q
+        [ -f "$WORK/bench_$name.json" ] || continue
+        timeout 120 "$PYTHON" examples/pytorch_seed_maml.py --device cuda --q-query "$q" --steps 20 \
+            --warmup 5 --mamlc-json "$WORK/bench_$name.json" --json >"$WORK/torch_$name.json" \
+            2>"$WORK/torch_$name.err"
+        rc=$?
+        cat "$WORK/torch_$name.json" "$WORK/torch_$name.err"
+        if [ $rc != 0 ]; then result "pytorch $name" "FAIL: exit status $rc"; continue; fi
+        { echo "== pytorch $name"; cat "$WORK/torch_$name.json"; } >>"$LOG_DIR/bench.txt"
+        result "pytorch $name" "$(field "$WORK/torch_$name.json" step_ms_median) ms per step; mamlc $(field "$WORK/torch_$name.json" speedup_mamlc_over_torch)x faster"
+    done
+fi
 if [ "$BACKEND" = cuda ]; then
     section "profile: the seed's slowest kernels"
     timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --top 20 || result profile "FAIL: gpu_compare profile failed"

@@ -13,7 +13,12 @@
  * so that max-pool windows hold no near-ties) on the backend, on the oracle in float64 and on the
  * oracle in float32, side by side on three threads, each feeding its updated parameters and Adam
  * state back; then `tensors` on the final state. The oracle is ref, or cpu where ref would take
- * minutes (the test suite holds cpu in float64 to ref within 1e-12). gpu_compare profile GRAPH.yaml
+ * minutes (the test suite holds cpu in float64 to ref within 1e-12).
+ *   gpu_compare track GRAPH.yaml [same options as steps] [--dump FILE]
+ *       the same steps, but every run starts each step from the oracle's float64 state, so one
+ *       wrong step stands out from accumulated drift; checks the backend repeats a step bitwise
+ *       and writes the worst step's inputs to FILE.
+ *   gpu_compare profile GRAPH.yaml
  * [--top 15] [--no-fuse] [--set K=V ...] the cuda backend at the graph's meta-batch: the captured
  * step replayed (CUDA events), then every kernel timed alone; the slowest kernels with their
  * achieved FLOP/s and bytes/s. */
@@ -115,13 +120,15 @@ static void errors(const Tensor *got, const Tensor *want, double scale, double *
     *l2_rel = den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* Prints one line per tensor of want; returns the number over their bound (-1: a tensor missing).
- */
-static int compare_sets(const TensorSet *got, const TensorSet *want, const TensorSet *ref32,
-                        double bound, const char *label) {
+/* Prints one line per tensor of want (unless quiet) and a summary; returns the number over their
+ * bound (-1: a tensor missing); *worst_out (if given) gets the largest error/bound. */
+static int compare_sets_worst(const TensorSet *got, const TensorSet *want, const TensorSet *ref32,
+                              double bound, const char *label, bool quiet, double *worst_out) {
     int bad = 0;
     double worst = 0;
-    printf("%-36s %12s %12s %12s  %s\n", "tensor", "max rel err", "bound", "l2 rel err", label);
+    if (!quiet)
+        printf("%-36s %12s %12s %12s  %s\n", "tensor", "max rel err", "bound", "l2 rel err",
+               label);
     for (int i = 0; i < want->n; i++) {
         const Tensor *w = &want->items[i], *g = tensorset_find(got, w->name);
         if (!g || !shape_equal(g->shape, w->shape)) {
@@ -139,11 +146,18 @@ static int compare_sets(const TensorSet *got, const TensorSet *want, const Tenso
         bool ok = e <= b;
         bad += !ok;
         worst = fmax(worst, e / b);
-        printf("%-36s %12.3g %12.3g %12.3g  %s\n", w->name, e, b, l2, ok ? "ok" : "OVER");
+        if (!quiet || !ok)
+            printf("%-36s %12.3g %12.3g %12.3g  %s\n", w->name, e, b, l2, ok ? "ok" : "OVER");
     }
     printf("%s: %d of %d tensors over their bound; worst error/bound %.3g\n", label, bad, want->n,
            worst);
+    if (worst_out) *worst_out = worst;
     return bad;
+}
+
+static int compare_sets(const TensorSet *got, const TensorSet *want, const TensorSet *ref32,
+                        double bound, const char *label) {
+    return compare_sets_worst(got, want, ref32, bound, label, false, NULL);
 }
 
 static int read_set(const char *path, TensorSet *set) {
@@ -366,6 +380,137 @@ static int cmd_steps(int argc, char **argv) {
     return rc ? 2 : bad ? 1 : 0;
 }
 
+/* ---- track ---- */
+
+/* A float32 copy of a state (integer tensors kept). */
+static int copy_f32(const TensorSet *from, TensorSet *to, MamlError *err) {
+    tensorset_init(to);
+    for (int k = 0; k < from->n; k++) {
+        const Tensor *t = &from->items[k];
+        bool real = t->dtype == TENSOR_F32 || t->dtype == TENSOR_F64;
+        Tensor *c = tensorset_add(to, t->name, real ? TENSOR_F32 : t->dtype, t->shape, NULL, err);
+        if (!c) return -1;
+        for (int64_t q = 0, n = shape_numel(t->shape); q < n; q++) tensor_set(c, q, tensor_get(t, q));
+    }
+    return 0;
+}
+
+/* Whether two output sets are bitwise equal. */
+static bool same_bits(const TensorSet *a, const TensorSet *b) {
+    if (a->n != b->n) return false;
+    for (int i = 0; i < a->n; i++) {
+        const Tensor *x = &a->items[i], *y = tensorset_find(b, x->name);
+        if (!y || !shape_equal(x->shape, y->shape)) return false;
+        for (int64_t k = 0, n = shape_numel(x->shape); k < n; k++) {
+            double u = tensor_get(x, k), v = tensor_get(y, k);
+            if (memcmp(&u, &v, sizeof u) != 0) return false;
+        }
+    }
+    return true;
+}
+
+typedef struct {
+    Backend *b[3]; /* backend f32, oracle f64, oracle f32 */
+    TensorSet out[3], state64, s32, worst_state;
+    double worst;
+    int worst_step;
+} Track;
+
+/* One step of every run on the same state; compares; advances the state along float64. */
+static int track_step(Track *t, int step, bool check_repeat, MamlError *err) {
+    for (int i = 0; i < 3; i++) {
+        tensorset_free(&t->out[i]);
+        tensorset_init(&t->out[i]);
+    }
+    tensorset_free(&t->s32);
+    if (copy_f32(&t->state64, &t->s32, err)) return -1;
+    if (backend_run(t->b[0], &t->s32, &t->out[0], err) ||
+        backend_run(t->b[1], &t->state64, &t->out[1], err) ||
+        backend_run(t->b[2], &t->s32, &t->out[2], err))
+        return -1;
+    if (check_repeat) {
+        TensorSet again;
+        tensorset_init(&again);
+        int rc = backend_run(t->b[0], &t->s32, &again, err);
+        if (rc == 0)
+            printf("deterministic: %s (the same step run twice)\n",
+                   same_bits(&t->out[0], &again) ? "yes, bitwise" : "NO: the outputs differ");
+        tensorset_free(&again);
+        if (rc) return -1;
+    }
+    char label[96];
+    snprintf(label, sizeof label, "step %d from the float64 trajectory", step);
+    double worst = 0;
+    compare_sets_worst(&t->out[0], &t->out[1], &t->out[2], 1e-4, label, true, &worst);
+    if (worst > t->worst) {
+        t->worst = worst, t->worst_step = step;
+        tensorset_free(&t->worst_state);
+        if (copy_f32(&t->s32, &t->worst_state, err)) return -1;
+    }
+    feed_back(&t->state64, &t->out[1]);
+    return 0;
+}
+
+/* gpu_compare track GRAPH.yaml [--backend cuda] [--oracle ref] [--steps 10] [--tasks 2]
+ *     [--dump FILE] [--set K=V ...]
+ * Each step's outputs on the oracle's own float64 trajectory: at every step the backend, the
+ * oracle in float64 and in float32 run on the same state, so a step that computes something wrong
+ * stands out from the drift that accumulates in `steps`. Checks that the backend repeats a step
+ * bitwise, and writes the state (inputs) of the worst step to FILE for reproducing it elsewhere. */
+static int cmd_track(int argc, char **argv) {
+    StepArgs a;
+    const char *dump = NULL;
+    int kept = 0;
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i];
+        else argv[kept++] = argv[i];
+    if (parse_steps(kept, argv, &a)) {
+        fprintf(stderr, "usage: gpu_compare track GRAPH.yaml [--backend cuda] [--oracle ref|cpu] "
+                        "[--steps 10] [--tasks 2] [--dump FILE] [--set K=V ...]\n");
+        return 2;
+    }
+    char batch[64];
+    snprintf(batch, sizeof batch, "maml.meta_batch=%d", a.tasks);
+    a.sets[a.n_sets++] = batch;
+    GraphSpec spec = {0};
+    Graph g;
+    graph_init(&g);
+    Track t;
+    memset(&t, 0, sizeof t);
+    tensorset_init(&t.state64);
+    tensorset_init(&t.s32);
+    tensorset_init(&t.worst_state);
+    for (int i = 0; i < 3; i++) tensorset_init(&t.out[i]);
+    MamlError err;
+    char why[1200];
+    int rc = spec_load(a.graph, a.sets, a.n_sets, &spec, &err);
+    if (rc == 0) rc = maml_build(&spec, MAML_TRAIN_STEP, a.tasks, &g, NULL, &err);
+    if (rc == 0) rc = bench_inputs(&spec, &g, 7, &t.state64, &err);
+    if (rc == 0) noise_images(&t.state64);
+    const char *names[3] = {a.backend, a.oracle, a.oracle};
+    Precision precs[3] = {PREC_F32, PREC_F64, PREC_F32};
+    for (int i = 0; rc == 0 && i < 3; i++)
+        rc = backend_open(names[i], &g, precs[i], &t.b[i], why, sizeof why, &err);
+    for (int s = 1; rc == 0 && s <= a.steps; s++) rc = track_step(&t, s, s == 1, &err);
+    if (rc == 0) {
+        printf("%s (T=%d): worst step %d, error/bound %.3g\n", a.graph, a.tasks, t.worst_step,
+               t.worst);
+        if (dump && t.worst_state.n) rc = safetensors_write(dump, &t.worst_state, &err);
+        if (rc == 0 && dump) printf("wrote the state of step %d to %s\n", t.worst_step, dump);
+    }
+    if (rc) fprintf(stderr, "gpu_compare: %s\n", err.message);
+    for (int i = 0; i < 3; i++) {
+        backend_close(t.b[i]);
+        tensorset_free(&t.out[i]);
+    }
+    tensorset_free(&t.state64);
+    tensorset_free(&t.s32);
+    tensorset_free(&t.worst_state);
+    graph_free(&g);
+    spec_free(&spec);
+    return rc ? 2 : t.worst > 1 ? 1 : 0;
+}
+
 /* ---- profile ---- */
 
 typedef struct {
@@ -476,9 +621,10 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "device")) return cmd_device();
     if (argc >= 2 && !strcmp(argv[1], "tensors")) return cmd_tensors(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "steps")) return cmd_steps(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "track")) return cmd_track(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "profile")) return cmd_profile(argc - 2, argv + 2);
     fprintf(stderr, "usage: gpu_compare device | tensors GOT WANT64 [REF32] [--bound B] | steps "
                     "GRAPH.yaml [...] "
-                    "| profile GRAPH.yaml [...]\n");
+                    "| track GRAPH.yaml [...] | profile GRAPH.yaml [...]\n");
     return 2;
 }

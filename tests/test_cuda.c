@@ -1776,6 +1776,11 @@ Test(cuda_emu, seed_functions_at_the_shipped_size_match_the_c_kernels, .timeout 
     emu_functions_match_c_at_size("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP);
 }
 
+Test(cuda_emu, strided_functions_at_the_shipped_size_match_the_c_kernels, .timeout = 1200) {
+    skip_under_sanitizers();
+    emu_functions_match_c_at_size("graphs/omniglot_5w1s.yaml", MAML_TRAIN_STEP);
+}
+
 static void read_fixture_set(const char *file, TensorSet *set) {
     char rel[256];
     snprintf(rel, sizeof rel, "fixtures/pytorch_maml/%s", file);
