@@ -141,18 +141,22 @@ bench-cpu: all
 # `make gpu-check`: on a machine with a GPU, the CUDA checks and the benchmark in one go
 # (scripts/gpu_check.sh: fixtures and 10 training steps against ref, compute-sanitizer, mamlc bench,
 # a table last; full log in build/gpu-check/gpu_check.log). `make gpu-check-prep` builds what the
-# script runs and gathers the PyTorch fixtures and libgomp into build/gpucheck/, for a GPU machine
+# script runs and gathers the PyTorch fixtures, libgomp and the device tests' libraries (Criterion and
+# its dependencies, in gpucheck/testlib: only the tests see them) into build/gpucheck/, for a GPU machine
 # that has neither the build dependencies nor ../shared (carry mamlc, build/gpu_compare and
-# build/gpucheck there and run scripts/gpu_check.sh).
+# build/gpucheck, build/tests/test_cuda and build/tests/test_faults there and run scripts/gpu_check.sh).
 SHARED ?= ../shared
 $(BUILD)/gpu_compare: scripts/gpu_compare.c $(BUILD)/libmamlc.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)
 
 .PHONY: gpu-check gpu-check-prep
-gpu-check-prep: all $(BUILD)/gpu_compare
-	@mkdir -p $(BUILD)/gpucheck/fixtures $(BUILD)/gpucheck/lib
-	cp -f $(SHARED)/fixtures/pytorch_maml/* $(BUILD)/gpucheck/fixtures/
+gpu-check-prep: all $(BUILD)/gpu_compare $(BUILD)/tests/test_cuda $(BUILD)/tests/test_faults
+	@mkdir -p $(BUILD)/gpucheck/shared/fixtures/pytorch_maml $(BUILD)/gpucheck/lib $(BUILD)/gpucheck/testlib
+	cp -f $(SHARED)/fixtures/pytorch_maml/* $(BUILD)/gpucheck/shared/fixtures/pytorch_maml/
 	cp -f "$$($(CC) -print-file-name=libgomp.so.1)" $(BUILD)/gpucheck/lib/
+	ldd $(BUILD)/tests/test_cuda $(BUILD)/tests/test_faults | awk '/=> \// {print $$3}' | \
+	    grep -Ev '/(libc|libm|libdl|libpthread|librt|libgomp)\.so' | sort -u | \
+	    xargs -r cp -fL -t $(BUILD)/gpucheck/testlib/
 
 gpu-check: all $(BUILD)/gpu_compare
 	scripts/gpu_check.sh

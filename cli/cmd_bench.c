@@ -7,6 +7,7 @@
 #include "bench.h"
 #include "cli.h"
 #include "cpu_backend.h"
+#include "cuda_backend.h"
 #include "maml.h"
 #include "pipeline.h"
 
@@ -18,11 +19,13 @@ typedef struct {
     int reps, warmup, kernel_reps, top;
     unsigned long long seed;
     Overrides overrides;
+    BackendFlags flags;
 } BenchArgs;
 
 #define USAGE                                                                                      \
-    "usage: mamlc bench GRAPH.yaml [--backend cpu|ref|cuda|auto] [--json] [--no-fuse] [--reps N] " \
-    "[--warmup N] [--kernel-reps N] [--top N] [--seed S] [--set K=V]"
+    "usage: mamlc bench GRAPH.yaml [--backend cpu|ref|cuda|auto] [--conv generated|cudnn|auto] "   \
+    "[--require-cache] [--json] [--no-fuse] [--reps N] [--warmup N] [--kernel-reps N] [--top N] "  \
+    "[--seed S] [--set K=V]"
 
 /* Parses the value of an integer option into *v (>= lo). */
 static int int_value(const char *opt, const char *text, int lo, int *v) {
@@ -75,6 +78,7 @@ static int parse_args(int argc, char **argv, BenchArgs *a) {
                      .seed = 1206};
     for (int i = 1; i < argc; i++) {
         int taken = cli_take_override(argc, argv, &i, &a->overrides);
+        if (taken == 0) taken = cli_take_backend_flag(argc, argv, &i, &a->flags);
         if (taken == 0) taken = parse_valued(argc, argv, &i, a);
         if (taken < 0) return -1;
         if (taken) continue;
@@ -96,7 +100,8 @@ static int parse_args(int argc, char **argv, BenchArgs *a) {
     if (a->kernel_reps < 0) a->kernel_reps = a->reps;
     static const char *backends[] = {"cpu", "ref", "cuda", "auto"};
     for (int k = 0; k < 4; k++)
-        if (strcmp(a->backend, backends[k]) == 0) return 0;
+        if (strcmp(a->backend, backends[k]) == 0)
+            return cli_apply_backend_flags("bench", &a->flags, a->backend);
     cli_error("bench: unknown backend '%s' (expected cpu, ref, cuda or auto)", a->backend);
     return -1;
 }
@@ -145,6 +150,12 @@ static int prepare(const BenchArgs *a, BenchState *s, MamlError *err) {
 static void report(const BenchArgs *a, BenchState *s, const BenchResult *r) {
     MachinePeak peak;
     bench_machine_peak(&peak);
+    CudaBackendInfo info;
+    MamlError ignored;
+    if (cuda_backend_info(s->backend, &info, &ignored) == 0 && info.peak_gflops > 0) {
+        peak.peak_gflops = info.peak_gflops; /* the GPU's, not the host's */
+        snprintf(peak.assumption, sizeof peak.assumption, "%s", info.peak_assumption);
+    }
     const CompiledGraph *c = cpu_backend_compiled(s->backend);
     const GraphSpec *sp = &s->spec;
     BenchContext ctx = {

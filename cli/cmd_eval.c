@@ -15,11 +15,13 @@
 
 #define EVAL_USAGE                                                                                 \
     "usage: mamlc eval GRAPH.yaml --checkpoint C.safetensors [--data DIR] [--tasks N]\n"           \
-    "        [--backend auto|cuda|cpu|ref] [--tasks-per-run N] [--seed S] [--set KEY=VALUE ...]"
+    "        [--backend auto|cuda|cpu|ref] [--conv generated|cudnn|auto] [--require-cache]\n"      \
+    "        [--tasks-per-run N] [--seed S] [--set KEY=VALUE ...]"
 
 typedef struct {
     const char *graph, *checkpoint, *data, *backend, *tasks, *per_run, *seed;
     Overrides overrides;
+    BackendFlags flags;
 } EvalArgs;
 
 static int parse_args(int argc, char **argv, EvalArgs *a) {
@@ -27,6 +29,7 @@ static int parse_args(int argc, char **argv, EvalArgs *a) {
     a->backend = "auto";
     for (int i = 1; i < argc; i++) {
         int taken = cli_take_override(argc, argv, &i, &a->overrides);
+        if (taken == 0) taken = cli_take_backend_flag(argc, argv, &i, &a->flags);
         if (taken < 0) return -1;
         if (taken) continue;
         const char *names[] = {"--checkpoint", "--data",          "--backend",
@@ -48,7 +51,7 @@ static int parse_args(int argc, char **argv, EvalArgs *a) {
         else
             a->graph = argv[i];
     }
-    if (a->graph && a->checkpoint) return 0;
+    if (a->graph && a->checkpoint) return cli_apply_backend_flags("eval", &a->flags, a->backend);
     cli_error(EVAL_USAGE);
     return -1;
 }

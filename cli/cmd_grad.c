@@ -12,6 +12,7 @@
 typedef struct {
     const char *graph, *params, *batch, *out, *backend, *dtype;
     Overrides overrides;
+    BackendFlags flags;
 } GradArgs;
 
 static int parse_args(int argc, char **argv, GradArgs *a) {
@@ -20,6 +21,7 @@ static int parse_args(int argc, char **argv, GradArgs *a) {
     a->dtype = "f32";
     for (int i = 1; i < argc; i++) {
         int taken = cli_take_override(argc, argv, &i, &a->overrides);
+        if (taken == 0) taken = cli_take_backend_flag(argc, argv, &i, &a->flags);
         if (taken < 0) return -1;
         if (taken) continue;
         const char **slot = NULL;
@@ -46,14 +48,15 @@ static int parse_args(int argc, char **argv, GradArgs *a) {
     }
     if (!a->graph || !a->params || !a->batch || !a->out) {
         cli_error("usage: mamlc grad GRAPH.yaml --params P.safetensors --batch B.safetensors "
-                  "--out G.safetensors [--backend ref|cpu|cuda|auto] [--dtype f32|f64] [--set K=V]");
+                  "--out G.safetensors [--backend ref|cpu|cuda|auto] [--conv generated|cudnn|auto] "
+                  "[--require-cache] [--dtype f32|f64] [--set K=V]");
         return -1;
     }
     if (strcmp(a->dtype, "f32") != 0 && strcmp(a->dtype, "f64") != 0) {
         cli_error("grad: --dtype must be f32 or f64, not '%s'", a->dtype);
         return -1;
     }
-    return 0;
+    return cli_apply_backend_flags("grad", &a->flags, a->backend);
 }
 
 /* Learnable inner learning rates absent from the parameters file start at maml.inner.lr. */

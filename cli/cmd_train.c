@@ -10,7 +10,8 @@
 
 #define TRAIN_USAGE                                                                                \
     "usage: mamlc train GRAPH.yaml [--data DIR] [--steps N] [--backend auto|cuda|cpu|ref]\n"       \
-    "        [--out RUN_DIR] [--resume] [--val-every N] [--val-tasks N] [--ckpt-every N]\n"        \
+    "        [--conv generated|cudnn|auto] [--require-cache] [--out RUN_DIR] [--resume] "          \
+    "[--val-every N] [--val-tasks N] [--ckpt-every N]\n"                                           \
     "        [--seed S] [--time-limit SECONDS] [--progress auto|bar|lines|quiet]\n"                \
     "        [--set KEY=VALUE ...]"
 
@@ -114,12 +115,14 @@ static int take_valued(int argc, char **argv, int *i, TrainOptions *o) {
 }
 
 static int parse_args(int argc, char **argv, TrainOptions *o, Overrides *ov) {
+    BackendFlags flags = {NULL, false};
     memset(o, 0, sizeof *o);
     memset(ov, 0, sizeof *ov);
     *o = (TrainOptions){
         .backend = "auto", .steps = 60000, .val_every = 500, .val_tasks = 100, .ckpt_every = 500};
     for (int i = 1; i < argc; i++) {
         int taken = cli_take_override(argc, argv, &i, ov);
+        if (taken == 0) taken = cli_take_backend_flag(argc, argv, &i, &flags);
         if (taken == 0) taken = take_valued(argc, argv, &i, o);
         if (taken < 0) return -1;
         if (taken) continue;
@@ -139,7 +142,7 @@ static int parse_args(int argc, char **argv, TrainOptions *o, Overrides *ov) {
     }
     o->overrides = ov->items;
     o->n_overrides = ov->n;
-    return 0;
+    return cli_apply_backend_flags("train", &flags, o->backend);
 }
 
 int cmd_train(int argc, char **argv) {

@@ -18,17 +18,22 @@ static const Command commands[] = {
      "        [--set KEY=VALUE ...]"},
     {"grad", cmd_grad,
      "grad GRAPH.yaml --params P.safetensors --batch B.safetensors --out G.safetensors\n"
-     "        [--backend ref|cpu|cuda|auto] [--dtype f32|f64] [--set KEY=VALUE ...]"},
+     "        [--backend ref|cpu|cuda|auto] [--conv generated|cudnn|auto] [--require-cache]\n"
+     "        [--dtype f32|f64] [--set KEY=VALUE ...]"},
     {"train", cmd_train,
      "train GRAPH.yaml [--data DIR] [--steps N] [--backend auto|cuda|cpu|ref] [--out RUN_DIR]\n"
+     "        [--conv generated|cudnn|auto] [--require-cache]\n"
      "        [--resume] [--val-every N] [--val-tasks N] [--ckpt-every N] [--seed S]\n"
      "        [--time-limit SECONDS] [--progress auto|bar|lines|quiet] [--set KEY=VALUE ...]"},
     {"eval", cmd_eval,
      "eval GRAPH.yaml --checkpoint C.safetensors [--data DIR] [--tasks N] [--backend ...]\n"
+     "        [--conv generated|cudnn|auto] [--require-cache]\n"
      "        [--tasks-per-run N] [--seed S] [--set KEY=VALUE ...]"},
     {"plot", cmd_plot, "plot RUN_DIR [-o FILE.svg]"},
     {"bench", cmd_bench,
-     "bench GRAPH.yaml [--backend cpu|ref|cuda|auto] [--json] [--no-fuse] [--reps N] [--warmup N]\n"
+     "bench GRAPH.yaml [--backend cpu|ref|cuda|auto] [--conv generated|cudnn|auto] "
+     "[--require-cache]\n"
+     "        [--json] [--no-fuse] [--reps N] [--warmup N]\n"
      "        [--kernel-reps N] [--top N] [--seed S] [--set KEY=VALUE ...]"},
 };
 

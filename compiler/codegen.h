@@ -32,18 +32,6 @@ int codegen_write_plan_json(FILE *f, const Graph *g, const KernelProgram *p, con
 int codegen_write_report(FILE *f, const Graph *g, const KernelProgram *p, const MemPlan *m,
                          MamlError *err);
 
-/* What codegen_write_cpu_dir made. */
-typedef struct {
-    int kernels, unfused_kernels, live_nodes;
-    long long arena_bytes, lower_bound;
-    double seconds; /* lowering, planning and rendering (not the C compiler) */
-} CpuCompileSummary;
-
-/* `mamlc compile --backend cpu`: lowers g with fusion, plans it for f32 (or f64) and writes
- * DIR/kernels.c, DIR/plan.json and DIR/report.txt. summary may be NULL. */
-int codegen_write_cpu_dir(const Graph *g, const char *dir, const char *source, bool f64,
-                          CpuCompileSummary *summary, MamlError *err);
-
 /* How the cuda backend launches one kernel of kernels.cu: 256 threads per block, static shared
  * memory only, the kernel's buffers as pointer parameters. */
 #define CUDA_MAX_ARGS 64

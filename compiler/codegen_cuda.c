@@ -1,10 +1,9 @@
 /* The CUDA renderer: the kernel IR rendered to one CUDA C file from templates/cuda/. Every piece
  * of kernel text comes from the templates; this file decides which sections to fill, with which
  * values, and how each kernel is launched (strategy, tiling, grid). */
-#include "codegen.h"
+#include "codegen_internal.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,40 +21,6 @@
 /* Blocks that keep the 132 SMs of an H100/H200 busy twice over: the template tilings shrink their
  * per-block work until a launch has about this many. */
 #define MIN_BLOCKS 264
-#define MAX_VARS 64
-
-typedef struct {
-    TmplVar v[MAX_VARS];
-    char store[MAX_VARS][64];
-    int n;
-} Vars;
-
-static void var_s(Vars *vs, const char *key, const char *value) {
-    if (vs->n == MAX_VARS) return; /* never reached: sections use far fewer */
-    vs->v[vs->n].key = key;
-    vs->v[vs->n++].value = value;
-}
-
-static void var_i(Vars *vs, const char *key, int64_t x) {
-    if (vs->n == MAX_VARS) return;
-    snprintf(vs->store[vs->n], sizeof vs->store[0], "%lld", (long long)x);
-    var_s(vs, key, vs->store[vs->n]);
-}
-
-typedef struct {
-    Templates tp;
-    const Graph *g;
-    const KernelProgram *p;
-    const MemPlan *m;
-    CudaCode *code;
-    MamlError *err;
-} Cg;
-
-static int render(Cg *c, const char *file, const char *section, const Vars *vs, bool trim,
-                  StrBuf *out) {
-    return template_render(&c->tp, file, section, vs ? vs->v : NULL, vs ? vs->n : 0, trim, out,
-                           c->err);
-}
 
 static int64_t ceil_div(int64_t a, int64_t b) {
     return (a + b - 1) / b;
@@ -63,17 +28,6 @@ static int64_t ceil_div(int64_t a, int64_t b) {
 
 static int64_t min64(int64_t a, int64_t b) {
     return a < b ? a : b;
-}
-
-/* "k12_mul: mul+exp (conv1.bn)" without comment terminators or newlines. */
-static void kernel_comment(const Cg *c, const Kernel *k, char *buf, int size) {
-    char what[400];
-    kernel_describe(c->g, k, what, sizeof what);
-    const char *origin = c->g->nodes[k->root].origin;
-    snprintf(buf, (size_t)size, "%s: %s%s%s%s", k->name, what, origin && *origin ? " (" : "",
-             origin ? origin : "", origin && *origin ? ")" : "");
-    for (char *q = buf; *q; q++)
-        if (*q == '\n' || *q == '\r') *q = ' ';
 }
 
 static void set_launch(CudaLaunch *l, int64_t gx, int64_t gy, int64_t gz) {
@@ -227,55 +181,11 @@ static int emit_index(const LoopPlan *L, const int *axes, int n, uint32_t mask, 
     return 0;
 }
 
-static void index_expr(const Kernel *k, const int64_t *strides, int64_t offset, StrBuf *out) {
-    bool any = false;
-    for (int a = 0; a < k->rank; a++) {
-        if (strides[a] == 0) continue;
-        if (any) sb_puts(out, " + ");
-        if (strides[a] == 1)
-            sb_printf(out, "i%d", a);
-        else
-            sb_printf(out, "i%d * %lld", a, (long long)strides[a]);
-        any = true;
-    }
-    if (offset || !any) sb_printf(out, "%s%lld", any ? " + " : "", (long long)offset);
-}
-
-/* A constant's text: the double's shortest exact form, cast to real as the C renderer does. */
-static int const_text(Cg *c, double v, StrBuf *out) {
-    if (isnan(v)) return render(c, OPS, "nan", NULL, true, out);
-    if (isinf(v)) return render(c, OPS, v < 0 ? "neg_inf" : "inf", NULL, true, out);
-    sb_printf(out, "%.17g", v);
-    return 0;
-}
-
-/* The expression of op i (not a reduction). */
+/* The expression of op i (not a reduction); buffers are the kernel's parameters. */
 static int op_expr(const LoopPlan *L, int i, StrBuf *expr) {
-    const Kernel *k = L->k;
-    const KOp *op = &k->ops[i];
-    char names[3][32], buf[32], axis[16];
-    for (int s = 0; s < 3; s++)
-        snprintf(names[s], sizeof names[s], "v%d", op->src[s] >= 0 ? op->src[s] : 0);
-    StrBuf idx, num;
-    sb_init(&idx);
-    sb_init(&num);
-    Vars vs = {.n = 0};
-    var_s(&vs, "a", names[0]);
-    var_s(&vs, "b", names[1]);
-    var_s(&vs, "c", names[2]);
-    param_name(L, op->buf, buf, sizeof buf);
-    snprintf(axis, sizeof axis, "i%d", op->axis);
-    if (op->op == KOP_LOAD) index_expr(k, op->strides, op->offset, &idx);
-    int rc = op->op == KOP_CONST ? const_text(L->c, op->value, &num) : 0;
-    var_s(&vs, "buf", buf);
-    var_s(&vs, "index", idx.data ? idx.data : "");
-    var_s(&vs, "value", num.data ? num.data : "");
-    var_s(&vs, "i", axis);
-    if (rc == 0 && (idx.failed || num.failed)) rc = maml_fail(L->c->err, "out of memory");
-    if (rc == 0) rc = render(L->c, OPS, kop_name(op->op), &vs, true, expr);
-    sb_free(&idx);
-    sb_free(&num);
-    return rc;
+    char buf[32];
+    param_name(L, L->k->ops[i].buf, buf, sizeof buf);
+    return codegen_op_expr(L->c, OPS, L->k, i, buf, expr);
 }
 
 static int emit_values(const LoopPlan *L, KPhase phase, int depth, StrBuf *out) {
@@ -328,7 +238,7 @@ static int emit_stores(const LoopPlan *L, int depth, StrBuf *out) {
         snprintf(v, sizeof v, "v%d", k->stores[s].src);
         StrBuf idx;
         sb_init(&idx);
-        index_expr(k, k->stores[s].strides, 0, &idx);
+        codegen_index_expr(k, k->stores[s].strides, 0, &idx);
         Vars vs = {.n = 0};
         var_s(&vs, "var", var);
         var_s(&vs, "v", v);
@@ -779,7 +689,7 @@ static void function_comment(Cg *c, int fn, char *buf, int size) {
     for (int i = 0; i < c->p->n_kernels; i++) {
         if (c->code->launches[i].function != fn) continue;
         if (users == 0) {
-            kernel_comment(c, &c->p->kernels[i], buf, size);
+            codegen_kernel_comment(c, &c->p->kernels[i], buf, size);
             n = (int)strlen(buf);
         } else if (n < size - 80) {
             n += snprintf(buf + n, (size_t)(size - n), "%s%s", users > 1 ? ", " : "; also ",

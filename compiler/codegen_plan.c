@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "codegen.h"
 
@@ -121,67 +120,4 @@ int codegen_write_report(FILE *f, const Graph *g, const KernelProgram *p, const 
     }
     if (ferror(f)) return maml_fail(err, "cannot write the report: %s", strerror(errno));
     return 0;
-}
-
-static FILE *open_in(const char *dir, const char *name, char *path, size_t size, MamlError *err) {
-    snprintf(path, size, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    if (!f) maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
-    return f;
-}
-
-static int close_checked(FILE *f, const char *path, int rc, MamlError *err) {
-    if (fclose(f) != 0 && rc == 0) return maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
-    return rc;
-}
-
-static double seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int write_files(const char *dir, const Graph *g, const KernelProgram *p, const MemPlan *m,
-                       const StrBuf *src, int unfused_kernels, double compile_s, MamlError *err) {
-    char path[2048];
-    FILE *f = open_in(dir, "kernels.c", path, sizeof path, err);
-    if (!f) return -1;
-    int rc = fwrite(src->data, 1, src->len, f) == src->len ? 0 : maml_fail(err, "%s: short write", path);
-    if ((rc = close_checked(f, path, rc, err))) return -1;
-    if (!(f = open_in(dir, "plan.json", path, sizeof path, err))) return -1;
-    rc = close_checked(f, path, codegen_write_plan_json(f, g, p, m, err), err);
-    if (rc || !(f = open_in(dir, "report.txt", path, sizeof path, err))) return -1;
-    fprintf(f, "mamlc compile --backend cpu: lowering, memory plan and C rendering took %.3f s "
-               "(the C compiler runs when the backend opens)\n", compile_s);
-    fprintf(f, "without fusion: %d kernels\n", unfused_kernels);
-    return close_checked(f, path, codegen_write_report(f, g, p, m, err), err);
-}
-
-int codegen_write_cpu_dir(const Graph *g, const char *dir, const char *source, bool f64,
-                          CpuCompileSummary *summary, MamlError *err) {
-    double t0 = seconds();
-    KernelProgram p = {0}, unfused = {0};
-    MemPlan m = {0};
-    StrBuf src;
-    sb_init(&src);
-    CodegenOptions opt = {.f64 = f64, .source = source};
-    int rc = kernels_lower(g, true, &p, err);
-    if (rc == 0) rc = memplan_build(&p, f64 ? 8 : 4, &m, err);
-    if (rc == 0) rc = codegen_c(g, &p, &m, &opt, &src, err);
-    double elapsed = seconds() - t0;
-    if (rc == 0) rc = kernels_lower(g, false, &unfused, err);
-    if (rc == 0) rc = write_files(dir, g, &p, &m, &src, unfused.n_kernels, elapsed, err);
-    if (rc == 0 && summary) {
-        summary->kernels = p.n_kernels;
-        summary->unfused_kernels = unfused.n_kernels;
-        summary->live_nodes = p.n_live_nodes;
-        summary->arena_bytes = m.arena_bytes;
-        summary->lower_bound = m.lower_bound;
-        summary->seconds = elapsed;
-    }
-    sb_free(&src);
-    memplan_free(&m);
-    kernel_program_free(&p);
-    kernel_program_free(&unfused);
-    return rc;
 }

@@ -22,12 +22,18 @@ typedef struct {
 } SourceLoc;
 
 /* Formats the message into err (printf-style) and returns -1, so callers can write
- * `return maml_fail(err, "...")`. A NULL err is allowed and ignored. */
+ * `return maml_fail(err, "...")`. A NULL err is allowed and ignored. Control characters in the
+ * result are escaped (maml_error_escape), so the message is one line whatever it quotes. */
 int maml_fail(MamlError *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Like maml_fail, prefixed with "file:line:column: " (parts that are unknown are left out). */
 int maml_fail_at(MamlError *err, SourceLoc loc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Copies src into dst (size bytes, always terminated) with newline, tab and every other control
+ * character (below 0x20, and 0x7f) written as the escape \n, \t or \xNN. Text that does not fit
+ * is cut before the first character or escape that would not fit whole. */
+void maml_error_escape(char *dst, size_t size, const char *src);
 
 /* Allocation helpers that report failure through err instead of aborting. */
 void *maml_alloc(size_t size, MamlError *err);

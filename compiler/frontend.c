@@ -51,14 +51,15 @@
  * phase ([0, pi]), x_range ([-5, 5]).
  *
  * References: a plain scalar "$x" is, inside a block, the block argument x; otherwise (or when
- * x is no argument) the value at dotted path x from the document root ("$maml.n_way").
+ * x is no argument) the value at dotted path x from the document root ("$maml.n_way"). A
+ * reference may lead to another, 16 in a row at most; one that leads back to itself is a cycle.
  * Scalars: plain scalars are typed by the YAML 1.2 core schema (`yes` is a string, `1e-5` a
  * float); quoted scalars are strings. Unknown keys, duplicate keys and YAML aliases are errors.
  * Overrides: `--set a.b.c=VALUE` parses VALUE as YAML and puts it at that path of the parsed
  * document before anything is interpreted, so overrides pass the same checks as the file; an
  * unknown path is an "unknown setting".
- * Limits: 1 MiB files, 32 nesting levels, 64 layers after expansion, 16 nested blocks, sizes
- * up to 65536.
+ * Limits: 1 MiB files, 32 nesting levels, 64 layers after expansion, 16 nested blocks, reference
+ * chains of 16, sizes up to 65536.
  *
  * The tree is built from libyaml's event stream so that every node keeps its mark; every error
  * carries file:line:column (overrides: "--set KEY=VALUE"). */
@@ -79,7 +80,7 @@
 #define SPEC_MAX_LAYERS 64            /* layers after block expansion */
 #define SPEC_MAX_BLOCK_DEPTH 16       /* nested block instances */
 #define SPEC_MAX_DIM 65536            /* any size or count in the file */
-#define SPEC_MAX_REF_HOPS 16          /* $a -> $b -> ... before we call it a cycle */
+#define SPEC_MAX_REF_HOPS 16          /* $a -> $b -> ... references in a row */
 /* Entries of one YAML mapping or sequence: the duplicate-key check is quadratic, and a 1 MiB
  * mapping of 100k keys took half a minute; no graph needs more than a few dozen. */
 #define SPEC_MAX_ENTRIES 1024
@@ -511,20 +512,49 @@ static const YNode *scope_find(const Scope *s, const char *name) {
     return NULL;
 }
 
-/* Follows references from n until a value that is not one. */
-static int deref(const Ctx *c, const Scope *s, const YNode *n, const YNode **out) {
-    const YNode *start = n;
+/* "$a -> $b -> $c" for the first n references of chain, then last. */
+static void chain_text(const YNode *const *chain, int n, const YNode *last, char *buf,
+                       size_t size) {
+    buf[0] = '\0';
+    for (int k = 0; k < n; k++)
+        snprintf(buf + strlen(buf), size - strlen(buf), "%s -> ", chain[k]->text);
+    snprintf(buf + strlen(buf), size - strlen(buf), "%s", last->text);
+}
+
+/* Whether following chain[hops] to target goes round in a circle. Only the first reference is
+ * looked up among the block arguments (scoped); every later one from the document root, so
+ * reaching a later reference again repeats the chain from there, and so does reaching the first
+ * when it was not scoped. */
+static bool closes_cycle(const YNode *const *chain, int hops, const YNode *target, bool scoped) {
+    for (int k = scoped ? 1 : 0; k <= hops; k++)
+        if (chain[k] == target) return true;
+    return false;
+}
+
+/* Follows references from n (the value of setting `key`) until a value that is not one. */
+static int deref(const Ctx *c, const Scope *s, const YNode *n, const char *key, const YNode **out) {
+    const YNode *chain[SPEC_MAX_REF_HOPS];
+    char text[MAML_ERROR_MAX / 2];
+    bool scoped = false;
     for (int hops = 0; is_reference(n); hops++) {
         const char *name = n->text + 1;
         if (hops == SPEC_MAX_REF_HOPS)
-            return maml_fail_at(c->err, start->loc, "reference '%s' is cyclic", start->text);
+            return maml_fail_at(c->err, chain[0]->loc,
+                                "'%s': reference chain deeper than %d, starting at '%s'", key,
+                                SPEC_MAX_REF_HOPS, chain[0]->text);
         if (!is_ref_path(name))
             return maml_fail_at(c->err, n->loc,
                                 "malformed reference '%s' (expected $NAME or $dotted.path)",
                                 n->text);
         const YNode *target = hops == 0 ? scope_find(s, name) : NULL;
+        scoped |= target != NULL;
         if (!target) target = doc_lookup(c->root, name);
         if (!target) return maml_fail_at(c->err, n->loc, "undefined reference '%s'", n->text);
+        chain[hops] = n;
+        if (closes_cycle(chain, hops, target, scoped)) {
+            chain_text(chain, hops + 1, target, text, sizeof text);
+            return maml_fail_at(c->err, chain[0]->loc, "'%s': cyclic reference %s", key, text);
+        }
         n = target;
     }
     *out = n;
@@ -557,7 +587,7 @@ static int type_error(const Ctx *c, const YNode *raw, const YNode *v, const char
 static int as_int(const Ctx *c, const Scope *s, const YNode *raw, const char *key, int64_t lo,
                   int64_t hi, int64_t *out) {
     const YNode *v = NULL;
-    if (deref(c, s, raw, &v)) return -1;
+    if (deref(c, s, raw, key, &v)) return -1;
     if (v->kind != Y_SCALAR || scalar_type(v) != S_INT)
         return type_error(c, raw, v, key, "an integer");
     const char *t = v->text;
@@ -581,7 +611,7 @@ typedef enum { NUM_POSITIVE, NUM_NONNEG, NUM_FRACTION, NUM_ANY } NumRule;
 static int as_number(const Ctx *c, const Scope *s, const YNode *raw, const char *key, NumRule rule,
                      double *out) {
     const YNode *v = NULL;
-    if (deref(c, s, raw, &v)) return -1;
+    if (deref(c, s, raw, key, &v)) return -1;
     ScalarType t = v->kind == Y_SCALAR ? scalar_type(v) : S_STR;
     if (t != S_INT && t != S_FLOAT) return type_error(c, raw, v, key, "a number");
     const char *digits = v->text + (v->text[0] == '-' || v->text[0] == '+');
@@ -604,7 +634,7 @@ static int as_number(const Ctx *c, const Scope *s, const YNode *raw, const char 
 
 static int as_bool(const Ctx *c, const Scope *s, const YNode *raw, const char *key, bool *out) {
     const YNode *v = NULL;
-    if (deref(c, s, raw, &v)) return -1;
+    if (deref(c, s, raw, key, &v)) return -1;
     if (v->kind != Y_SCALAR || scalar_type(v) != S_BOOL)
         return type_error(c, raw, v, key, "true or false");
     *out = v->text[0] == 't' || v->text[0] == 'T';
@@ -614,7 +644,7 @@ static int as_bool(const Ctx *c, const Scope *s, const YNode *raw, const char *k
 static int as_string(const Ctx *c, const Scope *s, const YNode *raw, const char *key,
                      const char **out) {
     const YNode *v = NULL;
-    if (deref(c, s, raw, &v)) return -1;
+    if (deref(c, s, raw, key, &v)) return -1;
     if (v->kind != Y_SCALAR || scalar_type(v) != S_STR)
         return type_error(c, raw, v, key, "a string");
     *out = v->text;
@@ -625,7 +655,7 @@ static int as_string(const Ctx *c, const Scope *s, const YNode *raw, const char 
 static int as_enum(const Ctx *c, const Scope *s, const YNode *raw, const char *key,
                    const char *const *names, int n, int *out) {
     const YNode *v = NULL;
-    if (deref(c, s, raw, &v)) return -1;
+    if (deref(c, s, raw, key, &v)) return -1;
     for (int i = 0; v->kind == Y_SCALAR && i < n; i++)
         if (strcmp(v->text, names[i]) == 0) return *out = i, 0;
     char list[256] = "", buf[96];
@@ -639,7 +669,7 @@ static int as_enum(const Ctx *c, const Scope *s, const YNode *raw, const char *k
 static int as_map(const Ctx *c, const Scope *s, const YNode *raw, const char *key,
                   const YNode **out) {
     const YNode *v = NULL;
-    if (deref(c, s, raw, &v)) return -1;
+    if (deref(c, s, raw, key, &v)) return -1;
     if (v->kind != Y_MAP) return type_error(c, raw, v, key, "a mapping");
     *out = v;
     return 0;
@@ -648,7 +678,7 @@ static int as_map(const Ctx *c, const Scope *s, const YNode *raw, const char *ke
 static int as_seq(const Ctx *c, const Scope *s, const YNode *raw, const char *key,
                   const YNode **out) {
     const YNode *v = NULL;
-    if (deref(c, s, raw, &v)) return -1;
+    if (deref(c, s, raw, key, &v)) return -1;
     if (v->kind != Y_SEQ) return type_error(c, raw, v, key, "a sequence");
     *out = v;
     return 0;
@@ -972,7 +1002,7 @@ static int bind_args(const Ctx *c, const Scope *caller, const char *block, const
         if (j < 0)
             return maml_fail_at(c->err, args->keys[i]->loc, "block '%s' has no argument '%s'",
                                 block, args->keys[i]->text);
-        if (deref(c, caller, args->items[i], &ns->values[j])) return -1;
+        if (deref(c, caller, args->items[i], args->keys[i]->text, &ns->values[j])) return -1;
     }
     for (int j = 0; j < n; j++) {
         if (ns->values[j]) continue;
@@ -980,7 +1010,7 @@ static int bind_args(const Ctx *c, const Scope *caller, const char *block, const
         if (d->kind == Y_SCALAR && scalar_type(d) == S_NULL)
             return maml_fail_at(c->err, inst->loc, "block '%s' needs argument '%s'", block,
                                 params->keys[j]->text);
-        if (deref(c, NULL, d, &ns->values[j])) return -1;
+        if (deref(c, NULL, d, params->keys[j]->text, &ns->values[j])) return -1;
     }
     return 0;
 }
@@ -1188,7 +1218,7 @@ static int section(const Ctx *c, const YNode *parent, const char *pwhere, const 
 static int read_inner_lr(Ctx *c, const YNode *inner) {
     MamlSettings *m = &c->spec->maml;
     const YNode *raw, *v, *init = map_find(inner, "lr_init");
-    if (require(c, inner, "maml.inner", "lr", &raw) || deref(c, NULL, raw, &v)) return -1;
+    if (require(c, inner, "maml.inner", "lr", &raw) || deref(c, NULL, raw, "lr", &v)) return -1;
     m->inner.lr_learnable = v->kind == Y_SCALAR && !v->quoted && !strcmp(v->text, "learnable");
     if (!m->inner.lr_learnable) {
         if (init)
@@ -1206,7 +1236,7 @@ static int read_inner_lr(Ctx *c, const YNode *inner) {
 static int read_adapt(Ctx *c, const YNode *inner) {
     MamlSettings *m = &c->spec->maml;
     const YNode *raw = map_find(inner, "adapt"), *v = NULL;
-    if (!raw || deref(c, NULL, raw, &v)) return raw ? -1 : 0;
+    if (!raw || deref(c, NULL, raw, "adapt", &v)) return raw ? -1 : 0;
     if (v->kind == Y_SCALAR && !v->quoted && !strcmp(v->text, "all")) return 0;
     if (v->kind != Y_SEQ || v->n == 0)
         return type_error(c, raw, v, "adapt", "all or a non-empty list of globs");
@@ -1498,13 +1528,6 @@ static int load(Ctx *c, const char *path, const char *const *overrides, int n_ov
 
 static const char *const top_keys[] = {"model", "maml", "data", NULL};
 
-/* Messages quote the user's text, which may hold line breaks ("a\nb" keys, block scalars);
- * errors are one line. */
-static void one_line(MamlError *err) {
-    for (char *p = err ? err->message : NULL; p && *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = ' ';
-}
-
 int spec_load(const char *path, const char *const *overrides, int n_overrides, GraphSpec *out,
               MamlError *err) {
     memset(out, 0, sizeof *out);
@@ -1521,7 +1544,7 @@ int spec_load(const char *path, const char *const *overrides, int n_overrides, G
     if (!rc) rc = check_globs(&c);
     ynode_free(c.root);
     free(c.globs);
-    if (rc) spec_free(out), one_line(err);
+    if (rc) spec_free(out);
     return rc;
 }
 

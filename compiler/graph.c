@@ -60,13 +60,15 @@ static int fail(Graph *g, const char *fmt, ...) __attribute__((format(printf, 2,
 static int fail(Graph *g, const char *fmt, ...) {
     if (g->failed) return -1;
     g->failed = true;
-    int n = snprintf(g->err.message, sizeof g->err.message, "%s%s", g->origin,
-                     g->origin[0] ? ": " : "");
-    if (n < 0 || (size_t)n >= sizeof g->err.message) n = 0;
+    char raw[MAML_ERROR_MAX];
+    int n = snprintf(raw, sizeof raw, "%s%s", g->origin, g->origin[0] ? ": " : "");
+    if (n < 0 || (size_t)n >= sizeof raw) n = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g->err.message + n, sizeof g->err.message - (size_t)n, fmt, ap);
+    vsnprintf(raw + n, sizeof raw - (size_t)n, fmt, ap);
     va_end(ap);
+    /* one line, as maml_fail makes every message */
+    maml_error_escape(g->err.message, sizeof g->err.message, raw);
     return -1;
 }
 

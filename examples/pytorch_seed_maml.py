@@ -359,8 +359,18 @@ def default_threads():
         return os.cpu_count() or 1
 
 
+def flop_per_cycle(flags):
+    """FP32 FLOP/cycle/core by ISA, as mamlc bench assumes (runtime/bench.h): avx512f 64 (two
+    AVX-512 FMA units), avx2 + fma 32 (two AVX2 FMA units), avx 16, else 8."""
+    if "avx512f" in flags:
+        return 64
+    if "avx2" in flags and "fma" in flags:
+        return 32
+    return 16 if "avx" in flags else 8
+
+
 def cpu_peak_estimate(threads):
-    """cores x 32 FLOP/cycle (one AVX-512 FMA pipe, or two AVX2 ones) x clock; None if unknown."""
+    """cores x FLOP/cycle (flop_per_cycle) x clock; None if unknown."""
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()
@@ -368,9 +378,9 @@ def cpu_peak_estimate(threads):
         return None
     mhz = [float(l.split(":")[1]) for l in text.splitlines() if l.startswith("cpu MHz")]
     flags = next((l for l in text.splitlines() if l.startswith("flags")), "")
-    if not mhz or "fma" not in flags.split():
+    if not mhz:
         return None
-    return threads * 32 * max(mhz) / 1e3  # GFLOP/s
+    return threads * flop_per_cycle(flags.split()) * max(mhz) / 1e3  # GFLOP/s
 
 
 def sync(device):
@@ -531,7 +541,7 @@ def main(argv=None):
     ap.add_argument("--save-params", help="write the initial parameters to this file")
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="the device's peak, for the percentage (CPU default: an estimate, "
-                         "threads x 32 FLOP/cycle x clock)")
+                         "threads x FLOP/cycle by ISA x clock)")
     ap.add_argument("--mamlc-json", help="`mamlc bench --json` output: print the speed ratio")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--verbose", "-v", action="store_true", help="print every step's time")

@@ -55,17 +55,29 @@ static bool has_flag(const char *flags, const char *flag) {
     return false;
 }
 
+void bench_isa_from_flags(const char *flags, MachinePeak *p) {
+    static const struct {
+        const char *isa, *units;
+        int flop;
+    } table[4] = {
+        {"avx512f", "2 AVX-512 FMA units x 16 lanes x 2", 64},
+        {"avx2+fma", "2 AVX2 FMA units x 8 lanes x 2", 32},
+        {"avx", "1 add + 1 multiply unit x 8 lanes", 16},
+        {"sse", "1 add + 1 multiply unit x 4 lanes", 8},
+    };
+    int i = has_flag(flags, "avx512f")                          ? 0
+            : has_flag(flags, "avx2") && has_flag(flags, "fma") ? 1
+            : has_flag(flags, "avx")                            ? 2
+                                                                : 3;
+    p->flop_per_cycle = table[i].flop;
+    snprintf(p->isa, sizeof p->isa, "%s", table[i].isa);
+    snprintf(p->units, sizeof p->units, "%s", table[i].units);
+}
+
 static void detect_isa(MachinePeak *p) {
     static char flags[8192];
     if (!cpuinfo_field("flags", flags, sizeof flags)) flags[0] = 0;
-    if (has_flag(flags, "avx512f"))
-        p->flop_per_cycle = 32, snprintf(p->isa, sizeof p->isa, "avx512");
-    else if (has_flag(flags, "avx2") && has_flag(flags, "fma"))
-        p->flop_per_cycle = 32, snprintf(p->isa, sizeof p->isa, "avx2+fma");
-    else if (has_flag(flags, "avx"))
-        p->flop_per_cycle = 16, snprintf(p->isa, sizeof p->isa, "avx");
-    else
-        p->flop_per_cycle = 8, snprintf(p->isa, sizeof p->isa, "sse");
+    bench_isa_from_flags(flags, p);
 }
 
 static void detect_clock(MachinePeak *p) {
@@ -103,8 +115,8 @@ void bench_machine_peak(MachinePeak *p) {
         return;
     }
     snprintf(p->assumption, sizeof p->assumption,
-             "FP32 peak %.1f GFLOP/s = %d cores x %d FLOP/cycle (%s FMA, assumed) x %.2f GHz (%s)",
-             p->peak_gflops, p->cores, p->flop_per_cycle, p->isa, p->ghz, p->clock_from);
+             "FP32 peak %.1f GFLOP/s = %d cores x %d FLOP/cycle (%s: %s, assumed) x %.2f GHz (%s)",
+             p->peak_gflops, p->cores, p->flop_per_cycle, p->isa, p->units, p->ghz, p->clock_from);
 }
 
 /* ---- synthetic inputs ---- */

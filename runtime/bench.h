@@ -22,11 +22,12 @@ double bench_median(double *v, int n);
 /* The FP32 peak assumed for this machine: cores x FLOP/cycle/core x clock.
  *
  * FLOP/cycle/core for float32, from /proc/cpuinfo's flags (stated, not measured):
- *   avx512f, or avx2 with fma: 32 -- two 8-lane FMA units (AVX2), or one 16-lane AVX-512 FMA unit;
- *                                    the project's (and PyTorch comparison's) convention. Cores
- *                                    with two AVX-512 FMA units reach 64: set MAMLC_PEAK_GFLOPS.
- *   avx without fma:              16 -- one 8-lane add and one 8-lane multiply per cycle
- *   otherwise (SSE):               8 -- one 4-lane add and one 4-lane multiply per cycle
+ *   avx512f:          64 -- two 16-lane AVX-512 FMA units (server cores with a single AVX-512 FMA
+ *                           unit reach 32: set MAMLC_PEAK_GFLOPS for those)
+ *   avx2 with fma:    32 -- two 8-lane FMA units
+ *   avx without fma:  16 -- one 8-lane add and one 8-lane multiply per cycle
+ *   otherwise (SSE):   8 -- one 4-lane add and one 4-lane multiply per cycle
+ * The assumption line names the ISA taken and the units assumed.
  * Cores: the CPUs this process may run on (sched_getaffinity; hyper-threads count as cores).
  * Clock: cpufreq's cpuinfo_max_freq when present, else /proc/cpuinfo's "cpu MHz" (the current,
  * not the turbo, clock in most VMs). $MAMLC_PEAK_GFLOPS replaces the whole estimate. */
@@ -35,12 +36,16 @@ typedef struct {
     int flop_per_cycle;
     double ghz;
     double peak_gflops;
-    char isa[16];         /* "avx512", "avx2+fma", "avx", "sse" */
+    char isa[16];         /* "avx512f", "avx2+fma", "avx", "sse" */
+    char units[48];       /* the execution units assumed, e.g. "2 AVX2 FMA units x 8 lanes x 2" */
     char clock_from[48];  /* "cpuinfo_max_freq", "/proc/cpuinfo cpu MHz", "unknown" */
     char assumption[256]; /* one line stating all of the above */
 } MachinePeak;
 
 void bench_machine_peak(MachinePeak *p);
+
+/* Sets p's flop_per_cycle, isa and units from a /proc/cpuinfo "flags" line (the table above). */
+void bench_isa_from_flags(const char *flags, MachinePeak *p);
 
 /* Fills out (initialised here) with one tensor per INPUT node of g (the raw training-step graph
  * built from spec): parameters from params_init(seed); Adam moments 0 and adam/step 1; learnable

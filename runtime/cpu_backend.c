@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "codegen.h"
+#include "inputs.h"
 #include "kernel.h"
 #include "memplan.h"
 #include "pipeline.h"
@@ -407,50 +408,6 @@ static int obtain_object(const BuildKey *key, CpuImpl *c, const StrBuf *src, siz
 
 /* ---- running ---- */
 
-static bool dtype_fits(DType want, TensorDType have) {
-    bool is_float = have == TENSOR_F32 || have == TENSOR_F64;
-    return want == DT_REAL ? is_float : !is_float;
-}
-
-static int check_inputs(const Graph *g, const TensorSet *inputs, MamlError *err) {
-    for (int i = 0; i < g->n_nodes; i++) {
-        const Node *n = &g->nodes[i];
-        if (n->op != OP_INPUT) continue;
-        const Tensor *t = tensorset_find(inputs, n->name);
-        char want[96], have[96];
-        if (!t)
-            return maml_fail(err, "missing tensor '%s' (expected shape %s)", n->name,
-                             shape_str(n->shape, want, sizeof want));
-        if (!shape_equal(t->shape, n->shape))
-            return maml_fail(err, "tensor '%s': expected shape %s, found %s", n->name,
-                             shape_str(n->shape, want, sizeof want),
-                             shape_str(t->shape, have, sizeof have));
-        if (!dtype_fits(n->dtype, t->dtype))
-            return maml_fail(err, "tensor '%s': expected %s values, found %s", n->name,
-                             n->dtype == DT_REAL ? "floating-point" : "integer",
-                             tensor_dtype_name(t->dtype));
-    }
-    return 0;
-}
-
-/* Labels feeding one_hot must be integers in [0, depth): the kernels would silently give an
- * all-zero row otherwise. */
-static int check_labels(const Graph *g, const TensorSet *inputs, MamlError *err) {
-    for (int i = 0; i < g->n_nodes; i++) {
-        const Node *n = &g->nodes[i];
-        const Node *src = n->op == OP_ONE_HOT ? &g->nodes[n->in[0]] : NULL;
-        if (!src || src->op != OP_INPUT) continue;
-        const Tensor *t = tensorset_find(inputs, src->name);
-        for (int64_t k = 0, count = shape_numel(t->shape); k < count; k++) {
-            double l = tensor_get(t, k);
-            if (!(l >= 0 && l < n->attr.depth) || l != floor(l))
-                return maml_fail(err, "tensor '%s': label %g at position %lld is out of range [0, %d)",
-                                 src->name, l, (long long)k, n->attr.depth);
-        }
-    }
-    return 0;
-}
-
 static void copy_in(const Tensor *t, void *dst, bool f64) {
     int64_t count = shape_numel(t->shape);
     if (f64 && t->dtype == TENSOR_F64) memcpy(dst, t->data, (size_t)count * 8);
@@ -474,7 +431,7 @@ static void load_inputs(Backend *b, const TensorSet *inputs) {
 
 static int cpu_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err) {
     CpuImpl *c = b->impl;
-    if (check_inputs(b->graph, inputs, err) || check_labels(b->graph, inputs, err)) return -1;
+    if (inputs_check(b->graph, inputs, err) || inputs_check_labels(b->graph, inputs, err)) return -1;
     bool f64 = b->prec == PREC_F64;
     char *arena = c->arena;
     load_inputs(b, inputs);
@@ -498,7 +455,7 @@ int cpu_backend_run_kernel(Backend *b, int i, MamlError *err) {
 
 int cpu_backend_run_timed(Backend *b, const TensorSet *inputs, double *kernel_ms, MamlError *err) {
     CpuImpl *c = b->impl;
-    if (check_inputs(b->graph, inputs, err) || check_labels(b->graph, inputs, err)) return -1;
+    if (inputs_check(b->graph, inputs, err) || inputs_check_labels(b->graph, inputs, err)) return -1;
     /* fresh inputs every time: kernels may write in place over inputs that die */
     load_inputs(b, inputs);
     for (int i = 0; i < c->cg.prog.n_kernels; i++) {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cuda_driver.h"
+#include "inputs.h"
 #include "kernel_cache.h"
 
 /* Estimated NVRTC cost of a function, in units of a plain loop kernel (about 15 ms of one core):
@@ -21,13 +22,24 @@
 #define PIECE_COST 24
 #define MAX_PIECES 16
 
+/* The command line's choices (cuda_set_defaults), for backends opened without options. */
+static CudaConvMode default_conv = CUDA_CONV_GENERATED;
+static bool default_require_cache = false;
+
+void cuda_set_defaults(CudaConvMode conv, bool require_cache) {
+    default_conv = conv;
+    default_require_cache = require_cache;
+}
+
 CudaOptions cuda_default_options(void) {
     const char *require = getenv("MAMLC_REQUIRE_CACHE");
+    bool env_require = require && *require && strcmp(require, "0") != 0;
     CudaOptions o = {.no_fuse = false,
                      .cache_dir = NULL,
                      .quiet = false,
                      .device = -1,
-                     .require_cache = require && *require && strcmp(require, "0") != 0};
+                     .require_cache = env_require || default_require_cache,
+                     .conv = default_conv};
     return o;
 }
 
@@ -186,6 +198,8 @@ typedef struct {
     CUgraphExec exec;
     CUevent ev[2];
     bool sync_each;
+    CudaConvLowering *convs;  /* --conv cudnn|auto: the kernels cuDNN runs; NULL: none */
+    const char **function_of; /* per kernel: its function's name (for the conv lowering) */
     CudaBackendInfo info;
 } CudaImpl;
 
@@ -197,10 +211,11 @@ static size_t elem_size(const CudaImpl *c) {
     return c->cg.plan.elem_size;
 }
 
-/* "k12_mul (warp_0123456789abcdef)": what errors about launch i say. */
+/* "k12_mul (warp_0123456789abcdef)", or "k3_conv2d (cuDNN)": what errors about launch i say. */
 static void launch_what(const CudaImpl *c, int i, char *buf, size_t size) {
     const CudaLaunch *l = &c->code.launches[i];
-    snprintf(buf, size, "%s (%s)", l->name, c->code.functions[l->function].name);
+    snprintf(buf, size, "%s (%s)", l->name,
+             cuda_conv_lowered(c->convs, i) ? "cuDNN" : c->code.functions[l->function].name);
 }
 
 static int load_modules(CudaImpl *c, MamlError *err) {
@@ -316,6 +331,12 @@ static int launch(CudaImpl *c, int i, MamlError *err) {
                     &c->arg_ptrs[c->arg_start[i]], NULL);
 }
 
+/* Kernel i: its generated function, or, when lowered, its transposes and cuDNN call. */
+static int run_kernel(CudaImpl *c, int i, MamlError *err) {
+    if (cuda_conv_lowered(c->convs, i)) return cuda_conv_enqueue(c->convs, i, err);
+    return launch(c, i, err);
+}
+
 static int copy_inputs_async(CudaImpl *c, MamlError *err) {
     const KernelProgram *p = &c->cg.prog;
     for (int b = 0; b < p->n_bufs; b++) {
@@ -349,7 +370,7 @@ static int copy_outputs_async(CudaImpl *c, MamlError *err) {
 static int enqueue_step(CudaImpl *c, bool sync_each, MamlError *err) {
     if (copy_inputs_async(c, err)) return -1;
     for (int i = 0; i < c->cg.prog.n_kernels; i++) {
-        if (launch(c, i, err)) return -1;
+        if (run_kernel(c, i, err)) return -1;
         char what[128];
         launch_what(c, i, what, sizeof what);
         if (sync_each && CU_CHECK(&c->drv, err, what, cuStreamSynchronize, c->stream)) return -1;
@@ -359,9 +380,11 @@ static int enqueue_step(CudaImpl *c, bool sync_each, MamlError *err) {
 
 static int capture_step(CudaImpl *c, MamlError *err) {
     const CudaDriver *d = &c->drv;
-    if (CU_CHECK(d, err, "step", cuStreamBeginCapture, c->stream,
-                 CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))
-        return -1;
+    /* cuDNN's calls are runtime-API work we do not control: relaxed capture keeps a harmless
+     * query of theirs from invalidating the capture (the warm-up already ran every call once) */
+    CUstreamCaptureMode mode = cuda_conv_count(c->convs) > 0 ? CU_STREAM_CAPTURE_MODE_RELAXED
+                                                             : CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+    if (CU_CHECK(d, err, "step", cuStreamBeginCapture, c->stream, mode)) return -1;
     int rc = enqueue_step(c, false, err);
     CUgraph graph = NULL;
     CUresult end = d->cuStreamEndCapture(c->stream, &graph); /* always: it leaves capture mode */
@@ -372,51 +395,6 @@ static int capture_step(CudaImpl *c, MamlError *err) {
 }
 
 /* ---- inputs and outputs ---- */
-
-static bool dtype_fits(DType want, TensorDType have) {
-    bool is_float = have == TENSOR_F32 || have == TENSOR_F64;
-    return want == DT_REAL ? is_float : !is_float;
-}
-
-static int check_inputs(const Graph *g, const TensorSet *inputs, MamlError *err) {
-    for (int i = 0; i < g->n_nodes; i++) {
-        const Node *n = &g->nodes[i];
-        if (n->op != OP_INPUT) continue;
-        const Tensor *t = tensorset_find(inputs, n->name);
-        char want[96], have[96];
-        if (!t)
-            return maml_fail(err, "missing tensor '%s' (expected shape %s)", n->name,
-                             shape_str(n->shape, want, sizeof want));
-        if (!shape_equal(t->shape, n->shape))
-            return maml_fail(err, "tensor '%s': expected shape %s, found %s", n->name,
-                             shape_str(n->shape, want, sizeof want),
-                             shape_str(t->shape, have, sizeof have));
-        if (!dtype_fits(n->dtype, t->dtype))
-            return maml_fail(err, "tensor '%s': expected %s values, found %s", n->name,
-                             n->dtype == DT_REAL ? "floating-point" : "integer",
-                             tensor_dtype_name(t->dtype));
-    }
-    return 0;
-}
-
-/* Labels feeding one_hot must be integers in [0, depth): the kernels would silently give an
- * all-zero row otherwise. */
-static int check_labels(const Graph *g, const TensorSet *inputs, MamlError *err) {
-    for (int i = 0; i < g->n_nodes; i++) {
-        const Node *n = &g->nodes[i];
-        const Node *src = n->op == OP_ONE_HOT ? &g->nodes[n->in[0]] : NULL;
-        if (!src || src->op != OP_INPUT) continue;
-        const Tensor *t = tensorset_find(inputs, src->name);
-        for (int64_t k = 0, count = shape_numel(t->shape); k < count; k++) {
-            double l = tensor_get(t, k);
-            if (!(l >= 0 && l < n->attr.depth) || l != floor(l))
-                return maml_fail(err,
-                                 "tensor '%s': label %g at position %lld is out of range [0, %d)",
-                                 src->name, l, (long long)k, n->attr.depth);
-        }
-    }
-    return 0;
-}
 
 static void copy_in(const Tensor *t, void *dst, bool f64) {
     int64_t count = shape_numel(t->shape);
@@ -433,7 +411,7 @@ static void copy_in(const Tensor *t, void *dst, bool f64) {
 static int cuda_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err) {
     CudaImpl *c = b->impl;
     const CudaDriver *d = &c->drv;
-    if (check_inputs(b->graph, inputs, err) || check_labels(b->graph, inputs, err)) return -1;
+    if (inputs_check(b->graph, inputs, err) || inputs_check_labels(b->graph, inputs, err)) return -1;
     if (CU_CHECK(d, err, "run", cuCtxSetCurrent, d->ctx)) return -1;
     bool f64 = b->prec == PREC_F64;
     const KernelProgram *p = &c->cg.prog;
@@ -463,6 +441,7 @@ static void cuda_destroy(Backend *b) {
         if (d->ctx_retained) {
             d->cuCtxSetCurrent(d->ctx);
             if (c->exec) d->cuGraphExecDestroy(c->exec);
+            cuda_conv_close(c->convs); /* before the stream its handle issues work on */
             if (c->graph) d->cuGraphDestroy(c->graph);
             for (int i = 0; i < 2; i++)
                 if (c->ev[i]) d->cuEventDestroy(c->ev[i]);
@@ -474,13 +453,26 @@ static void cuda_destroy(Backend *b) {
         }
         cuda_driver_close(d);
         free(c->modules), free(c->fns), free(c->in_at), free(c->out_at);
-        free(c->arg_values), free(c->arg_ptrs), free(c->arg_start);
+        free(c->arg_values), free(c->arg_ptrs), free(c->arg_start), free(c->function_of);
         cuda_images_free(&c->images);
         cuda_code_free(&c->code);
         compiled_graph_free(&c->cg);
         free(c);
     }
     free(b);
+}
+
+static void device_peaks(const CudaDriver *d, CudaBackendInfo *info) {
+    int arch = cuda_driver_arch(d);
+    int lanes = (arch == 70 || arch == 72 || arch == 80) ? 64 : 128;
+    double ghz = d->clock_khz / 1e6;
+    info->peak_gflops = (double)d->sm_count * lanes * 2 * ghz;
+    info->peak_gbs = 2.0 * d->memory_clock_khz * 1e3 * (d->bus_bits / 8) / 1e9;
+    snprintf(info->peak_assumption, sizeof info->peak_assumption,
+             "FP32 peak %.1f GFLOP/s = %d SMs x %d FP32 lanes x 2 (FMA) x %.2f GHz; memory %.0f GB/s "
+             "= 2 x %.2f GHz x %d bits (stated by the driver's attributes, not measured)",
+             info->peak_gflops, d->sm_count, lanes, ghz, info->peak_gbs, d->memory_clock_khz / 1e6,
+             d->bus_bits);
 }
 
 static int device_ordinal(const CudaOptions *opt) {
@@ -500,12 +492,44 @@ static int render(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precision
     return codegen_cuda(&c->cg.graph, &c->cg.prog, &c->cg.plan, &co, text, &c->code, err);
 }
 
+/* For the conv lowering's auto measurement: launch generated kernel i, nothing else. */
+static int launch_generated(void *ctx, int i, MamlError *err) {
+    return launch(ctx, i, err);
+}
+
+/* --conv cudnn|auto: cuDNN for the pure conv kernels (after the arena and launches exist, since
+ * auto times the generated kernels against cuDNN's calls). */
+static int open_convs(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
+    c->info.conv = opt->conv;
+    if (opt->conv == CUDA_CONV_GENERATED) return 0;
+    int n = c->code.n_kernels;
+    c->function_of = maml_calloc((size_t)n + 1, sizeof *c->function_of, err);
+    if (!c->function_of) return -1;
+    for (int i = 0; i < n; i++)
+        c->function_of[i] = c->code.functions[c->code.launches[i].function].name;
+    CudaConvSetup s = {.mode = opt->conv,
+                       .driver = &c->drv,
+                       .stream = c->stream,
+                       .arena = c->arena,
+                       .cg = &c->cg,
+                       .function_of = c->function_of,
+                       .cache_dir = opt->cache_dir,
+                       .require_cache = opt->require_cache,
+                       .quiet = opt->quiet,
+                       .launch_generated = launch_generated,
+                       .ctx = c};
+    if (cuda_conv_open(&s, &c->convs, err)) return -1;
+    c->info.cudnn_kernels = cuda_conv_count(c->convs);
+    return 0;
+}
+
 static int prepare(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precision prec,
                    MamlError *err) {
     CudaDriver *d = &c->drv;
     if (cuda_driver_open(d, device_ordinal(opt), err)) return -1;
     cuda_driver_describe(d, c->info.device, sizeof c->info.device);
     c->info.arch = cuda_driver_arch(d);
+    device_peaks(d, &c->info);
     StrBuf text;
     sb_init(&text);
     int rc = render(c, g, opt, prec, &text, err);
@@ -516,7 +540,7 @@ static int prepare(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precisio
         return -1;
     for (int i = 0; i < 2; i++)
         if (CU_CHECK(d, err, "timing", cuEventCreate, &c->ev[i], CU_EVENT_DEFAULT)) return -1;
-    if (prepare_buffers(c, err)) return -1;
+    if (prepare_buffers(c, err) || open_convs(c, opt, err)) return -1;
     const char *sync = getenv("MAMLC_CUDA_SYNC");
     c->sync_each = sync && *sync && strcmp(sync, "0") != 0;
     c->info.n_kernels = c->code.n_kernels;
@@ -590,7 +614,8 @@ int cuda_backend_run_kernel(Backend *b, int i, MamlError *err) {
         return maml_fail(err, "kernel %d out of range (%d kernels)", i, c->code.n_kernels);
     char what[128];
     launch_what(c, i, what, sizeof what);
-    if (CU_CHECK(&c->drv, err, what, cuCtxSetCurrent, c->drv.ctx) || launch(c, i, err)) return -1;
+    if (CU_CHECK(&c->drv, err, what, cuCtxSetCurrent, c->drv.ctx) || run_kernel(c, i, err))
+        return -1;
     return CU_CHECK(&c->drv, err, what, cuStreamSynchronize, c->stream);
 }
 
@@ -630,7 +655,7 @@ int cuda_backend_time_kernels(Backend *b, int reps, double *kernel_ms, MamlError
         char what[128];
         launch_what(c, i, what, sizeof what);
         int rc = CU_CHECK(d, err, what, cuEventRecord, c->ev[0], c->stream);
-        for (int r = 0; rc == 0 && r < reps; r++) rc = launch(c, i, err);
+        for (int r = 0; rc == 0 && r < reps; r++) rc = run_kernel(c, i, err);
         if (rc == 0) rc = CU_CHECK(d, err, what, cuEventRecord, c->ev[1], c->stream);
         if (rc || elapsed(c, what, &kernel_ms[i], err)) return -1;
         kernel_ms[i] /= reps;

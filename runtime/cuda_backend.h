@@ -10,7 +10,10 @@
  * $MAMLC_CUDA_SYNC=1 runs the kernels one at a time with a synchronisation after each instead of
  * the graph, so an asynchronous fault (an illegal address) names the kernel that caused it.
  * $MAMLC_CUDA_DEVICE picks the device (default 0); $MAMLC_REQUIRE_CACHE=1 makes a kernel cache miss
- * an error (--require-cache). */
+ * an error (--require-cache).
+ *
+ * CudaOptions.conv (--conv) may hand the pure convolution kernels to cuDNN (runtime/cuda_conv.h):
+ * their calls go on the same stream and into the same CUDA graph as the generated kernels. */
 #ifndef MAMLC_CUDA_BACKEND_H
 #define MAMLC_CUDA_BACKEND_H
 
@@ -18,6 +21,7 @@
 
 #include "backend.h"
 #include "codegen.h"
+#include "cuda_conv.h"
 #include "cuda_nvrtc.h"
 #include "pipeline.h"
 
@@ -27,11 +31,18 @@ typedef struct {
     bool require_cache;    /* --require-cache: a kernel cache miss is an error */
     bool quiet;            /* do not print the device and memory line when opening */
     int device;            /* ordinal; -1: $MAMLC_CUDA_DEVICE or 0 */
+    CudaConvMode conv;     /* --conv: generated (default), cudnn or auto */
 } CudaOptions;
 
-/* Defaults: fused, default cache, messages on, device from the environment; require_cache when
- * $MAMLC_REQUIRE_CACHE is set (not "0"), for callers without a --require-cache flag. */
+/* Defaults: fused, default cache, messages on, device from the environment, the process's conv
+ * mode (cuda_set_defaults; generated unless set); require_cache when $MAMLC_REQUIRE_CACHE is set
+ * (not "0") or cuda_set_defaults asked for it. */
 CudaOptions cuda_default_options(void);
+
+/* The command line's --conv and --require-cache for every cuda backend this process opens
+ * without explicit options (backend_open, "auto" included). Call it before opening any backend
+ * or starting threads; it is not synchronised. */
+void cuda_set_defaults(CudaConvMode conv, bool require_cache);
 
 /* Opens the cuda backend for g (which must outlive it); opt may be NULL. Fails with one line:
  * "no CUDA driver: ...", "no CUDA device: ...", NVRTC's errors (naming the kernel and line), or a
@@ -72,8 +83,15 @@ typedef struct {
     int arch;         /* 10 * major + minor */
     int n_kernels, n_functions, n_pieces, pieces_cached;
     double compile_ms; /* NVRTC (or cache) wall time at open */
+    CudaConvMode conv; /* the --conv the backend was opened with */
+    int cudnn_kernels; /* kernels that run on cuDNN instead of their generated function */
     long long arena_bytes, lower_bound;
     long long free_bytes, total_bytes; /* cuMemGetInfo before the arena was allocated */
+    /* The device's FP32 peak: SMs x FP32 lanes per SM (64 on sm_70/sm_80, else 128) x 2 (FMA) x
+     * the clock the driver reports; and its memory bandwidth: 2 (DDR) x memory clock x bus
+     * width. Stated, not measured; peak_assumption says how each was made. */
+    double peak_gflops, peak_gbs;
+    char peak_assumption[256];
 } CudaBackendInfo;
 
 int cuda_backend_info(const Backend *b, CudaBackendInfo *info, MamlError *err);

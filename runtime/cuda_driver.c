@@ -14,10 +14,15 @@ typedef struct {
     char file_error[400];   /* dlerror() of the first existing file that failed to load */
 } SearchErrors;
 
+/* NVRTC, cuDNN and the driver stay mapped until the process ends, even if something dlcloses
+ * them: what they leave allocated is then reported by LeakSanitizer with frames it can symbolize,
+ * so tests/lsan.supp can suppress it by library name. */
+#define CUDA_LIB_FLAGS (RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE)
+
 /* dlopens path; on failure remembers why. A file that exists but does not load (wrong
  * architecture, missing dependency) says more than "not found", so that error is kept. */
 static void *try_open(const char *path, bool by_loader, SearchErrors *e) {
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    void *lib = dlopen(path, CUDA_LIB_FLAGS);
     if (lib) return lib;
     const char *msg = dlerror();
     if (!msg) msg = "dlopen failed";
@@ -120,7 +125,7 @@ void *cuda_lib_open(const CudaLibSpec *s, char *path, size_t size, MamlError *er
     const char *forced = s->env ? getenv(s->env) : NULL;
     if (forced && *forced) {
         snprintf(path, size, "%s", forced);
-        void *lib = dlopen(forced, RTLD_NOW | RTLD_LOCAL);
+        void *lib = dlopen(forced, CUDA_LIB_FLAGS);
         if (!lib)
             maml_fail(err, "no %s: $%s=%s does not load (%s)", s->what, s->env, forced, dlerror());
         return lib;
@@ -184,7 +189,10 @@ static int query_device(CudaDriver *d, MamlError *err) {
         int *out;
     } attrs[] = {{CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, &d->cc_major},
                  {CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, &d->cc_minor},
-                 {CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, &d->sm_count}};
+                 {CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, &d->sm_count},
+                 {CU_DEVICE_ATTRIBUTE_CLOCK_RATE, &d->clock_khz},
+                 {CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE, &d->memory_clock_khz},
+                 {CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH, &d->bus_bits}};
     for (size_t i = 0; i < sizeof attrs / sizeof attrs[0]; i++)
         if (CU_CHECK(d, err, "device attributes", cuDeviceGetAttribute, attrs[i].out, attrs[i].attr,
                      d->device))

@@ -52,7 +52,8 @@ typedef struct {
 
 /* dlopens the first library the search finds and writes its path (or loader name) into path.
  * Fails with "no WHAT: NAME not found (dlerror...)" naming where it looked. Libraries stay loaded
- * for the life of the process: unloading the driver or NVRTC while their threads run is unsafe. */
+ * for the life of the process (RTLD_NODELETE): unloading the driver or NVRTC while their threads
+ * run is unsafe, and LeakSanitizer cannot name the frames of an unloaded library. */
 void *cuda_lib_open(const CudaLibSpec *spec, char *path, size_t path_size, MamlError *err);
 
 /* The driver entry points mamlc uses; X(name) for each. */
@@ -114,6 +115,7 @@ typedef struct {
     int driver_version; /* e.g. 13000 for 13.0 */
     int ordinal;
     int cc_major, cc_minor, sm_count;
+    int clock_khz, memory_clock_khz, bus_bits; /* for the peaks bench quotes */
     size_t total_mem;
     char name[256];
     bool ctx_retained;

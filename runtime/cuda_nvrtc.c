@@ -86,6 +86,18 @@ static int read_archs(Nvrtc *n, MamlError *err) {
     return NVRTC_CHECK(n, err, "", nvrtcGetSupportedArchs, n->archs);
 }
 
+/* NVRTC dlopens libnvrtc-builtins (beside it, named by its version) for each compile and dlcloses
+ * it after; what it leaves allocated then has frames in an unmapped library, which LeakSanitizer
+ * can neither symbolize nor suppress by name. A reference of our own that is never deleted keeps
+ * it mapped. Failing costs only that: NVRTC finds the library itself. */
+static void pin_builtins(const Nvrtc *n) {
+    char path[sizeof n->path + 64];
+    const char *slash = strrchr(n->path, '/');
+    int dir = slash ? (int)(slash - n->path) + 1 : 0;
+    snprintf(path, sizeof path, "%.*slibnvrtc-builtins.so.%d.%d", dir, n->path, n->major, n->minor);
+    if (!dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE)) dlerror();
+}
+
 int nvrtc_open(Nvrtc **out, MamlError *err) {
     static const char *const names[] = {"libnvrtc.so.13", "libnvrtc.so", NULL};
     static const char *const wheels[] = {"nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib", NULL};
@@ -98,6 +110,7 @@ int nvrtc_open(Nvrtc **out, MamlError *err) {
         free(n);
         return -1;
     }
+    pin_builtins(n);
     *out = n;
     return 0;
 }

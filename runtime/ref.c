@@ -1,10 +1,9 @@
 /* Reference interpreter: every node is a dense double array, computed by the plainest loops that
- * express the primitive's definition. float32 runs compute as a plain float32 program would:
- * every stored value is rounded to float, and so is every partial sum and product of the
- * reductions (sequential order, no fused multiply-add), so that ref in float32 against ref in
- * float64 measures float32's own rounding, accumulators included. Buffers are freed after their
- * last consumer, so the unrolled MAML graphs fit in memory. */
+ * express the primitive's definition. float32 runs round each stored value to float. Buffers are
+ * freed after their last consumer, so the unrolled MAML graphs fit in memory. */
 #include "ref.h"
+
+#include "inputs.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -35,15 +34,6 @@ static int64_t offset_in(int64_t flat, Shape s, const int64_t *st) {
         flat /= s.dims[i];
     }
     return off;
-}
-
-/* s + a*b, in float32 (product and sum each rounded) when f32 is set. */
-static inline double mul_add(bool f32, double s, double a, double b) {
-    return f32 ? (double)((float)s + (float)(a * b)) : s + a * b;
-}
-
-static inline double add(bool f32, double s, double v) {
-    return f32 ? (double)((float)s + (float)v) : s + v;
 }
 
 static double *in_val(Interp *in, const Node *n, int k) {
@@ -99,7 +89,7 @@ static void run_reduce(Interp *in, const Node *n, double *out) {
     for (int64_t i = 0; i < count; i++) out[i] = n->op == OP_REDUCE_SUM ? 0.0 : -INFINITY;
     for (int64_t i = 0, total = shape_numel(xs); i < total; i++) {
         double *o = &out[offset_in(i, xs, st)];
-        *o = n->op == OP_REDUCE_SUM ? add(in->prec == PREC_F32, *o, x[i]) : fmax(*o, x[i]);
+        *o = n->op == OP_REDUCE_SUM ? *o + x[i] : fmax(*o, x[i]);
     }
 }
 
@@ -127,7 +117,6 @@ static void run_matmul(Interp *in, const Node *n, double *out) {
     int64_t k = n->attr.trans_a ? as.dims[r - 2] : as.dims[r - 1];
     int64_t batch = shape_numel(n->shape) / (m * nn);
     const double *a = in_val(in, n, 0), *b = in_val(in, n, 1);
-    bool f32 = in->prec == PREC_F32;
     for (int64_t p = 0; p < batch; p++) {
         const double *ap = a + p * m * k, *bp = b + p * k * nn;
         for (int64_t i = 0; i < m; i++)
@@ -136,7 +125,7 @@ static void run_matmul(Interp *in, const Node *n, double *out) {
                 for (int64_t q = 0; q < k; q++) {
                     double av = n->attr.trans_a ? ap[q * m + i] : ap[i * k + q];
                     double bv = n->attr.trans_b ? bp[j * k + q] : bp[q * nn + j];
-                    s = mul_add(f32, s, av, bv);
+                    s += av * bv;
                 }
                 out[(p * m + i) * nn + j] = s;
             }
@@ -149,12 +138,11 @@ static void run_matmul(Interp *in, const Node *n, double *out) {
 typedef struct {
     int64_t T, N, C, H, W, O, KH, KW, HO, WO;
     int stride, pad;
-    bool f32; /* accumulate in float32 */
 } ConvDims;
 
-static ConvDims conv_dims(Shape x, Shape w, Shape y, const Attr *a, bool f32) {
+static ConvDims conv_dims(Shape x, Shape w, Shape y, const Attr *a) {
     ConvDims d = {x.dims[0], x.dims[1], x.dims[2], x.dims[3], x.dims[4], w.dims[1],
-                  w.dims[3], w.dims[4], y.dims[3], y.dims[4], a->stride, a->padding, f32};
+                  w.dims[3], w.dims[4], y.dims[3], y.dims[4], a->stride, a->padding};
     return d;
 }
 
@@ -180,9 +168,9 @@ static void conv_tap(OpKind op, const ConvDims *d, int64_t kh, int64_t kw, const
         int64_t xr = xb + (i * d->stride - d->pad + kh) * d->W - d->pad + kw, yr = yb + i * d->WO;
         for (int64_t j = j0; j < j1; j++) {
             int64_t xi = xr + j * d->stride, yi = yr + j;
-            if (op == OP_CONV2D) dst[yi] = mul_add(d->f32, dst[yi], x[xi], w[wi]);
-            else if (op == OP_CONV2D_GRAD_INPUT) dst[xi] = mul_add(d->f32, dst[xi], y[yi], w[wi]);
-            else dst[wi] = mul_add(d->f32, dst[wi], x[xi], y[yi]);
+            if (op == OP_CONV2D) dst[yi] += x[xi] * w[wi];
+            else if (op == OP_CONV2D_GRAD_INPUT) dst[xi] += y[yi] * w[wi];
+            else dst[wi] += x[xi] * y[yi];
         }
     }
 }
@@ -201,7 +189,7 @@ static void run_conv_family(Interp *in, const Node *n, double *out) {
         xs = a->shape, ys = b->shape, ws = n->shape;
         x = in_val(in, n, 0), y = in_val(in, n, 1);
     }
-    ConvDims d = conv_dims(xs, ws, ys, &n->attr, in->prec == PREC_F32);
+    ConvDims d = conv_dims(xs, ws, ys, &n->attr);
     memset(out, 0, (size_t)shape_numel(n->shape) * sizeof *out);
     for (int64_t t = 0; t < d.T; t++)
         for (int64_t nn = 0; nn < d.N; nn++)
@@ -238,7 +226,7 @@ static void run_pool_family(Interp *in, const Node *n, double *out) {
                 int64_t oi = (p * HO + i) * WO + j;
                 if (n->op == OP_MAX_POOL2D) out[oi] = x[best];
                 else if (n->op == OP_POOL_GATHER) out[oi] = z[best];
-                else out[best] = add(in->prec == PREC_F32, out[best], z[oi]);
+                else out[best] += z[oi];
             }
 }
 
@@ -281,32 +269,6 @@ static int run_node(Interp *in, int id, double *out) {
     case OP_COUNT: return maml_fail(in->err, "node %d: cannot run %s", id, op_info[n->op].name);
     default: run_elementwise(in, n, out, count); return 0;
     }
-}
-
-static bool dtype_fits(DType want, TensorDType have) {
-    bool is_float = have == TENSOR_F32 || have == TENSOR_F64;
-    return want == DT_REAL ? is_float : !is_float;
-}
-
-/* Checks every INPUT node against its tensor before anything runs. */
-static int check_inputs(const Graph *g, const TensorSet *inputs, MamlError *err) {
-    for (int i = 0; i < g->n_nodes; i++) {
-        const Node *n = &g->nodes[i];
-        if (n->op != OP_INPUT) continue;
-        const Tensor *t = tensorset_find(inputs, n->name);
-        char want[96], have[96];
-        if (!t) return maml_fail(err, "missing tensor '%s' (expected shape %s)", n->name,
-                                 shape_str(n->shape, want, sizeof want));
-        if (!shape_equal(t->shape, n->shape))
-            return maml_fail(err, "tensor '%s': expected shape %s, found %s", n->name,
-                             shape_str(n->shape, want, sizeof want),
-                             shape_str(t->shape, have, sizeof have));
-        if (!dtype_fits(n->dtype, t->dtype))
-            return maml_fail(err, "tensor '%s': expected %s values, found %s", n->name,
-                             n->dtype == DT_REAL ? "floating-point" : "integer",
-                             tensor_dtype_name(t->dtype));
-    }
-    return 0;
 }
 
 static double round_to(Precision prec, double v) {
@@ -378,7 +340,7 @@ static int execute(Interp *in, const TensorSet *inputs, const int *last) {
 int ref_run(const Graph *g, Precision prec, const TensorSet *inputs, TensorSet *outputs,
             MamlError *err) {
     if (graph_status(g, err)) return -1;
-    if (check_inputs(g, inputs, err)) return -1;
+    if (inputs_check(g, inputs, err)) return -1;
     Interp in = {.g = g, .prec = prec, .err = err};
     int *last = compute_last_use(g, err);
     in.val = maml_calloc((size_t)g->n_nodes, sizeof *in.val, err);

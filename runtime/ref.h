@@ -13,8 +13,7 @@ typedef enum { PREC_F32, PREC_F64 } Precision;
  * tensor, or one with another shape, is an error naming it with the expected and found shapes,
  * and nothing is computed. Each graph output is added to outputs under its name, as F32 or F64
  * per prec (integer and mask outputs are converted to that real type). In PREC_F32 every node's
- * result is rounded to float as it is stored, and the sums of reductions, matrix products and
- * convolutions accumulate in float, in plain sequential order, as a naive float32 program would. */
+ * result is rounded to float as it is stored, as a float32 backend would. */
 int ref_run(const Graph *g, Precision prec, const TensorSet *inputs, TensorSet *outputs,
             MamlError *err);
 

@@ -16,9 +16,11 @@
 # and bench.txt (the benchmark JSON). Needs ./mamlc and build/gpu_compare: built with
 # `make all build/gpu_compare` when missing (that needs the build dependencies); on a machine
 # without them, build here with `make gpu-check-prep` and bring mamlc, build/gpu_compare and
-# build/gpucheck along. Fixtures come from $MAMLC_FIXTURES, ../shared/fixtures/pytorch_maml or
-# build/gpucheck/fixtures. GPU_CHECK_BACKEND=cpu runs the same script on the cpu backend (a dry run
-# of the script itself on a machine without a GPU; the device-only parts are skipped);
+# build/gpucheck along (and build/tests/test_cuda, build/tests/test_faults for the device tests).
+# Fixtures come from $MAMLC_FIXTURES, ../shared/fixtures/pytorch_maml or
+# build/gpucheck/shared/fixtures/pytorch_maml. GPU_CHECK_BACKEND=cpu runs the same script on the
+# cpu backend (a dry run of the script itself on a machine without a GPU; the device-only parts
+# are skipped);
 # GPU_CHECK_STEPS (default 10) and GPU_CHECK_REPS (default 30) shorten such a run;
 # GPU_CHECK_SANITIZERS (default "memcheck synccheck racecheck") picks compute-sanitizer's tools
 # ("" for none); GPU_CHECK_PYTHON (default python3) runs the PyTorch side ("" to skip it).
@@ -75,7 +77,7 @@ if ! "$MAMLC" check graphs/sinusoid.yaml >/dev/null 2>&1 || ! [ -x "$CMP" ]; the
 fi
 ldd "$MAMLC" | grep "not found" && { result binaries "FAIL: libraries missing for ./mamlc"; finish; }
 FIX=${MAMLC_FIXTURES:-}
-for d in ../shared/fixtures/pytorch_maml build/gpucheck/fixtures; do
+for d in ../shared/fixtures/pytorch_maml build/gpucheck/shared/fixtures/pytorch_maml; do
     [ -z "$FIX" ] && [ -f "$d/manifest.yaml" ] && FIX=$d
 done
 echo "fixtures: ${FIX:-none found}"
@@ -104,6 +106,22 @@ for gto in $STEP_GRAPHS; do
     ) &
     STEP_PIDS+=($!)
 done
+if [ "$BACKEND" = cuda ]; then # the seed's trajectory with the convolutions on cuDNN
+    (
+        timeout 300 "$CMP" steps graphs/omniglot_seed.yaml --backend cuda --oracle ref \
+            --steps "$STEPS" --tasks 2 --conv cudnn >"$WORK/steps_seed_cudnn.txt" 2>&1
+        echo $? >"$WORK/steps_seed_cudnn.rc"
+    ) &
+    STEP_PIDS+=($!)
+fi
+if [ "$BACKEND" = cuda ]; then # an experiment: the 5w1s trajectory without FMA contraction
+    (
+        MAMLC_NVRTC_FMAD=0 timeout 300 "$CMP" steps graphs/omniglot_5w1s.yaml --backend cuda \
+            --oracle ref --steps "$STEPS" --tasks 2 >"$WORK/steps_5w1s_nofma.txt" 2>&1
+        echo $? >"$WORK/steps_5w1s_nofma.rc"
+    ) &
+    STEP_PIDS+=($!)
+fi
 
 # ---- compile --------------------------------------------------------------------------------------
 [ "$BACKEND" = cuda ] && section "compile: the seed's training step, cold then warm"
@@ -165,6 +183,39 @@ else
     done
 fi
 
+if [ "$BACKEND" = cuda ] && [ -n "$FIX" ]; then
+    section "conv: fixture so_T2_5w1s_q5_in1 with --conv cudnn and --conv auto"
+    n=so_T2_5w1s_q5_in1
+    for conv in cudnn auto; do
+        if run_grad "$WORK/conv_$conv.safetensors" cuda params_p5_default $n --set maml.q_query=5 \
+            --conv $conv && "$CMP" tensors "$WORK/conv_$conv.safetensors" \
+            "$FIX/expected64_$n.safetensors" "$WORK/$n.ref32.safetensors" >"$WORK/conv_$conv.cmp"; then
+            worst=$(sed -n 's/.*worst error\/bound \(.*\)/\1/p' "$WORK/conv_$conv.cmp")
+            result "fixture q5 --conv $conv" "ok (worst error/bound $worst)"
+        else
+            cat "$WORK/conv_$conv.cmp" 2>/dev/null
+            echo "again with MAMLC_CUDA_SYNC=1, to name the failing call:"
+            MAMLC_CUDA_SYNC=1 run_grad "$WORK/conv_$conv.safetensors" cuda params_p5_default $n \
+                --set maml.q_query=5 --conv $conv
+            result "fixture q5 --conv $conv" "FAIL (see the log)"
+        fi
+    done
+fi
+
+# ---- device tests: the Criterion tests that need a GPU, where their binaries came along ------
+if [ "$BACKEND" = cuda ]; then
+    for t in "test_cuda cuda_device/*" "test_faults faults/device_out_of_memory*"; do
+        set -- $t
+        [ -x "build/tests/$1" ] || { result "$1 device tests" "skipped (build/tests/$1 not here)"; continue; }
+        section "build/tests/$1 --filter '$2'"
+        LD_LIBRARY_PATH="$PWD/build/gpucheck/testlib:${LD_LIBRARY_PATH:-}" \
+            MAMLC_SHARED=${MAMLC_SHARED:-build/gpucheck/shared} timeout 120 "build/tests/$1" \
+            --filter "$2" --verbose 2>&1 | tail -n 30
+        rc=${PIPESTATUS[0]}
+        if [ "$rc" = 0 ]; then result "$1 device tests" "ok"; else result "$1 device tests" "FAIL: exit status $rc"; fi
+    done
+fi
+
 # ---- track: each step from the float64 trajectory (one wrong step vs accumulated drift) ---------
 if [ "$BACKEND" = cuda ]; then
     section "track: omniglot_5w1s, every step from ref's float64 state"
@@ -214,6 +265,20 @@ for gto in $STEP_GRAPHS; do
     *) result "$STEPS steps $g" "FAIL: exit status $rc" ;;
     esac
 done
+if [ -f "$WORK/steps_seed_cudnn.rc" ]; then
+    echo "-- omniglot_seed with --conv cudnn"
+    grep -v " ok$" "$WORK/steps_seed_cudnn.txt"
+    worst=$(sed -n 's/.*worst error\/bound \(.*\)/\1/p' "$WORK/steps_seed_cudnn.txt")
+    if [ "$(cat "$WORK/steps_seed_cudnn.rc")" = 0 ]; then
+        result "$STEPS steps seed --conv cudnn" "ok (worst error/bound $worst)"
+    else result "$STEPS steps seed --conv cudnn" "FAIL (worst error/bound ${worst:-?})"; fi
+fi
+if [ -f "$WORK/steps_5w1s_nofma.rc" ]; then
+    echo "-- omniglot_5w1s with MAMLC_NVRTC_FMAD=0 (experiment: no FMA contraction)"
+    grep -v " ok$" "$WORK/steps_5w1s_nofma.txt"
+    worst=$(sed -n 's/.*worst error\/bound \(.*\)/\1/p' "$WORK/steps_5w1s_nofma.txt")
+    result "$STEPS steps 5w1s, no FMA" "experiment: exit $(cat "$WORK/steps_5w1s_nofma.rc"), worst error/bound $worst"
+fi
 
 # ---- bench ----------------------------------------------------------------------------------------
 section "bench: mamlc bench --backend $BACKEND"
@@ -224,6 +289,11 @@ BENCHES=(
     "5w1s graphs/omniglot_5w1s.yaml"
     "20w1s graphs/omniglot_20w1s.yaml"
     "sinusoid graphs/sinusoid.yaml"
+)
+[ "$BACKEND" = cuda ] && BENCHES+=(
+    "seed_q1_cudnn graphs/omniglot_seed.yaml --conv cudnn"
+    "seed_q1_auto graphs/omniglot_seed.yaml --conv auto"
+    "seed_q15_cudnn graphs/omniglot_seed.yaml --set maml.q_query=15 --conv cudnn"
 )
 field() { sed -n "s/.*\"$2\": \([-0-9.e+]*\).*/\1/p" "$1" | head -n 1; }
 printf '%-16s %8s %10s %10s %11s %12s\n' bench kernels "step ms" "GFLOP/s" "arena MiB" "images/s" >"$WORK/bench_table.txt"
@@ -267,6 +337,9 @@ fi
 if [ "$BACKEND" = cuda ]; then
     section "profile: the seed's slowest kernels"
     timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --top 20 || result profile "FAIL: gpu_compare profile failed"
+    section "profile: the seed with --conv cudnn"
+    timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --conv cudnn --top 10 ||
+        result "profile --conv cudnn" "FAIL: gpu_compare profile failed"
 fi
 
 finish

@@ -31,6 +31,7 @@
 
 #include "backend.h"
 #include "bench.h"
+#include "compare.h"
 #include "cuda_backend.h"
 #include "cuda_driver.h"
 #include "cuda_nvrtc.h"
@@ -41,12 +42,6 @@
 #include "spec.h"
 
 #define MAX_SETS 16
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* ---- device ---- */
 
@@ -77,87 +72,15 @@ static int cmd_device(void) {
 
 /* ---- tensors ---- */
 
-/* "grad/conv1.x" -> "grad", "adam/m/x" -> "adam/m", "x" -> "". */
-static void group_of(const char *name, char *buf, size_t size) {
-    const char *slash = strrchr(name, '/');
-    size_t n = slash ? (size_t)(slash - name) : 0;
-    if (n >= size) n = size - 1;
-    memcpy(buf, name, n);
-    buf[n] = 0;
-}
-
-static double max_abs(const Tensor *t) {
-    double m = 0;
-    for (int64_t k = 0, c = shape_numel(t->shape); k < c; k++) m = fmax(m, fabs(tensor_get(t, k)));
-    return m;
-}
-
-static double scale_of(const TensorSet *want, const Tensor *t) {
-    char g[128], h[128];
-    group_of(t->name, g, sizeof g);
-    double group = 0;
-    for (int i = 0; i < want->n; i++) {
-        group_of(want->items[i].name, h, sizeof h);
-        if (strcmp(g, h) == 0) group = fmax(group, max_abs(&want->items[i]));
-    }
-    double s = max_abs(t) >= 1e-9 * group ? max_abs(t) : group;
-    return s > 0 ? s : 1.0;
-}
-
-/* max |got - want| / scale, and ||got - want|| / ||want|| */
-static void errors(const Tensor *got, const Tensor *want, double scale, double *max_rel,
-                   double *l2_rel) {
-    double d = 0, num = 0, den = 0;
-    for (int64_t k = 0, c = shape_numel(want->shape); k < c; k++) {
-        double a = tensor_get(got, k), b = tensor_get(want, k);
-        if (isnan(a) && isnan(b)) continue;
-        double e = isnan(a) || isnan(b) ? INFINITY : fabs(a - b);
-        d = fmax(d, e);
-        num += e * e;
-        den += b * b;
-    }
-    *max_rel = d / scale;
-    *l2_rel = den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-/* Prints one line per tensor of want (unless quiet) and a summary; returns the number over their
- * bound (-1: a tensor missing); *worst_out (if given) gets the largest error/bound. */
+/* runtime/compare.h's compare_sets on stdout: a line per tensor (unless quiet; those over their
+ * bound always) and a summary; returns the number over their bound or missing; *worst_out (if
+ * given) gets the largest error/bound. */
 static int compare_sets_worst(const TensorSet *got, const TensorSet *want, const TensorSet *ref32,
                               double bound, const char *label, bool quiet, double *worst_out) {
-    int bad = 0;
-    double worst = 0;
-    if (!quiet)
-        printf("%-36s %12s %12s %12s  %s\n", "tensor", "max rel err", "bound", "l2 rel err",
-               label);
-    for (int i = 0; i < want->n; i++) {
-        const Tensor *w = &want->items[i], *g = tensorset_find(got, w->name);
-        if (!g || !shape_equal(g->shape, w->shape)) {
-            printf("%-36s missing or of another shape\n", w->name);
-            return -1;
-        }
-        double scale = scale_of(want, w), e, l2, b = bound;
-        errors(g, w, scale, &e, &l2);
-        const Tensor *r = ref32 ? tensorset_find(ref32, w->name) : NULL;
-        if (r) {
-            double re, rl2;
-            errors(r, w, scale, &re, &rl2);
-            b = fmax(bound, 3 * re);
-        }
-        bool ok = e <= b;
-        bad += !ok;
-        worst = fmax(worst, e / b);
-        if (!quiet || !ok)
-            printf("%-36s %12.3g %12.3g %12.3g  %s\n", w->name, e, b, l2, ok ? "ok" : "OVER");
-    }
-    printf("%s: %d of %d tensors over their bound; worst error/bound %.3g\n", label, bad, want->n,
-           worst);
-    if (worst_out) *worst_out = worst;
+    CompareSummary s;
+    int bad = compare_sets(got, want, ref32, bound, label, stdout, !quiet, &s);
+    if (worst_out) *worst_out = s.worst;
     return bad;
-}
-
-static int compare_sets(const TensorSet *got, const TensorSet *want, const TensorSet *ref32,
-                        double bound, const char *label) {
-    return compare_sets_worst(got, want, ref32, bound, label, false, NULL);
 }
 
 static int read_set(const char *path, TensorSet *set) {
@@ -187,7 +110,8 @@ static int cmd_tensors(int argc, char **argv) {
     if (read_set(files[0], &got) || read_set(files[1], &want) ||
         (files[2] && read_set(files[2], &ref32)))
         return 2;
-    int bad = compare_sets(&got, &want, files[2] ? &ref32 : NULL, bound, files[0]);
+    int bad =
+        compare_sets_worst(&got, &want, files[2] ? &ref32 : NULL, bound, files[0], false, NULL);
     tensorset_free(&got);
     tensorset_free(&want);
     tensorset_free(&ref32);
@@ -199,9 +123,18 @@ static int cmd_tensors(int argc, char **argv) {
 typedef struct {
     const char *graph, *backend, *oracle;
     int steps, tasks;
+    double perturb; /* relative noise added to the backend's starting parameters */
     const char *sets[MAX_SETS];
     int n_sets;
 } StepArgs;
+
+/* --conv MODE (generated, cudnn, auto): how the cuda backend runs the convolutions. */
+static int take_conv(const char *v, CudaConvMode *mode) {
+    MamlError err;
+    if (cuda_conv_mode_parse(v, mode, &err) == 0) return 0;
+    fprintf(stderr, "gpu_compare: %s\n", err.message);
+    return -1;
+}
 
 static int parse_steps(int argc, char **argv, StepArgs *a) {
     memset(a, 0, sizeof *a);
@@ -216,7 +149,13 @@ static int parse_steps(int argc, char **argv, StepArgs *a) {
             a->steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tasks") && more)
             a->tasks = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--set") && more && a->n_sets < MAX_SETS - 1)
+        else if (!strcmp(argv[i], "--perturb") && more)
+            a->perturb = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--conv") && more) {
+            CudaConvMode m; /* backend_open's cuda backends take the process default */
+            if (take_conv(argv[++i], &m)) return -1;
+            cuda_set_defaults(m, false);
+        } else if (!strcmp(argv[i], "--set") && more && a->n_sets < MAX_SETS - 1)
             a->sets[a->n_sets++] = argv[++i];
         else if (argv[i][0] != '-' && !a->graph)
             a->graph = argv[i];
@@ -226,110 +165,48 @@ static int parse_steps(int argc, char **argv, StepArgs *a) {
     return a->graph && a->steps > 0 && a->tasks > 0 ? 0 : -1;
 }
 
-/* Uniform noise in [0, 1) for the images: no two pixels of a pooling window nearly tie, so the
- * float32 runs take the same argmaxes as the float64 one. */
-static void noise_images(TensorSet *in) {
-    uint64_t x = 12345;
-    for (int i = 0; i < in->n; i++) {
-        Tensor *t = &in->items[i];
-        if (strcmp(t->name, "support_x") != 0 && strcmp(t->name, "query_x") != 0) continue;
-        if (t->shape.rank < 4) continue; /* regression inputs keep their values */
-        for (int64_t k = 0, n = shape_numel(t->shape); k < n; k++) {
-            x = x * 6364136223846793005ull + 1442695040888963407ull;
-            tensor_set(t, k, (double)(x >> 11) / 9007199254740992.0);
-        }
-    }
-}
+/* The backend, the oracle in float64 and the oracle in float32: runtime/compare.h's StepRun. */
+typedef StepRun Runner;
 
-/* Copies every output that names an input back into the inputs; adam/step counts up. */
-static void feed_back(TensorSet *in, const TensorSet *out) {
-    for (int i = 0; i < out->n; i++) {
-        const Tensor *o = &out->items[i];
-        Tensor *t = tensorset_find(in, o->name);
-        if (!t) continue;
-        for (int64_t k = 0, n = shape_numel(o->shape); k < n; k++)
-            tensor_set(t, k, tensor_get(o, k));
-    }
-    Tensor *step = tensorset_find(in, "adam/step");
-    if (step) tensor_set(step, 0, tensor_get(step, 0) + 1);
-}
-
-typedef struct {
-    Backend *b;
-    TensorSet state, last;
-    double seconds;
-    char label[32];
-    int steps, rc;
-    double *losses; /* per step */
-    MamlError err;
-} Runner;
-
-static void *runner_main(void *arg) {
-    Runner *r = arg;
-    for (int s = 0; s < r->steps && r->rc == 0; s++) {
-        tensorset_free(&r->last);
-        tensorset_init(&r->last);
-        double t0 = now_s();
-        r->rc = backend_run(r->b, &r->state, &r->last, &r->err);
-        r->seconds += now_s() - t0;
-        const Tensor *loss = tensorset_find(&r->last, "meta_loss");
-        r->losses[s] = loss ? tensor_get(loss, 0) : NAN;
-        if (r->rc == 0) feed_back(&r->state, &r->last);
-    }
-    return NULL;
-}
-
-/* The backends start from the same float32 values (the float64 reference too), so their
- * differences come from the arithmetic alone. */
+/* Opens the three backends and copies the start into each (float32; the float64 run keeps its
+ * state in float64), so their differences come from the arithmetic alone. */
 static int open_runners(const StepArgs *a, const Graph *g, const TensorSet *start, Runner *r,
                         MamlError *err) {
+    static char labels[3][32];
     const char *names[3] = {a->backend, a->oracle, a->oracle};
     Precision precs[3] = {PREC_F32, PREC_F64, PREC_F32};
     for (int i = 0; i < 3; i++) {
         char why[1200];
-        if (backend_open(names[i], g, precs[i], &r[i].b, why, sizeof why, err)) return -1;
-        snprintf(r[i].label, sizeof r[i].label, "%s%s", names[i],
+        if (backend_open(names[i], g, precs[i], &r[i].backend, why, sizeof why, err)) return -1;
+        snprintf(labels[i], sizeof labels[i], "%s%s", names[i],
                  i == 0   ? ""
                  : i == 1 ? " f64"
                           : " f32");
-        r[i].steps = a->steps;
-        r[i].losses = calloc((size_t)a->steps, sizeof *r[i].losses);
-        tensorset_init(&r[i].state);
-        tensorset_init(&r[i].last);
-        if (!r[i].losses) return maml_fail(err, "out of memory");
-        for (int k = 0; k < start->n; k++) {
-            const Tensor *t = &start->items[k];
-            bool real = t->dtype == TENSOR_F32 || t->dtype == TENSOR_F64;
-            Tensor *c = tensorset_add(&r[i].state, t->name, real ? TENSOR_F32 : t->dtype, t->shape,
-                                      NULL, err);
-            if (!c) return -1;
-            for (int64_t q = 0, n = shape_numel(t->shape); q < n; q++)
-                tensor_set(c, q, tensor_get(t, q));
+        r[i].label = labels[i];
+    }
+    return compare_steps_start(r, 3, start, a->steps, err);
+}
+
+/* Multiplies every parameter value by (1 + rel * u), u uniform in [-1, 1): how much a
+ * perturbation of the size of float32 rounding grows over the steps. */
+static void perturb_params(TensorSet *state, const Graph *g, double rel) {
+    uint64_t x = 99;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = &g->nodes[i];
+        if (n->op != OP_INPUT || n->input_kind != INPUT_PARAM) continue;
+        Tensor *t = tensorset_find(state, n->name);
+        for (int64_t k = 0, c = t ? shape_numel(t->shape) : 0; k < c; k++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            double u = (double)(x >> 11) / 4503599627370496.0 - 1.0;
+            tensor_set(t, k, tensor_get(t, k) * (1 + rel * u));
         }
     }
-    return 0;
 }
 
 /* The three runs go side by side, each on its own thread (the backends share nothing). */
 static int run_steps(const StepArgs *a, Runner *r, MamlError *err) {
-    pthread_t tid[3];
-    bool started[3] = {false, false, false};
-    for (int i = 0; i < 3; i++) started[i] = pthread_create(&tid[i], NULL, runner_main, &r[i]) == 0;
-    for (int i = 0; i < 3; i++) {
-        if (started[i])
-            pthread_join(tid[i], NULL);
-        else
-            runner_main(&r[i]);
-    }
-    for (int i = 0; i < 3; i++)
-        if (r[i].rc) return maml_fail(err, "%s: %s", r[i].label, r[i].err.message);
-    printf("%-5s %16s %16s %16s   (meta_loss before each update)\n", "step", r[0].label, r[1].label,
-           r[2].label);
-    for (int s = 0; s < a->steps; s++)
-        printf("%-5d %16.9g %16.9g %16.9g\n", s + 1, r[0].losses[s], r[1].losses[s],
-               r[2].losses[s]);
-    printf("seconds: %s %.3f, %s %.3f, %s %.3f\n", r[0].label, r[0].seconds, r[1].label,
-           r[1].seconds, r[2].label, r[2].seconds);
+    if (compare_steps_go(r, 3, a->steps, err)) return -1;
+    compare_print_steps(r, 3, a->steps, stdout);
     return 0;
 }
 
@@ -339,7 +216,7 @@ static int cmd_steps(int argc, char **argv) {
         fprintf(
             stderr,
             "usage: gpu_compare steps GRAPH.yaml [--backend cuda] [--oracle ref|cpu] [--steps 10] "
-            "[--tasks 2] [--set K=V ...]\n");
+            "[--tasks 2] [--conv generated|cudnn|auto] [--set K=V ...]\n");
         return 2;
     }
     char batch[64];
@@ -356,24 +233,21 @@ static int cmd_steps(int argc, char **argv) {
     int rc = spec_load(a.graph, a.sets, a.n_sets, &spec, &err);
     if (rc == 0) rc = maml_build(&spec, MAML_TRAIN_STEP, a.tasks, &g, NULL, &err);
     if (rc == 0) rc = bench_inputs(&spec, &g, 7, &start, &err);
-    if (rc == 0) noise_images(&start);
+    if (rc == 0) compare_noise_images(&start);
     if (rc == 0) rc = open_runners(&a, &g, &start, r, &err);
+    if (rc == 0 && a.perturb > 0) perturb_params(&r[0].state, &g, a.perturb);
     if (rc == 0) rc = run_steps(&a, r, &err);
     int bad = 0;
     if (rc == 0) {
         char label[300];
         snprintf(label, sizeof label, "%s after %d steps (T=%d): %s vs %s", a.graph, a.steps,
                  a.tasks, r[0].label, a.oracle);
-        bad = compare_sets(&r[0].state, &r[1].state, &r[2].state, 1e-4, label);
+        bad = compare_sets_worst(&r[0].state, &r[1].state, &r[2].state, 1e-4, label, false, NULL);
     } else {
         fprintf(stderr, "gpu_compare: %s\n", err.message);
     }
-    for (int i = 0; i < 3; i++) {
-        backend_close(r[i].b);
-        tensorset_free(&r[i].state);
-        tensorset_free(&r[i].last);
-        free(r[i].losses);
-    }
+    for (int i = 0; i < 3; i++) backend_close(r[i].backend);
+    compare_steps_free(r, 3);
     tensorset_free(&start);
     graph_free(&g);
     spec_free(&spec);
@@ -447,7 +321,7 @@ static int track_step(Track *t, int step, bool check_repeat, MamlError *err) {
         tensorset_free(&t->worst_state);
         if (copy_f32(&t->s32, &t->worst_state, err)) return -1;
     }
-    feed_back(&t->state64, &t->out[1]);
+    compare_feed_back(&t->state64, &t->out[1]);
     return 0;
 }
 
@@ -486,7 +360,7 @@ static int cmd_track(int argc, char **argv) {
     int rc = spec_load(a.graph, a.sets, a.n_sets, &spec, &err);
     if (rc == 0) rc = maml_build(&spec, MAML_TRAIN_STEP, a.tasks, &g, NULL, &err);
     if (rc == 0) rc = bench_inputs(&spec, &g, 7, &t.state64, &err);
-    if (rc == 0) noise_images(&t.state64);
+    if (rc == 0) compare_noise_images(&t.state64);
     const char *names[3] = {a.backend, a.oracle, a.oracle};
     Precision precs[3] = {PREC_F32, PREC_F64, PREC_F32};
     for (int i = 0; rc == 0 && i < 3; i++)
@@ -554,6 +428,16 @@ static void print_profile(Backend *b, const double *kernel_ms, double step_ms, i
                kernel_flops(k) / 1e9 / s,
                kernel_bytes(&cg->prog, k, (int)cg->plan.elem_size) / 1e9 / s);
     }
+    printf("%-20s %8s %10s %6s\n", "kind", "kernels", "ms", "%");
+    for (int kind = 0; kind < KERNEL_KIND_COUNT; kind++) {
+        int count = 0;
+        double ms = 0;
+        for (int i = 0; i < n; i++)
+            if ((int)cg->prog.kernels[i].kind == kind) count++, ms += kernel_ms[i];
+        if (count)
+            printf("%-20s %8d %10.3f %6.1f\n", kernel_kind_name((KernelKind)kind), count, ms,
+                   100 * ms / sum);
+    }
     free(t);
 }
 
@@ -566,7 +450,9 @@ static int cmd_profile(int argc, char **argv) {
             top = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-fuse"))
             o.no_fuse = true;
-        else if (!strcmp(argv[i], "--set") && i + 1 < argc && n_sets < MAX_SETS)
+        else if (!strcmp(argv[i], "--conv") && i + 1 < argc) {
+            if (take_conv(argv[++i], &o.conv)) return 2;
+        } else if (!strcmp(argv[i], "--set") && i + 1 < argc && n_sets < MAX_SETS)
             sets[n_sets++] = argv[++i];
         else if (argv[i][0] != '-' && !graph)
             graph = argv[i];

@@ -213,10 +213,34 @@ Test(bench_helpers, machine_peak_states_its_assumption) {
     bench_machine_peak(&p);
     cr_assert(p.cores >= 1 && p.flop_per_cycle >= 8 && p.ghz > 0 && p.peak_gflops > 0);
     cr_assert(strstr(p.assumption, "FLOP/cycle"), "%s", p.assumption);
+    cr_assert(strstr(p.assumption, p.isa) && strstr(p.assumption, p.units), "%s", p.assumption);
+    cr_log_info("%s", p.assumption);
     setenv("MAMLC_PEAK_GFLOPS", "123.5", 1);
     bench_machine_peak(&p);
     cr_assert_eq(p.peak_gflops, 123.5);
     unsetenv("MAMLC_PEAK_GFLOPS");
+}
+
+/* The FLOP/cycle follows the ISA: 64 with AVX-512 (two FMA units), 32 with AVX2 + FMA, 16 with
+ * AVX alone, 8 otherwise; a flag only counts as a whole word. */
+Test(bench_helpers, flop_per_cycle_follows_the_isa) {
+    static const struct {
+        const char *flags, *isa;
+        int flop;
+    } cases[] = {
+        {"fpu sse sse2 avx avx2 fma avx512f avx512dq", "avx512f", 64},
+        {"fpu sse sse2 avx fma avx2", "avx2+fma", 32},
+        {"fpu sse sse2 avx avx2", "avx", 16},
+        {"fpu sse sse2 avx512fx avx2x", "sse", 8},
+        {"", "sse", 8},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        MachinePeak p;
+        memset(&p, 0, sizeof p);
+        bench_isa_from_flags(cases[i].flags, &p);
+        cr_expect_eq(p.flop_per_cycle, cases[i].flop, "'%s': %d", cases[i].flags, p.flop_per_cycle);
+        cr_expect_str_eq(p.isa, cases[i].isa, "'%s'", cases[i].flags);
+    }
 }
 
 static void load_graph(const char *path, GraphSpec *spec, Graph *g) {

@@ -11,6 +11,7 @@
 
 #include "bench.h"
 #include "codegen.h"
+#include "compare.h"
 #include "cuda_backend.h"
 #include "cuda_driver.h"
 #include "cuda_nvrtc.h"
@@ -1293,45 +1294,6 @@ static void emu_run(const Rendered *r, const TensorSet *inputs, TensorSet *outpu
     dlclose(so);
 }
 
-/* "grad/conv1.x" -> "grad", "adam/m/x" -> "adam/m", "x" -> "". */
-static void emu_group(const char *name, char *buf, size_t size) {
-    const char *slash = strrchr(name, '/');
-    size_t n = slash ? (size_t)(slash - name) : 0;
-    if (n >= size) n = size - 1;
-    memcpy(buf, name, n);
-    buf[n] = 0;
-}
-
-static double emu_max_abs(const Tensor *t) {
-    double m = 0;
-    for (int64_t k = 0, c = shape_numel(t->shape); k < c; k++) m = fmax(m, fabs(tensor_get(t, k)));
-    return m;
-}
-
-/* A tensor's largest magnitude, or its group's when it is zero up to rounding (the conv-bias
- * gradients batch norm cancels exactly). */
-static double emu_scale(const TensorSet *want, const Tensor *t) {
-    char g[128], h[128];
-    emu_group(t->name, g, sizeof g);
-    double group = 0;
-    for (int i = 0; i < want->n; i++) {
-        emu_group(want->items[i].name, h, sizeof h);
-        if (!strcmp(g, h)) group = fmax(group, emu_max_abs(&want->items[i]));
-    }
-    double s = emu_max_abs(t) >= 1e-9 * group ? emu_max_abs(t) : group;
-    return s > 0 ? s : 1.0;
-}
-
-static double emu_rel_err(const Tensor *got, const Tensor *want, double scale) {
-    double d = 0;
-    for (int64_t k = 0, c = shape_numel(want->shape); k < c; k++) {
-        double a = tensor_get(got, k), b = tensor_get(want, k);
-        if (isnan(a) && isnan(b)) continue;
-        d = fmax(d, isnan(a) || isnan(b) ? INFINITY : fabs(a - b));
-    }
-    return d / scale;
-}
-
 /* Emulated CUDA against ref in float64; float32 is bound by 1e-4 per tensor (the cuda backend's
  * bound) or 3x the float32 reference's own error where that is larger; float64 by 1e-10. */
 static void emu_matches_ref(Rendered *r, const TensorSet *inputs, const char *label) {
@@ -1344,19 +1306,13 @@ static void emu_matches_ref(Rendered *r, const TensorSet *inputs, const char *la
     cr_assert_eq(ref_run(&r->raw, PREC_F64, inputs, &r64, &err), 0, "%s", err.message);
     if (!f64) cr_assert_eq(ref_run(&r->raw, PREC_F32, inputs, &r32, &err), 0, "%s", err.message);
     emu_run(r, inputs, &got);
-    double worst = 0;
-    const char *worst_name = "";
-    for (int i = 0; i < r64.n; i++) {
-        const Tensor *w = &r64.items[i], *g = tensorset_find(&got, w->name);
-        cr_assert(g, "%s: output %s missing", label, w->name);
-        double scale = emu_scale(&r64, w), e = emu_rel_err(g, w, scale), bound = 1e-10;
-        if (!f64) bound = fmax(1e-4, 3 * emu_rel_err(tensorset_find(&r32, w->name), w, scale));
-        cr_expect(e <= bound, "%s: '%s' relative error %.3g > bound %.3g", label, w->name, e,
-                  bound);
-        if (e / bound > worst) worst = e / bound, worst_name = w->name;
-    }
+    CompareSummary s; /* runtime/compare.h: tensors over their bound are printed */
+    int bad =
+        compare_sets(&got, &r64, f64 ? NULL : &r32, f64 ? 1e-10 : 1e-4, label, stderr, false, &s);
+    cr_expect_eq(bad, 0, "%s: %d of %d tensors over their bound or missing; worst '%s' %.3g > %.3g",
+                 label, bad, s.n, s.worst_name, s.worst_err, s.worst_bound);
     cr_log_info("%s: %d kernels as %d functions; worst error/bound %.3g (%s)", label,
-                r->code.n_kernels, r->code.n_functions, worst, worst_name);
+                r->code.n_kernels, r->code.n_functions, s.worst, s.worst_name);
     tensorset_free(&got);
     tensorset_free(&r64);
     tensorset_free(&r32);
@@ -1825,3 +1781,272 @@ Test(cuda_emu, seed_meta_gradient_on_pytorch_fixtures_matches_ref, .timeout = 90
     emu_fixture("params_p5_default.safetensors", "batch_so_T2_5w1s_q5_in1.safetensors", 2, 5,
                 "fixture so_T2_5w1s_q5_in1");
 }
+
+/* ---- the conv lowering (--conv, runtime/cuda_conv.h) ---- */
+
+static const char *mamlc_bin(void) {
+    const char *m = getenv("MAMLC");
+    return m && *m ? m : "./mamlc";
+}
+
+/* Runs "mamlc ARGS" with stderr captured into out; returns the exit status. */
+static int run_mamlc(char *out, size_t size, const char *args) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", mamlc_bin(), args);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p, "cannot run %s", cmd);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* A usage error: exit status 2 and one line that contains want. */
+static void assert_usage_error(const char *args, const char *want) {
+    char out[4096];
+    int rc = run_mamlc(out, sizeof out, args);
+    cr_assert_eq(rc, 2, "mamlc %s: exit %d: %s", args, rc, out);
+    cr_assert(strstr(out, want), "mamlc %s: '%s' not in: %s", args, want, out);
+    cr_assert(strchr(out, '\n') == out + strlen(out) - 1, "mamlc %s: not one line: %s", args, out);
+}
+
+Test(cuda_conv, modes_parse_and_bad_flags_are_one_line_errors) {
+    const char *names[] = {"generated", "cudnn", "auto"};
+    MamlError err;
+    for (int m = 0; m < 3; m++) {
+        CudaConvMode mode;
+        cr_assert_eq(cuda_conv_mode_parse(names[m], &mode, &err), 0, "%s", err.message);
+        cr_assert_eq((int)mode, m);
+        cr_assert_str_eq(cuda_conv_mode_name(mode), names[m]);
+    }
+    CudaConvMode mode;
+    cr_assert_eq(cuda_conv_mode_parse("bogus", &mode, &err), -1);
+    cr_assert(strstr(err.message, "--conv") && strstr(err.message, "bogus"), "%s", err.message);
+    cr_assert_eq(cuda_default_options().conv, CUDA_CONV_GENERATED, "generated is the default");
+    if (access(mamlc_bin(), X_OK) != 0) cr_skip_test("no mamlc binary at %s", mamlc_bin());
+    const char *g = "graphs/sinusoid.yaml";
+    char args[256];
+    const char *cmds[] = {"bench %s --conv bogus", "train %s --conv bogus",
+                          "eval %s --checkpoint x --conv bogus",
+                          "grad %s --params p --batch b "
+                          "--out o --conv bogus"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(args, sizeof args, cmds[i], g);
+        assert_usage_error(args, "--conv must be generated, cudnn or auto, not 'bogus'");
+    }
+    /* the flags change only the cuda backend: with cpu or ref they are refused, not ignored */
+    snprintf(args, sizeof args, "bench %s --conv cudnn --backend cpu", g);
+    assert_usage_error(args, "--conv cudnn needs --backend cuda or auto");
+    snprintf(args, sizeof args, "train %s --backend ref --conv auto", g);
+    assert_usage_error(args, "--conv auto needs --backend cuda or auto");
+    snprintf(args, sizeof args, "bench %s --backend cpu --require-cache", g);
+    assert_usage_error(args, "--require-cache needs --backend cuda or auto");
+    snprintf(args, sizeof args, "bench %s --conv", g);
+    assert_usage_error(args, "--conv needs a value");
+}
+
+/* The seed's training step: every conv-family kernel is a pure convolution (fusion never merges
+ * elementwise work into a conv template), so cuDNN would take them all, with their graph shapes. */
+Test(cuda_conv, plan_takes_every_pure_conv_kernel_of_the_seed) {
+    Rendered r;
+    render_shipped(&r, "graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 4, true, false);
+    ConvPlan plan;
+    MamlError err;
+    cr_assert_eq(conv_plan_build(&r.cg, &plan, &err), 0, "%s", err.message);
+    int per_kind[3] = {0, 0, 0};
+    cr_assert_gt(plan.n, 0);
+    cr_assert_eq(plan.n, plan.n_conv, "refused: %s", plan.first_refusal);
+    for (int i = 0; i < plan.n; i++) {
+        const ConvLowered *l = &plan.items[i];
+        const Kernel *k = &r.cg.prog.kernels[l->kernel];
+        cr_assert_eq(l->kind, k->kind);
+        cr_assert_eq(k->n_nodes, 1, "%s fuses nodes", k->name);
+        per_kind[k->kind - KERNEL_CONV2D]++;
+        const ConvShape *s = &l->shape;
+        cr_assert(s->tasks == k->t.T && s->batch == k->t.N && s->in_ch == k->t.C &&
+                      s->out_ch == k->t.O && s->height == k->t.H && s->kh == k->t.KH &&
+                      s->stride == k->t.stride && s->padding == k->t.padding,
+                  "%s: shape differs from the template's", k->name);
+        cr_assert_eq(s->tasks, 4);
+        cr_assert_eq(l->transpose, s->batch > 1, "%s: T=4 needs the transposes when N > 1",
+                     k->name);
+        cr_assert_eq(conv_lowered_scratch(l), l->transpose ? (l->in_elems * 4 + 255) / 256 * 256 +
+                                                                 (l->other * 4 + 255) / 256 * 256
+                                                           : 0);
+        char shape[96];
+        conv_shape_str(s, shape, sizeof shape);
+        cr_log_info("cuDNN would take %s (%s) [%s]%s", k->name, kernel_kind_name(k->kind), shape,
+                    l->transpose ? " with transposes" : "");
+    }
+    cr_assert(per_kind[0] > 0 && per_kind[1] > 0 && per_kind[2] > 0, "%d/%d/%d", per_kind[0],
+              per_kind[1], per_kind[2]);
+    /* a conv kernel that carried fused work would keep its generated kernel, saying why */
+    Kernel *k = &r.cg.prog.kernels[plan.items[0].kernel];
+    k->n_nodes = 2;
+    ConvShape s;
+    char why[200];
+    cr_assert_not(conv_kernel_lowerable(&r.cg, plan.items[0].kernel, &s, why, sizeof why));
+    cr_assert(strstr(why, "fuses 2 graph nodes"), "%s", why);
+    k->n_nodes = 1;
+    conv_plan_free(&plan);
+    rendered_free(&r);
+}
+
+Test(cuda_conv, float64_and_single_task_plans) {
+    Rendered r;
+    render_shipped(&r, "graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 1, true, true);
+    ConvPlan plan;
+    MamlError err;
+    cr_assert_eq(conv_plan_build(&r.cg, &plan, &err), 0, "%s", err.message);
+    cr_assert(plan.n == 0 && plan.n_conv > 0);
+    cr_assert(strstr(plan.first_refusal, "float64"), "%s", plan.first_refusal);
+    conv_plan_free(&plan);
+    rendered_free(&r);
+    render_shipped(&r, "graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 1, true, false);
+    cr_assert_eq(conv_plan_build(&r.cg, &plan, &err), 0, "%s", err.message);
+    cr_assert(plan.n > 0 && plan.n == plan.n_conv);
+    for (int i = 0; i < plan.n; i++)
+        cr_assert_not(plan.items[i].transpose, "T == 1: the layouts agree, cuDNN reads the arena");
+    conv_plan_free(&plan);
+    rendered_free(&r);
+}
+
+static int count_lines_in(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int n = 0, ch;
+    while ((ch = fgetc(f)) != EOF) n += ch == '\n';
+    fclose(f);
+    return n;
+}
+
+Test(cuda_conv, auto_choices_round_trip_and_replace_atomically) {
+    const char *dir = temp_dir(0);
+    cr_assert(dir);
+    ConvLowered a = {.kind = KERNEL_CONV2D, .shape = {4, 5, 64, 14, 14, 64, 3, 3, 1, 1}}, b = a;
+    b.kind = KERNEL_CONV2D_GRAD_WEIGHT;
+    CacheKey ka = conv_choice_key(&a, "NVIDIA H200", 91900, "conv2d_0123"),
+             kb = conv_choice_key(&b, "NVIDIA H200", 91900, "conv2d_0123"),
+             kc = conv_choice_key(&a, "NVIDIA H200", 91900, "conv2d_4567");
+    cr_assert(ka.lo != kb.lo && ka.lo != kc.lo, "kind and function are part of the key");
+    MamlError err;
+    ConvChoice c;
+    cr_assert_eq(conv_choice_lookup(dir, ka, &c, &err), 0, "%s", err.message);
+    cr_assert_eq(c, CONV_CHOICE_NONE);
+    cr_assert_eq(conv_choice_store(dir, ka, CONV_CHOICE_CUDNN, 0.5, 0.25, "a\nb", &err), 0, "%s",
+                 err.message);
+    cr_assert_eq(conv_choice_store(dir, kb, CONV_CHOICE_GENERATED, 0.1, 0.2, "b", &err), 0, "%s",
+                 err.message);
+    cr_assert_eq(conv_choice_lookup(dir, ka, &c, &err), 0, "%s", err.message);
+    cr_assert_eq(c, CONV_CHOICE_CUDNN);
+    cr_assert_eq(conv_choice_lookup(dir, kb, &c, &err), 0, "%s", err.message);
+    cr_assert_eq(c, CONV_CHOICE_GENERATED);
+    cr_assert_eq(conv_choice_store(dir, ka, CONV_CHOICE_GENERATED, 0.5, 0.75, "a", &err), 0, "%s",
+                 err.message);
+    cr_assert_eq(conv_choice_lookup(dir, ka, &c, &err), 0, "%s", err.message);
+    cr_assert_eq(c, CONV_CHOICE_GENERATED, "a new measurement replaces the old line");
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, CONV_CHOICES_FILE);
+    cr_assert_eq(count_lines_in(path), 2, "one line per key, labels flattened");
+    cr_assert_eq(count_files(dir, ".tmp", NULL, 0), 0, "no temporary file is left behind");
+    /* a torn last line (a crash mid-write of an older version) is ignored, not misread */
+    FILE *f = fopen(path, "a");
+    char hex[40];
+    snprintf(hex, sizeof hex, "%016llx%016llx", (unsigned long long)kc.hi,
+             (unsigned long long)kc.lo);
+    fprintf(f, "%s cudnn", hex);
+    fclose(f);
+    cr_assert_eq(conv_choice_lookup(dir, kc, &c, &err), 0, "%s", err.message);
+    cr_assert_eq(c, CONV_CHOICE_NONE);
+    remove_dir(dir);
+}
+
+#if MAMLC_HAVE_CUDA
+
+Test(nvrtc, transpose_template_compiles_for_sm90_and_sm80_without_warnings) {
+    Nvrtc *n = open_nvrtc();
+    char *src = template_section("templates/cuda/transpose.cu.tmpl", "transpose");
+    int archs[] = {90, 80};
+    for (int i = 0; i < 2; i++) {
+        NvrtcImage img;
+        compile_ok(n, src, "transpose.cu", archs[i], NULL, &img);
+        cr_assert_null(strstr(img.log, "warning"), "sm_%d: %s", archs[i], img.log);
+        cr_assert(!img.ptx && img.size > 4, "sm_%d: not a CUBIN", archs[i]);
+        nvrtc_image_free(&img);
+    }
+    free(src);
+    nvrtc_close(n);
+}
+
+/* The seed's meta-gradient with opt's conv mode, on bench_inputs. */
+static void meta_grad_with(const char *what, int tasks, CudaConvMode mode, TensorSet *out,
+                           int *cudnn_kernels) {
+    Rendered r;
+    render_shipped(&r, "graphs/omniglot_seed.yaml", MAML_META_GRAD, tasks, true, false);
+    TensorSet in;
+    MamlError err;
+    cr_assert_eq(bench_inputs(&r.spec, &r.raw, 7, &in, &err), 0, "%s", err.message);
+    CudaOptions o = cuda_default_options();
+    o.conv = mode;
+    o.cache_dir = cuda_test_cache();
+    Backend *b;
+    cr_assert_eq(cuda_backend_open(&r.raw, PREC_F32, &o, &b, &err), 0, "%s: %s", what, err.message);
+    tensorset_init(out);
+    cr_assert_eq(backend_run(b, &in, out, &err), 0, "%s: %s", what, err.message);
+    CudaBackendInfo info;
+    cr_assert_eq(cuda_backend_info(b, &info, &err), 0, "%s", err.message);
+    *cudnn_kernels = info.cudnn_kernels;
+    backend_close(b);
+    tensorset_free(&in);
+    rendered_free(&r);
+}
+
+/* Every output within 1e-4 of the generated kernels' result, relative to the tensor's largest
+ * magnitude (or its group's, for the conv-bias gradients batch norm makes zero up to rounding:
+ * compare_scale). */
+static void assert_same_gradient(const TensorSet *got, const TensorSet *want, const char *what) {
+    cr_assert_eq(got->n, want->n);
+    CompareSummary s;
+    compare_sets(got, want, NULL, 1e-4, what, stderr, false, &s);
+    cr_assert_eq(s.missing, 0, "%s: %d outputs missing", what, s.missing);
+    cr_assert_eq(s.over, 0, "%s: %s differs by %g relative (bound %g)", what, s.worst_name,
+                 s.worst_err, s.worst_bound);
+    cr_log_info("%s: worst error/bound %.3g (%s)", what, s.worst, s.worst_name);
+}
+
+Test(cuda_device, cudnn_lowering_gives_the_generated_meta_gradient, .timeout = 600) {
+    CudaDriver d;
+    open_device_or_skip(&d);
+    cuda_driver_close(&d);
+    int tasks[] = {4, 1}; /* with the transposes, and cuDNN straight on the arena */
+    for (int t = 0; t < 2; t++) {
+        TensorSet want, got;
+        int n_generated, n_cudnn;
+        char what[96];
+        snprintf(what, sizeof what, "T=%d", tasks[t]);
+        meta_grad_with(what, tasks[t], CUDA_CONV_GENERATED, &want, &n_generated);
+        cr_assert_eq(n_generated, 0);
+        meta_grad_with(what, tasks[t], CUDA_CONV_CUDNN, &got, &n_cudnn);
+        cr_assert_gt(n_cudnn, 0, "%s: no kernel went to cuDNN", what);
+        assert_same_gradient(&got, &want, what);
+        tensorset_free(&got);
+        setenv("MAMLC_CUDA_SYNC", "1", 1); /* one kernel (or cuDNN call) at a time */
+        meta_grad_with(what, tasks[t], CUDA_CONV_CUDNN, &got, &n_cudnn);
+        unsetenv("MAMLC_CUDA_SYNC");
+        assert_same_gradient(&got, &want, "MAMLC_CUDA_SYNC=1");
+        tensorset_free(&got);
+        int n_auto;
+        meta_grad_with(what, tasks[t], CUDA_CONV_AUTO, &got, &n_auto); /* measures */
+        assert_same_gradient(&got, &want, "auto");
+        tensorset_free(&got);
+        int n_again;
+        meta_grad_with(what, tasks[t], CUDA_CONV_AUTO, &got, &n_again); /* remembers */
+        cr_assert_eq(n_again, n_auto, "auto's remembered choice differs from its measurement");
+        tensorset_free(&got);
+        cr_log_info("%s: %d kernels on cuDNN match the generated gradient; auto took %d", what,
+                    n_cudnn, n_auto);
+        tensorset_free(&want);
+    }
+}
+
+#endif

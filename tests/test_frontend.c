@@ -659,9 +659,14 @@ Test(malformed, unknown_top_level_key) {
                       "17:1: unknown key 'mamll' in the graph file (expected model, maml, data)");
 }
 
-Test(malformed, messages_stay_on_one_line_when_quoting_multiline_text) {
+Test(malformed, key_with_a_newline_is_escaped_and_the_message_stays_one_line) {
     expect_edit_error("  loss: cross_entropy\n", "  loss: cross_entropy\n  \"lo\\nss\": mse\n",
-                      "4:3: unknown key 'lo ss' in model (expected input, loss, blocks, layers)");
+                      "4:3: unknown key 'lo\\nss' in model (expected input, loss, blocks, layers)");
+}
+
+Test(malformed, value_with_control_characters_is_escaped) {
+    expect_edit_error("loss: cross_entropy", "loss: \"cross\\tentropy\\n\\e\"",
+                      "3:9: 'loss' must be cross_entropy or mse, got 'cross\\tentropy\\n\\x1b'");
 }
 
 Test(malformed, unknown_key_in_model) {
@@ -892,7 +897,25 @@ Test(malformed, malformed_reference) {
 
 Test(malformed, cyclic_reference) {
     expect_edit_error("tasks: 10}", "tasks: 10, lr: $maml.eval.lr}",
-                      "24:41: reference '$maml.eval.lr' is cyclic");
+                      "24:41: 'lr': cyclic reference $maml.eval.lr -> $maml.eval.lr");
+}
+
+Test(malformed, cycle_of_two_references_names_the_chain) {
+    expect_edit_error(
+        "  n_way: 5\n  k_shot: 1\n", "  n_way: $maml.k_shot\n  k_shot: $maml.n_way\n",
+        "18:10: 'n_way': cyclic reference $maml.k_shot -> $maml.n_way -> $maml.k_shot");
+}
+
+/* The setting is not in the cycle: the message starts from it. */
+Test(malformed, chain_that_runs_into_a_cycle_names_it_from_its_start) {
+    char *text = edit("seed: 1}", "seed: $data.seed}");
+    char *both = NULL;
+    const char *at = strstr(text, "$maml.n_way");
+    cr_assert(asprintf(&both, "%.*s$data.seed%s", (int)(at - text), text,
+                       at + strlen("$maml.n_way")) > 0);
+    expect_error(both,
+                 "16:45: 'out_features': cyclic reference $data.seed -> $data.seed -> $data.seed");
+    free(text), free(both);
 }
 
 Test(malformed, unknown_block) {
@@ -1049,4 +1072,52 @@ Test(limits, sixteen_nested_blocks_and_sixty_four_layers_are_allowed) {
     cr_assert_eq(s.n_layers, 64);
     cr_assert_str_eq(s.layers[63].name, "out");
     spec_free(&s);
+}
+
+/* ------------------------------------------------------------------ error messages are one line */
+
+Test(errors, control_characters_become_escapes_and_backslashes_stay) {
+    char out[64];
+    maml_error_escape(out, sizeof out, "a\nb\tc\x01\x7f\\n\xc3\xa9");
+    cr_assert_str_eq(out, "a\\nb\\tc\\x01\\x7f\\n\xc3\xa9");
+}
+
+Test(errors, truncation_never_splits_an_escape) {
+    char out[8];
+    maml_error_escape(out, 6, "abc\nd");
+    cr_assert_str_eq(out, "abc\\n", "the escape fits exactly");
+    maml_error_escape(out, 5, "abc\nd");
+    cr_assert_str_eq(out, "abc", "no lone backslash");
+    maml_error_escape(out, 6, "ab\x02z");
+    cr_assert_str_eq(out, "ab", "no partial \\xNN");
+    maml_error_escape(out, 1, "\n");
+    cr_assert_str_eq(out, "");
+}
+
+Test(errors, fail_at_keeps_the_location_and_one_line) {
+    MamlError err = {{0}};
+    SourceLoc loc = {.file = "g.yaml", .line = 3, .column = 5};
+    cr_assert_eq(maml_fail_at(&err, loc, "unknown key '%s'", "a\nb"), -1);
+    cr_assert_str_eq(err.message, "g.yaml:3:5: unknown key 'a\\nb'");
+}
+
+Test(errors, a_message_of_newlines_fills_the_buffer_with_whole_escapes) {
+    char raw[3 * MAML_ERROR_MAX];
+    memset(raw, '\n', sizeof raw - 1);
+    raw[sizeof raw - 1] = '\0';
+    MamlError err = {{0}};
+    maml_fail(&err, "xy%s", raw);
+    size_t n = strlen(err.message);
+    /* 1022 + 2 bytes would leave no room for the terminator: the last escape is left out whole */
+    cr_assert_eq(n, MAML_ERROR_MAX - 2, "xy then 510 escapes: %zu", n);
+    cr_assert_null(strchr(err.message, '\n'));
+    cr_assert_eq(err.message[n - 2], '\\');
+    cr_assert_eq(err.message[n - 1], 'n');
+}
+
+Test(errors, a_message_may_quote_the_previous_one) {
+    MamlError err = {{0}};
+    maml_fail(&err, "inner\tproblem");
+    maml_fail(&err, "outer: %s", err.message);
+    cr_assert_str_eq(err.message, "outer: inner\\tproblem", "escaping twice changes nothing");
 }

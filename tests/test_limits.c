@@ -229,8 +229,38 @@ static char *reference_chain_graph(int refs) {
 Test(yaml_limits, reference_chains_of_16) {
     char *at = reference_chain_graph(16), *past = reference_chain_graph(17);
     expect_loads(at, 2);
-    expect_rejected(past, "reference '$model.blocks.b.args.a15' is cyclic");
+    expect_rejected(past, "'out_features': reference chain deeper than 16, starting at "
+                          "'$model.blocks.b.args.a15'");
     free(at), free(past);
+}
+
+/* Block b's argument ak defaults to $...a(k+1), the last to $...a0: a cycle of `refs` references,
+ * followed when the graph uses b. */
+static char *reference_cycle_graph(int refs) {
+    Text t;
+    text_open(&t);
+    fprintf(t.f, "model:\n  input: [1]\n  loss: mse\n  blocks:\n    b:\n      args: {");
+    for (int k = 0; k < refs; k++)
+        fprintf(t.f, "%sa%d: $model.blocks.b.args.a%d", k ? ", " : "", k, (k + 1) % refs);
+    fprintf(t.f, "}\n      layers: [relu]\n  layers:\n");
+    fprintf(t.f, "    - {block: b}\n    - {linear: {name: o, out_features: 1}}\n" SIN_SETTINGS);
+    return text_close(&t);
+}
+
+/* A cycle within the limit is reported as a cycle, naming every reference; past the limit the
+ * chain is too deep before it comes round. */
+Test(yaml_limits, reference_cycles_of_16) {
+    char *at = reference_cycle_graph(16), *past = reference_cycle_graph(17);
+    Text want;
+    text_open(&want);
+    fprintf(want.f, "'a0': cyclic reference ");
+    for (int k = 1; k <= 16; k++) fprintf(want.f, "$model.blocks.b.args.a%d -> ", k % 16);
+    fprintf(want.f, "$model.blocks.b.args.a1");
+    char *cycle = text_close(&want);
+    expect_rejected(at, cycle);
+    expect_rejected(past, "'a0': reference chain deeper than 16, starting at "
+                          "'$model.blocks.b.args.a1'");
+    free(at), free(past), free(cycle);
 }
 
 /* An Omniglot graph at image size `size` (input [1, size, size]). */
