@@ -134,7 +134,7 @@ static int open_backend(const BenchArgs *a, BenchState *s, MamlError *err) {
         CpuOptions co = {.no_fuse = true};
         return cpu_backend_open(&s->raw, PREC_F32, &co, &s->backend, err);
     }
-    if (cpu_backend_compiled(s->backend)) return 0;
+    if (cpu_backend_compiled(s->backend) || cuda_backend_compiled(s->backend)) return 0;
     return compile_pipeline(&s->raw, &po, &s->estimate, err);
 }
 
@@ -157,6 +157,7 @@ static void report(const BenchArgs *a, BenchState *s, const BenchResult *r) {
         snprintf(peak.assumption, sizeof peak.assumption, "%s", info.peak_assumption);
     }
     const CompiledGraph *c = cpu_backend_compiled(s->backend);
+    if (!c) c = cuda_backend_compiled(s->backend);
     const GraphSpec *sp = &s->spec;
     BenchContext ctx = {
         .graph_path = a->graph,

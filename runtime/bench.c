@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cpu_backend.h"
+#include "cuda_backend.h"
 #include "params.h"
 #include "rng.h"
 
@@ -246,6 +247,16 @@ static int time_kernels(Backend *b, const TensorSet *inputs, int reps, BenchResu
     return rc;
 }
 
+/* Per-kernel means over reps launches of each kernel alone, from CUDA events. */
+static int time_cuda_kernels(Backend *b, int reps, BenchResult *r, MamlError *err) {
+    int nk = cuda_backend_compiled(b)->prog.n_kernels;
+    r->kernel_ms = maml_calloc((size_t)nk + 1, sizeof *r->kernel_ms, err);
+    if (!r->kernel_ms || cuda_backend_time_kernels(b, reps, r->kernel_ms, err)) return -1;
+    for (int k = 0; k < nk; k++) r->kernels_ms += r->kernel_ms[k];
+    r->n_kernels = nk, r->kernel_reps = reps;
+    return 0;
+}
+
 int bench_run(Backend *b, const TensorSet *inputs, const BenchOptions *o, BenchResult *r,
               MamlError *err) {
     memset(r, 0, sizeof *r);
@@ -264,6 +275,8 @@ int bench_run(Backend *b, const TensorSet *inputs, const BenchOptions *o, BenchR
     free(ms);
     if (rc == 0 && o->kernel_reps > 0 && cpu_backend_compiled(b))
         rc = time_kernels(b, inputs, o->kernel_reps, r, err);
+    else if (rc == 0 && o->kernel_reps > 0 && cuda_backend_compiled(b))
+        rc = time_cuda_kernels(b, o->kernel_reps, r, err);
     return rc;
 }
 
