@@ -210,18 +210,32 @@ static int pointer_decl(Cg *c, int b, bool written, bool alone, StrBuf *out) {
     return render(c, LOOP, written ? "pointer_out" : "pointer_in", &vs, false, out);
 }
 
+static bool stored(const Kernel *k, int buf) {
+    for (int s = 0; s < k->n_stores; s++)
+        if (k->stores[s].buf == buf) return true;
+    return false;
+}
+
+/* The buffers a loop kernel reads, then those it only writes (each once); returns the count. */
+static int loop_buffers(const Kernel *k, int *bufs) {
+    int n = kernel_reads(k, bufs, k->n_ops + 1);
+    for (int s = 0; s < k->n_stores; s++) {
+        bool seen = false;
+        for (int i = 0; i < n; i++) seen |= bufs[i] == k->stores[s].buf;
+        if (!seen) bufs[n++] = k->stores[s].buf;
+    }
+    return n;
+}
+
 static int loop_pointers(Cg *c, const Kernel *k, StrBuf *out) {
-    int *bufs = maml_alloc(((size_t)k->n_ops + 2) * sizeof *bufs, c->err);
+    int *bufs = maml_alloc(((size_t)k->n_ops + (size_t)k->n_stores + 1) * sizeof *bufs, c->err);
     if (!bufs) return -1;
-    int n = kernel_reads(k, bufs, k->n_ops + 1), w = kernel_writes(k), rc = 0;
-    bool w_read = false;
-    for (int i = 0; i < n; i++) w_read |= bufs[i] == w;
-    if (!w_read) bufs[n++] = w;
+    int n = loop_buffers(k, bufs), rc = 0;
     for (int i = 0; rc == 0 && i < n; i++) {
         bool alone = true;
         for (int j = 0; j < n; j++)
             if (j != i && memplan_overlap(c->m, bufs[i], bufs[j])) alone = false;
-        rc = pointer_decl(c, bufs[i], bufs[i] == w, alone, out);
+        rc = pointer_decl(c, bufs[i], stored(k, bufs[i]), alone, out);
     }
     free(bufs);
     return rc;

@@ -51,7 +51,7 @@ typedef struct {
     int64_t outer, inner;
     const char *idx; /* the index type: int, or long long past 2^31 */
     Strategy strat;
-    int bufs[CUDA_MAX_ARGS], n_bufs; /* the parameters p0, p1, ...: reads, then the write */
+    int bufs[CUDA_MAX_ARGS], n_bufs; /* the parameters p0, p1, ...: reads, then the writes */
     uint32_t used_inner, used_outer; /* axes the INNER / OUTER phase (with stores) refers to */
 } LoopPlan;
 
@@ -92,17 +92,29 @@ static Strategy pick_strategy(const LoopPlan *L, bool has_reduce) {
     return L->outer >= 8192 ? STRAT_THREAD : STRAT_COLS;
 }
 
-/* The kernel's buffers in parameter order: those it reads, then the one it writes (once). */
+static bool stored(const Kernel *k, int buf) {
+    for (int s = 0; s < k->n_stores; s++)
+        if (k->stores[s].buf == buf) return true;
+    return false;
+}
+
+/* The kernel's buffers in parameter order: those it reads, then those it writes (each once; the
+ * root's last, as kernel_stores lists them). */
 static int list_buffers(Cg *c, const Kernel *k, LoopPlan *L) {
     L->n_bufs = kernel_reads(k, L->bufs, CUDA_MAX_ARGS);
     if (L->n_bufs >= CUDA_MAX_ARGS) /* kernel_reads stops at the limit: some may be missing */
         return maml_fail(c->err,
                          "%s reads %d or more buffers (the CUDA renderer passes at most %d)",
                          k->name, CUDA_MAX_ARGS, CUDA_MAX_ARGS - 1);
-    int w = kernel_writes(k);
-    bool w_read = false;
-    for (int i = 0; i < L->n_bufs; i++) w_read |= L->bufs[i] == w;
-    if (!w_read) L->bufs[L->n_bufs++] = w;
+    for (int s = 0; s < k->n_stores; s++) {
+        bool seen = false;
+        for (int i = 0; i < L->n_bufs; i++) seen |= L->bufs[i] == k->stores[s].buf;
+        if (seen) continue;
+        if (L->n_bufs == CUDA_MAX_ARGS)
+            return maml_fail(c->err, "%s touches more than %d buffers (the CUDA renderer's limit)",
+                             k->name, CUDA_MAX_ARGS);
+        L->bufs[L->n_bufs++] = k->stores[s].buf;
+    }
     return 0;
 }
 
@@ -261,7 +273,7 @@ static int emit_epilogue(const LoopPlan *L, int depth, StrBuf *out) {
 /* One pointer parameter per buffer; __restrict__ unless it shares bytes with another (in place). */
 static int loop_params(const LoopPlan *L, StrBuf *out) {
     Cg *c = L->c;
-    int w = kernel_writes(L->k), rc = 0;
+    int rc = 0;
     for (int i = 0; rc == 0 && i < L->n_bufs; i++) {
         bool alone = true;
         for (int j = 0; j < L->n_bufs; j++)
@@ -276,7 +288,8 @@ static int loop_params(const LoopPlan *L, StrBuf *out) {
         var_s(&vs, "restrict", restrict_text.data ? restrict_text.data : "");
         if (rc == 0 && i > 0) rc = render(c, LOOP, "param_sep", NULL, true, out);
         if (rc == 0)
-            rc = render(c, LOOP, L->bufs[i] == w ? "param_out" : "param_in", &vs, true, out);
+            rc = render(c, LOOP, stored(L->k, L->bufs[i]) ? "param_out" : "param_in", &vs, true,
+                        out);
         sb_free(&restrict_text);
     }
     return rc;

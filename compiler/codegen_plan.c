@@ -53,9 +53,11 @@ static int json_kernels(FILE *f, const Graph *g, const KernelProgram *p, const M
         fprintf(f, "], \"reads\": [");
         int n = kernel_reads(k, reads, p->n_bufs);
         for (int j = 0; j < n; j++) fprintf(f, "%s%d", j ? ", " : "", reads[j]);
-        fprintf(f, "], \"writes\": %d, \"flops\": %.0f, \"bytes\": %.0f}%s\n", kernel_writes(k),
-                kernel_flops(k), kernel_bytes(p, k, (int)m->elem_size),
-                i + 1 < p->n_kernels ? "," : "");
+        fprintf(f, "], \"writes\": %d, \"stores\": [", kernel_writes(k));
+        n = kernel_stores(k, reads, p->n_bufs);
+        for (int j = 0; j < n; j++) fprintf(f, "%s%d", j ? ", " : "", reads[j]);
+        fprintf(f, "], \"flops\": %.0f, \"bytes\": %.0f}%s\n", kernel_flops(k),
+                kernel_bytes(p, k, (int)m->elem_size), i + 1 < p->n_kernels ? "," : "");
     }
     free(reads);
     fprintf(f, "  ],\n");

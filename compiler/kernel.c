@@ -14,7 +14,11 @@
  *  - a reduction is inlined into its consumer's kernel (which becomes its epilogue) when the
  *    path to that root is elementwise at the reduction's own shape and the kernel has no other one;
  *  - template ops (conv family, matmul, pool family), graph outputs and the operands of template
- *    ops and of non-unit reshapes are always materialized. */
+ *    ops and of non-unit reshapes are always materialized;
+ *  - a graph output that is elementwise and would otherwise be inlined (its consumers all in one
+ *    loop kernel, reached elementwise at that kernel's own shape) is materialized by that kernel:
+ *    the kernel computes it and stores it besides its root (multi-output fusion; Adam's m, v and
+ *    parameter updates become one kernel instead of three launches). */
 #include "kernel.h"
 
 #include <stdio.h>
@@ -35,6 +39,7 @@ typedef struct {
     int *cons_start, *cons; /* consumers of node i: cons[cons_start[i] .. cons_start[i+1]) */
     Mode *mode;
     int *root;
+    int *host; /* per materialized node: the root of the loop kernel that stores it too, or -1 */
     int *fused_reduce; /* per root: the reduction fused as its epilogue's source, or -1 */
     MamlError *err;
 } Lower;
@@ -126,7 +131,9 @@ static int common_root(const Lower *L, int n, bool *expanded) {
     *expanded = false;
     for (int q = L->cons_start[n]; q < L->cons_start[n + 1]; q++) {
         int c = L->cons[q];
-        int rc = L->mode[c] == M_BUFFER ? c : L->mode[c] == M_INLINE ? L->root[c] : ROOT_MULTI;
+        int rc = L->mode[c] == M_BUFFER   ? (L->host[c] >= 0 ? L->host[c] : c)
+                 : L->mode[c] == M_INLINE ? L->root[c]
+                                          : ROOT_MULTI;
         if (rc == ROOT_MULTI || (r != ROOT_NONE && r != rc)) return ROOT_MULTI;
         r = rc;
         if (L->mode[c] == M_INLINE && L->expanded[c]) *expanded = true;
@@ -163,6 +170,26 @@ static void set_buffer(Lower *L, int n) {
     L->mode[n] = M_BUFFER;
     if (node_class(nd->op) == C_TEMPLATE)
         for (int k = 0; k < nd->n_in; k++) L->need_buf[nd->in[k]] = true;
+}
+
+/* Lets the loop kernel that all of output n's consumers belong to compute and store n (see the
+ * header comment); n is then evaluated exactly once per point of that kernel's output space. */
+static bool try_host(Lower *L, int n) {
+    const Node *nd = gnode(L, n);
+    if (!L->is_output[n] || L->need_buf[n] || !plain_elem(nd->op)) return false;
+    bool expanded;
+    int r = common_root(L, n, &expanded);
+    if (r < 0 || expanded || L->mode[r] != M_BUFFER || !plain_elem(gnode(L, r)->op)) return false;
+    if (!shape_equal(nd->shape, gnode(L, r)->shape) || !direct_to(L, n, r)) return false;
+    L->mode[n] = M_BUFFER;
+    L->host[n] = r;
+    L->direct[n] = true;
+    return true;
+}
+
+/* A node that needs a buffer: its own kernel, unless a consumer's kernel may store it. */
+static void materialize(Lower *L, int n) {
+    if (!L->fuse || !try_host(L, n)) set_buffer(L, n);
 }
 
 static void decide_fused(Lower *L, int n) {
@@ -208,7 +235,8 @@ static void decide(Lower *L, int n) {
     bool want_buf = L->need_buf[n] || L->is_output[n];
     if (cls == C_INPUT) L->mode[n] = M_BUFFER;
     else if (want_buf && (nd->op == OP_RESHAPE || nd->op == OP_STOP_GRAD)) set_alias(L, n);
-    else if (want_buf || cls == C_TEMPLATE) set_buffer(L, n);
+    else if (want_buf || cls == C_TEMPLATE)
+        materialize(L, n);
     else if (cls == C_CONST) {
         L->mode[n] = M_INLINE;
         L->root[n] = ROOT_MULTI;
@@ -357,6 +385,7 @@ static int note_node(Builder *B, int node) {
 }
 
 static int build(Builder *B, int n, const int *sel, KPhase phase);
+static int add_store(Builder *B, int buf, Shape s, int src);
 
 /* The operand selections of a view: which loop axis each of the operand's axes follows. */
 static void view_sel(const Node *nd, Shape in, const int *sel, int *in_sel) {
@@ -438,10 +467,11 @@ static int build(Builder *B, int n, const int *sel, KPhase phase) {
     const Node *nd = gnode(B->L, n);
     int found = memo_find(B, n, sel, nd->shape.rank, phase);
     if (found >= 0) return found;
-    int op;
-    if (n != B->k->root && B->p->node_buf[n] >= 0)
-        op = emit_load(B, B->p->node_buf[n], nd->shape, sel, phase);
-    else op = build_expr(B, n, sel, phase);
+    int buf = B->p->node_buf[n];
+    bool hosted = B->L->host[n] == B->k->root, load = n != B->k->root && buf >= 0 && !hosted;
+    int op = load ? emit_load(B, buf, nd->shape, sel, phase) : build_expr(B, n, sel, phase);
+    /* a hosted node lies on the elementwise path to the root: built once, at the root's point */
+    if (hosted && op >= 0 && add_store(B, buf, nd->shape, op)) return -1;
     return memo_add(B, n, sel, nd->shape.rank, phase, op);
 }
 
@@ -625,13 +655,14 @@ static int lower_alloc(Lower *L, KernelProgram *p, MamlError *err) {
     L->cons = maml_calloc(n * MAX_INPUTS + 1, sizeof *L->cons, err);
     L->mode = maml_calloc(n, sizeof *L->mode, err);
     L->root = maml_calloc(n, sizeof *L->root, err);
+    L->host = maml_calloc(n, sizeof *L->host, err);
     L->fused_reduce = maml_calloc(n, sizeof *L->fused_reduce, err);
     p->node_buf = maml_calloc(n, sizeof *p->node_buf, err);
-    if (!L->live || !L->is_output || !L->need_buf || !L->expanded || !L->direct ||
-        !L->has_reduce || !L->cons_start || !L->cons || !L->mode || !L->root || !L->fused_reduce ||
+    if (!L->live || !L->is_output || !L->need_buf || !L->expanded || !L->direct || !L->has_reduce ||
+        !L->cons_start || !L->cons || !L->mode || !L->root || !L->host || !L->fused_reduce ||
         !p->node_buf)
         return -1;
-    for (size_t i = 0; i < n; i++) L->fused_reduce[i] = -1;
+    for (size_t i = 0; i < n; i++) L->fused_reduce[i] = L->host[i] = -1;
     return 0;
 }
 
@@ -646,7 +677,154 @@ static void lower_free(Lower *L) {
     free(L->cons);
     free(L->mode);
     free(L->root);
+    free(L->host);
     free(L->fused_reduce);
+}
+
+/* ---- sibling kernels: loop kernels over one iteration space that read a common buffer ----
+ *
+ * Batch norm's backward pass sums dy and dy * xhat over the same axes in two kernels, the forward
+ * pass several maps read one activation: each pair reads the buffer twice and pays two launches.
+ * A later kernel j joins an earlier kernel i (its body is appended, loads shared by local CSE,
+ * its stores placed before i's root store) when both have the same loop space and reduce axes,
+ * share a read, and j can run at i's place: no kernel from i up to j writes what j reads. */
+
+#define MERGE_MAX_REDUCES 4 /* accumulators of one kernel (registers; CUDA shared memory) */
+#define MERGE_MAX_OPS 256   /* keeps a merged body about the size of the larger fused ones */
+#define MERGE_MAX_BUFS 32   /* buffers of one kernel, well below the CUDA renderer's limit */
+#define MERGE_WINDOW 8      /* kernels j may move up: a longer move keeps its results live longer */
+
+static bool same_space(const Kernel *a, const Kernel *b) {
+    if (a->kind != KERNEL_LOOP || b->kind != KERNEL_LOOP || a->rank != b->rank) return false;
+    if (a->reduce_axes != b->reduce_axes) return false;
+    return memcmp(a->dims, b->dims, (size_t)a->rank * sizeof a->dims[0]) == 0;
+}
+
+static int count_reduces(const Kernel *k) {
+    int n = 0;
+    for (int i = 0; i < k->n_ops; i++)
+        n += k->ops[i].op == KOP_REDUCE_SUM || k->ops[i].op == KOP_REDUCE_MAX;
+    return n;
+}
+
+static bool reads_buf(const Kernel *k, int buf) {
+    for (int i = 0; i < k->n_ops; i++)
+        if (k->ops[i].op == KOP_LOAD && k->ops[i].buf == buf) return true;
+    return false;
+}
+
+static bool shares_read(const Kernel *a, const Kernel *b) {
+    for (int i = 0; i < b->n_ops; i++)
+        if (b->ops[i].op == KOP_LOAD && reads_buf(a, b->ops[i].buf)) return true;
+    return false;
+}
+
+/* Whether kernel k (of any kind) writes something j reads (then j cannot run before k). */
+static bool feeds(const Kernel *k, const Kernel *j) {
+    if (k->kind != KERNEL_LOOP) return reads_buf(j, k->out);
+    for (int s = 0; s < k->n_stores; s++)
+        if (reads_buf(j, k->stores[s].buf)) return true;
+    return false;
+}
+
+static bool fits(const Kernel *a, const Kernel *b) {
+    int bufs[2 * MERGE_MAX_BUFS];
+    if (a->n_ops + b->n_ops > MERGE_MAX_OPS) return false;
+    if (count_reduces(a) + count_reduces(b) > MERGE_MAX_REDUCES) return false;
+    int n = kernel_reads(a, bufs, MERGE_MAX_BUFS);
+    n += kernel_reads(b, bufs + n, MERGE_MAX_BUFS);
+    return n + a->n_stores + b->n_stores <= MERGE_MAX_BUFS;
+}
+
+/* The kernel before j that j may join, or -1. */
+static int merge_target(const KernelProgram *p, int j) {
+    const Kernel *kj = &p->kernels[j];
+    for (int i = j - 1; i >= 0 && i >= j - MERGE_WINDOW; i--) {
+        const Kernel *ki = &p->kernels[i];
+        if (feeds(ki, kj)) return -1;
+        if (same_space(ki, kj) && shares_read(ki, kj) && fits(ki, kj)) return i;
+    }
+    return -1;
+}
+
+static int append_op(Kernel *k, KOp op, MamlError *err) {
+    bool reduce = op.op == KOP_REDUCE_SUM || op.op == KOP_REDUCE_MAX;
+    for (int i = 0; i < k->n_ops && !reduce; i++)
+        if (kop_equal(&k->ops[i], &op, k->rank)) return i;
+    if (k->n_ops == k->cap_ops) {
+        int cap = 2 * k->cap_ops + 16;
+        KOp *ops = maml_realloc(k->ops, (size_t)cap, sizeof *ops, err);
+        if (!ops) return -1;
+        k->ops = ops;
+        k->cap_ops = cap;
+    }
+    k->ops[k->n_ops] = op;
+    return k->n_ops++;
+}
+
+/* src's stores go before dst's root store, which stays last (kernel_stores). */
+static int merge_stores(Kernel *dst, const Kernel *src, const int *map, MamlError *err) {
+    int n = dst->n_stores + src->n_stores;
+    KStore *st = maml_realloc(dst->stores, (size_t)n, sizeof *st, err);
+    if (!st) return -1;
+    KStore root = st[dst->n_stores - 1];
+    for (int s = 0; s < src->n_stores; s++) {
+        st[dst->n_stores - 1 + s] = src->stores[s];
+        st[dst->n_stores - 1 + s].src = map[src->stores[s].src];
+    }
+    st[n - 1] = root;
+    dst->stores = st;
+    dst->n_stores = n;
+    return 0;
+}
+
+static int merge_nodes(Kernel *dst, const Kernel *src, MamlError *err) {
+    int *nodes =
+        maml_realloc(dst->nodes, (size_t)(dst->n_nodes + src->n_nodes), sizeof *nodes, err);
+    if (!nodes) return -1;
+    memcpy(nodes + dst->n_nodes, src->nodes, (size_t)src->n_nodes * sizeof *nodes);
+    dst->nodes = nodes;
+    dst->n_nodes += src->n_nodes;
+    return 0;
+}
+
+static int merge_into(Kernel *dst, const Kernel *src, MamlError *err) {
+    int *map = maml_alloc(((size_t)src->n_ops + 1) * sizeof *map, err);
+    if (!map) return -1;
+    int rc = 0;
+    for (int o = 0; rc == 0 && o < src->n_ops; o++) {
+        KOp op = src->ops[o];
+        for (int q = 0; q < 3; q++)
+            if (op.src[q] >= 0) op.src[q] = map[op.src[q]];
+        map[o] = append_op(dst, op, err);
+        if (map[o] < 0) rc = -1;
+    }
+    if (rc == 0) rc = merge_stores(dst, src, map, err);
+    if (rc == 0) rc = merge_nodes(dst, src, err);
+    free(map);
+    return rc;
+}
+
+static void drop_kernel(KernelProgram *p, int j) {
+    free(p->kernels[j].ops);
+    free(p->kernels[j].stores);
+    free(p->kernels[j].nodes);
+    memmove(&p->kernels[j], &p->kernels[j + 1],
+            (size_t)(p->n_kernels - j - 1) * sizeof *p->kernels);
+    p->n_kernels--;
+}
+
+static int merge_siblings(const Graph *g, KernelProgram *p, MamlError *err) {
+    for (int j = 1; j < p->n_kernels; j++) {
+        int i = merge_target(p, j);
+        if (i < 0) continue;
+        if (merge_into(&p->kernels[i], &p->kernels[j], err)) return -1;
+        drop_kernel(p, j--);
+    }
+    for (int i = 0; i < p->n_kernels; i++) /* names follow the kernel order again */
+        snprintf(p->kernels[i].name, sizeof p->kernels[i].name, "k%d_%s", i,
+                 op_info[g->nodes[p->kernels[i].root].op].name);
+    return 0;
 }
 
 static int build_program(const Lower *L, KernelProgram *p, MamlError *err) {
@@ -657,7 +835,8 @@ static int build_program(const Lower *L, KernelProgram *p, MamlError *err) {
     if (!p->kernels || !p->outputs) return -1;
     for (int i = 0; i < g->n_nodes; i++) {
         if (L->live[i]) p->n_live_nodes++;
-        if (L->mode[i] == M_BUFFER && g->nodes[i].op != OP_INPUT && build_kernel(L, p, i, err))
+        if (L->mode[i] == M_BUFFER && L->host[i] < 0 && g->nodes[i].op != OP_INPUT &&
+            build_kernel(L, p, i, err))
             return -1;
     }
     for (int i = 0; i < g->n_outputs; i++) {
@@ -680,6 +859,7 @@ int kernels_lower(const Graph *g, bool fuse, KernelProgram *out, MamlError *err)
     if (rc == 0) rc = analyse_uses(&L);
     for (int i = g->n_nodes - 1; rc == 0 && i >= 0; i--) decide(&L, i);
     if (rc == 0) rc = build_program(&L, out, err);
+    if (rc == 0 && fuse) rc = merge_siblings(g, out, err);
     lower_free(&L);
     if (rc) kernel_program_free(out);
     return rc;
@@ -700,9 +880,18 @@ void kernel_program_free(KernelProgram *p) {
 
 /* ---- queries ---- */
 
-bool kernel_can_write_in_place(const Kernel *k, int buf) {
-    if (k->kind != KERNEL_LOOP || k->reduce_axes || k->n_stores != 1) return false;
-    const KStore *st = &k->stores[0];
+static const KStore *store_of(const Kernel *k, int w) {
+    for (int s = 0; s < k->n_stores; s++)
+        if (k->stores[s].buf == w) return &k->stores[s];
+    return NULL;
+}
+
+/* Every load of buf must read the element the store to w writes at the same point: a point's
+ * loads come before its stores, and no other point touches that element of buf. */
+bool kernel_can_write_in_place(const Kernel *k, int w, int buf) {
+    if (k->kind != KERNEL_LOOP || k->reduce_axes) return false;
+    const KStore *st = store_of(k, w);
+    if (!st) return false;
     bool reads = false;
     for (int i = 0; i < k->n_ops; i++) {
         const KOp *op = &k->ops[i];
@@ -731,7 +920,17 @@ int kernel_reads(const Kernel *k, int *bufs, int max) {
 }
 
 int kernel_writes(const Kernel *k) {
-    return k->kind == KERNEL_LOOP ? k->stores[0].buf : k->out;
+    return k->out;
+}
+
+int kernel_stores(const Kernel *k, int *bufs, int max) {
+    if (k->kind != KERNEL_LOOP) {
+        if (max > 0) bufs[0] = k->out;
+        return max > 0;
+    }
+    int n = 0;
+    for (int s = 0; s < k->n_stores && n < max; s++) bufs[n++] = k->stores[s].buf;
+    return n;
 }
 
 static int64_t loop_points(const Kernel *k, bool outer_only) {
@@ -763,9 +962,10 @@ double kernel_flops(const Kernel *k) {
 }
 
 double kernel_bytes(const KernelProgram *p, const Kernel *k, int elem_size) {
-    int bufs[64];
-    int n = kernel_reads(k, bufs, 64);
-    double b = (double)p->bufs[kernel_writes(k)].numel;
+    int bufs[64], outs[64];
+    int n = kernel_reads(k, bufs, 64), n_out = kernel_stores(k, outs, 64);
+    double b = 0;
+    for (int i = 0; i < n_out; i++) b += (double)p->bufs[outs[i]].numel;
     for (int i = 0; i < n; i++) b += (double)p->bufs[bufs[i]].numel;
     return b * elem_size;
 }

@@ -88,7 +88,7 @@ typedef struct {
 typedef struct {
     KernelKind kind;
     char name[48];   /* unique C identifier, e.g. "k12_conv2d" */
-    int root;        /* the graph node whose value the kernel stores */
+    int root;        /* the graph node whose value the kernel stores (last, for a loop kernel) */
     int *nodes;      /* graph nodes the kernel computes (root last) */
     int n_nodes;
     /* LOOP */
@@ -97,7 +97,7 @@ typedef struct {
     uint32_t reduce_axes; /* bit i: loop axis i is reduced */
     KOp *ops;
     int n_ops, cap_ops;
-    KStore *stores;
+    KStore *stores; /* the root's last; others: fused graph outputs, joined sibling kernels */
     int n_stores;
     /* TEMPLATE: in[0], in[1] are buffers (x/w, dy/w, x/dy, a/b, x/z), out the result buffer */
     int in[2];
@@ -139,20 +139,28 @@ typedef struct {
 /* Lowers g to kernels. fuse=false: one kernel per computing node (reshape and stop_grad alias
  * their input's buffer, constants are inlined into their consumers). fuse=true: elementwise
  * chains, views and constants are inlined into the kernel of their single consumer group, and
- * reductions take their elementwise prologue and epilogue. Dead nodes are dropped. */
+ * reductions take their elementwise prologue and epilogue; an elementwise graph output whose
+ * consumers are all in one loop kernel is stored by that kernel too, and a loop kernel joins an
+ * earlier one over the same loop space that reads a common buffer (sibling reductions, maps of
+ * one input) when it may run there. Dead nodes are dropped. */
 int kernels_lower(const Graph *g, bool fuse, KernelProgram *out, MamlError *err);
 
 void kernel_program_free(KernelProgram *p);
 
-/* True when kernel k may write its output over buffer buf (an operand dying at k): a loop kernel
- * without reduction whose every load of buf reads exactly the element it then stores. */
-bool kernel_can_write_in_place(const Kernel *k, int buf);
+/* True when kernel k may write its store to buffer w over buffer buf (an operand dying at k): a
+ * loop kernel without reduction whose every load of buf reads exactly the element it then stores
+ * to w. */
+bool kernel_can_write_in_place(const Kernel *k, int w, int buf);
 
 /* Buffers a kernel reads (up to max; returns the count, each buffer once). */
 int kernel_reads(const Kernel *k, int *bufs, int max);
 
-/* The buffer a kernel writes. */
+/* The buffer of the kernel's root, the one buffer a template kernel writes. */
 int kernel_writes(const Kernel *k);
+
+/* Every buffer a kernel writes (up to max; returns the count): a loop kernel's stores in order,
+ * the root's last; several when outputs are fused into it (kernels_lower). */
+int kernel_stores(const Kernel *k, int *bufs, int max);
 
 /* Estimated floating-point operations and bytes moved (elem_size bytes per element). */
 double kernel_flops(const Kernel *k);

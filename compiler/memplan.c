@@ -26,9 +26,10 @@ static int liveness(const KernelProgram *p, MemPlan *m, MamlError *err) {
         m->inplace[b] = -1;
     }
     for (int k = 0; k < p->n_kernels; k++) {
-        int w = kernel_writes(&p->kernels[k]);
-        if (m->first[w] > k) m->first[w] = k;
-        int n = kernel_reads(&p->kernels[k], reads, p->n_bufs);
+        int n = kernel_stores(&p->kernels[k], reads, p->n_bufs);
+        for (int i = 0; i < n; i++)
+            if (m->first[reads[i]] > k) m->first[reads[i]] = k;
+        n = kernel_reads(&p->kernels[k], reads, p->n_bufs);
         for (int i = 0; i < n; i++)
             if (m->last[reads[i]] < k) m->last[reads[i]] = k;
     }
@@ -38,34 +39,39 @@ static int liveness(const KernelProgram *p, MemPlan *m, MamlError *err) {
     return 0;
 }
 
-/* Lets each loop kernel take over an operand that dies there, when that is legal. */
+/* Lets store w of kernel k take over one of the operands (reads[0..n)) that dies there. An operand
+ * numbered after w is left alone: place_groups relies on a source preceding its taker. */
+static void inplace_store(const KernelProgram *p, MemPlan *m, int k, int w, const int *reads, int n,
+                          bool *taken) {
+    const Kernel *kn = &p->kernels[k];
+    for (int i = 0; i < n; i++) {
+        int b = reads[i];
+        if (taken[b] || b > w || m->last[b] != k || p->bufs[b].is_output ||
+            m->bytes[b] != m->bytes[w] || !kernel_can_write_in_place(kn, w, b))
+            continue;
+        m->inplace[w] = b;
+        taken[b] = true;
+        m->n_inplace++;
+        return;
+    }
+}
+
+/* Lets each store of a loop kernel take over an operand that dies there, when that is legal. */
 static int plan_inplace(const KernelProgram *p, MemPlan *m, MamlError *err) {
     int *reads = maml_alloc(((size_t)p->n_bufs + 1) * sizeof *reads, err);
-    if (!reads) return -1;
+    int *outs = maml_alloc(((size_t)p->n_bufs + 1) * sizeof *outs, err);
     bool *taken = maml_calloc((size_t)p->n_bufs + 1, sizeof *taken, err);
-    if (!taken) {
-        free(reads);
-        return -1;
-    }
-    for (int k = 0; k < p->n_kernels; k++) {
-        const Kernel *kn = &p->kernels[k];
-        int w = kernel_writes(kn);
-        if (m->first[w] != k) continue;
-        int n = kernel_reads(kn, reads, p->n_bufs);
-        for (int i = 0; i < n; i++) {
-            int b = reads[i];
-            if (taken[b] || m->last[b] != k || p->bufs[b].is_output || m->bytes[b] != m->bytes[w] ||
-                !kernel_can_write_in_place(kn, b))
-                continue;
-            m->inplace[w] = b;
-            taken[b] = true;
-            m->n_inplace++;
-            break;
-        }
+    int rc = (!reads || !outs || !taken) ? -1 : 0;
+    for (int k = 0; rc == 0 && k < p->n_kernels; k++) {
+        int n = kernel_reads(&p->kernels[k], reads, p->n_bufs);
+        int n_out = kernel_stores(&p->kernels[k], outs, p->n_bufs);
+        for (int s = 0; s < n_out; s++)
+            if (m->first[outs[s]] == k) inplace_store(p, m, k, outs[s], reads, n, taken);
     }
     free(taken);
+    free(outs);
     free(reads);
-    return 0;
+    return rc;
 }
 
 static int64_t compute_lower_bound(const KernelProgram *p, const MemPlan *m, MamlError *err) {

@@ -3,9 +3,9 @@
  * Liveness runs over the kernel sequence: graph inputs are live from before the first kernel
  * (they are copied in), a buffer is live from the kernel that writes it to the last kernel that
  * reads it, outputs until after the last kernel (they are copied out). Buffers whose lifetimes
- * overlap never share bytes, except that a loop kernel may write its result over an operand that
- * dies there when it reads exactly the element it writes (in place). Placement is greedy best-fit
- * by decreasing size. */
+ * overlap never share bytes, except that a loop kernel may write a result (each of its stores) over
+ * an operand that dies there when it reads exactly the element it writes (in place). Placement is
+ * greedy best-fit by decreasing size. */
 #ifndef MAMLC_MEMPLAN_H
 #define MAMLC_MEMPLAN_H
 

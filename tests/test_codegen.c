@@ -613,6 +613,55 @@ Test(codegen, fusion_cuts_kernels_and_plan_stays_near_bound) {
     spec_free(&spec);
 }
 
+/* Kernels that read only what earlier kernels (or the inputs) wrote, each buffer written once: the
+ * order survives kernels storing fused outputs and sibling kernels joining an earlier one. */
+static void assert_kernel_order(const char *path, int *multi_store, int *multi_reduce) {
+    GraphSpec spec = {0};
+    Graph g;
+    load_graph(path, 2, MAML_TRAIN_STEP, &spec, &g);
+    KernelProgram p;
+    MamlError err;
+    cr_assert_eq(kernels_lower(&g, true, &p, &err), 0, "%s", err.message);
+    bool *written = calloc((size_t)p.n_bufs + 1, sizeof *written);
+    for (int b = 0; b < p.n_bufs; b++) written[b] = p.bufs[b].kind == BUF_INPUT;
+    int bufs[256];
+    for (int i = 0; i < p.n_kernels; i++) {
+        const Kernel *k = &p.kernels[i];
+        for (int q = 0, n = kernel_reads(k, bufs, 256); q < n; q++)
+            cr_assert(written[bufs[q]], "%s: %s reads buffer %d before it is written", path,
+                      k->name, bufs[q]);
+        int n_out = kernel_stores(k, bufs, 256), reduces = 0;
+        cr_assert_eq(bufs[n_out - 1], kernel_writes(k), "%s: %s stores its root last", path,
+                     k->name);
+        for (int q = 0; q < n_out; q++) {
+            cr_assert(!written[bufs[q]], "%s: buffer %d written twice", path, bufs[q]);
+            written[bufs[q]] = true;
+        }
+        for (int o = 0; k->kind == KERNEL_LOOP && o < k->n_ops; o++)
+            reduces += k->ops[o].op == KOP_REDUCE_SUM || k->ops[o].op == KOP_REDUCE_MAX;
+        *multi_store += n_out > 1;
+        *multi_reduce += reduces > 1;
+    }
+    free(written);
+    kernel_program_free(&p);
+    graph_free(&g);
+    spec_free(&spec);
+}
+
+Test(codegen, multi_output_kernels_keep_the_order) {
+    static const char *const graphs[] = {"graphs/omniglot_seed.yaml", "graphs/omniglot_5w1s.yaml",
+                                         "graphs/omniglot_20w1s.yaml", "graphs/sinusoid.yaml"};
+    for (int i = 0; i < 4; i++) {
+        int multi_store = 0, multi_reduce = 0;
+        assert_kernel_order(graphs[i], &multi_store, &multi_reduce);
+        cr_log_info("%s: %d kernels store several buffers, %d compute several reductions",
+                    graphs[i], multi_store, multi_reduce);
+        /* Adam's m, v and parameter updates share kernels; so do batch norm's backward sums */
+        cr_expect_gt(multi_store, 0, "%s", graphs[i]);
+        if (i < 3) cr_expect_gt(multi_reduce, 0, "%s", graphs[i]);
+    }
+}
+
 Test(codegen, generated_c_comes_from_templates) {
     Graph g;
     build_primitives(&g);

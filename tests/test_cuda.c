@@ -956,6 +956,12 @@ static void check_layout(const Rendered *r, const char *label) {
         for (int a = 0; a < l->n_args; a++) cr_assert(l->args[a] >= 0 && l->args[a] < p->n_bufs);
         cr_assert_eq(l->args[l->n_args - 1], kernel_writes(&p->kernels[i]),
                      "%s: %s writes its last argument", label, l->name);
+        int outs[CUDA_MAX_ARGS];
+        for (int s = 0, n = kernel_stores(&p->kernels[i], outs, CUDA_MAX_ARGS); s < n; s++) {
+            bool passed = false;
+            for (int a = 0; a < l->n_args; a++) passed |= l->args[a] == outs[s];
+            cr_assert(passed, "%s: %s gets every buffer it stores", label, l->name);
+        }
         cr_assert(l->grid[0] >= 1 && l->grid[1] >= 1 && l->grid[2] >= 1 && l->grid[1] <= 65535 &&
                   l->grid[2] <= 65535);
         cr_assert(l->block[0] == 256 && l->block[1] == 1 && l->block[2] == 1);
@@ -1363,6 +1369,34 @@ static double buffer_max(const char *arena, const MemPlan *m, const KernelProgra
     return mx;
 }
 
+static double elem_at(const char *arena, const MemPlan *m, int b, int64_t k) {
+    return m->elem_size == 8 ? ((const double *)(arena + m->offset[b]))[k]
+                             : ((const float *)(arena + m->offset[b]))[k];
+}
+
+/* The largest difference between arenas A and B over every buffer kernel ki stores (INFINITY
+ * where only one side is finite); a kernel with fused outputs stores several. */
+static double stores_diff(const char *A, const char *B, const MemPlan *m, const KernelProgram *p,
+                          int ki) {
+    int outs[CUDA_MAX_ARGS];
+    double diff = 0;
+    for (int s = 0, n = kernel_stores(&p->kernels[ki], outs, CUDA_MAX_ARGS); s < n; s++)
+        for (int64_t k = 0; k < p->bufs[outs[s]].numel; k++) {
+            double a = elem_at(A, m, outs[s], k), b = elem_at(B, m, outs[s], k);
+            if (a == b || (isnan(a) && isnan(b))) continue;
+            diff = fmax(diff, isfinite(a) && isfinite(b) ? fabs(a - b) : INFINITY);
+        }
+    return diff;
+}
+
+/* Copies every buffer kernel ki stores from B over A, so no difference propagates. */
+static void copy_stores(char *A, const char *B, const MemPlan *m, const KernelProgram *p, int ki) {
+    int outs[CUDA_MAX_ARGS];
+    for (int s = 0, n = kernel_stores(&p->kernels[ki], outs, CUDA_MAX_ARGS); s < n; s++)
+        memcpy(A + m->offset[outs[s]], B + m->offset[outs[s]],
+               (size_t)p->bufs[outs[s]].numel * m->elem_size);
+}
+
 /* Kernel by kernel, the emulated CUDA kernel against the C renderer's kernel on the same
  * inputs (after each kernel the C result is copied over the CUDA one, so no difference
  * propagates): each result within 1e-5 of the largest magnitude among the kernel's operands and
@@ -1403,23 +1437,18 @@ static void emu_compare_kernels(Rendered *r, const TensorSet *in, const char *la
                             sizeof why),
                      0, "%s (%s): %s", l->name, fname, why);
         c_kernels[i](B);
-        int w = kernel_writes(&p->kernels[i]), reads[CUDA_MAX_ARGS];
-        double scale = buffer_max(B, m, p, w), diff = 0;
-        for (int q = 0, n = kernel_reads(&p->kernels[i], reads, CUDA_MAX_ARGS); q < n; q++)
-            scale = fmax(scale, buffer_max(B, m, p, reads[q]));
-        for (int64_t k = 0; k < p->bufs[w].numel; k++) {
-            double a = f64 ? ((double *)(A + m->offset[w]))[k] : ((float *)(A + m->offset[w]))[k];
-            double b = f64 ? ((double *)(B + m->offset[w]))[k] : ((float *)(B + m->offset[w]))[k];
-            if (a == b || (isnan(a) && isnan(b))) continue;
-            diff = fmax(diff, isfinite(a) && isfinite(b) ? fabs(a - b) : INFINITY);
-        }
+        int bufs[2 * CUDA_MAX_ARGS];
+        int n = kernel_reads(&p->kernels[i], bufs, CUDA_MAX_ARGS);
+        n += kernel_stores(&p->kernels[i], bufs + n, CUDA_MAX_ARGS);
+        double scale = 0, diff = stores_diff(A, B, m, p, i);
+        for (int q = 0; q < n; q++) scale = fmax(scale, buffer_max(B, m, p, bufs[q]));
         double e = diff / (scale > 0 && isfinite(scale) ? scale : 1);
         char what[300];
         kernel_describe(&r->cg.graph, &p->kernels[i], what, sizeof what);
         cr_expect(e <= bound, "%s: %s (%s, %s): relative error %.3g > %.3g", label, l->name, fname,
                   what, e, bound);
         if (e > worst) worst = e, worst_name = l->name;
-        memcpy(A + m->offset[w], B + m->offset[w], (size_t)p->bufs[w].numel * m->elem_size);
+        copy_stores(A, B, m, p, i);
     }
     cr_log_info("%s: %d kernels as %d functions match the C kernels; worst %.3g (%s)", label,
                 p->n_kernels, r->code.n_functions, worst, worst_name);
@@ -1696,24 +1725,19 @@ static void emu_functions_match_c_at_size(const char *path, MamlGraphKind kind) 
                             sizeof why),
                      0, "%s (%s): %s", l->name, fname, why);
         c_kernels[i](B);
-        int w = kernel_writes(&p->kernels[i]), reads[CUDA_MAX_ARGS];
-        double scale = 0, diff = 0;
-        int n_reads = kernel_reads(&p->kernels[i], reads, CUDA_MAX_ARGS);
-        reads[n_reads++] = w;
-        for (int q = 0; q < n_reads; q++)
-            for (int64_t k = 0; k < p->bufs[reads[q]].numel; k++) {
-                double v = ((float *)(B + m->offset[reads[q]]))[k];
+        int bufs[2 * CUDA_MAX_ARGS];
+        int n_bufs = kernel_reads(&p->kernels[i], bufs, CUDA_MAX_ARGS);
+        n_bufs += kernel_stores(&p->kernels[i], bufs + n_bufs, CUDA_MAX_ARGS);
+        double scale = 0, diff = stores_diff(A, B, m, p, i);
+        for (int q = 0; q < n_bufs; q++)
+            for (int64_t k = 0; k < p->bufs[bufs[q]].numel; k++) {
+                double v = elem_at(B, m, bufs[q], k);
                 if (isfinite(v)) scale = fmax(scale, fabs(v));
             }
-        for (int64_t k = 0; k < p->bufs[w].numel; k++) {
-            double a = ((float *)(A + m->offset[w]))[k], b = ((float *)(B + m->offset[w]))[k];
-            if (a == b || (isnan(a) && isnan(b))) continue;
-            diff = fmax(diff, isfinite(a) && isfinite(b) ? fabs(a - b) : INFINITY);
-        }
         double e = diff / (scale > 0 ? scale : 1);
         cr_expect(e <= 1e-5, "%s: %s (%s): relative error %.3g", path, l->name, fname, e);
         if (e > worst) worst = e, worst_name = l->name;
-        memcpy(A + m->offset[w], B + m->offset[w], (size_t)p->bufs[w].numel * m->elem_size);
+        copy_stores(A, B, m, p, i);
     }
     cr_log_info("%s %s T=%d: %d functions (of %d kernels) at the shipped size match the C kernels; "
                 "worst %.3g (%s)",
