@@ -174,7 +174,7 @@ static int emit_stores(LoopCtx *L) {
 
 static int loop_body(LoopCtx *L) {
     const Kernel *k = L->k;
-    int outer[MAX_RANK], inner[MAX_RANK], n_outer = 0, n_inner = 0;
+    int outer[MAX_RANK] = {0}, inner[MAX_RANK] = {0}, n_outer = 0, n_inner = 0;
     int64_t points = 1, outer_points = 1;
     bool has_reduce = false;
     for (int a = 0; a < k->rank; a++) {

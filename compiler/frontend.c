@@ -499,11 +499,11 @@ static bool is_ref_path(const char *p) {
 static const YNode *doc_lookup(const YNode *root, const char *path) {
     char buf[SPEC_NAME_MAX];
     snprintf(buf, sizeof buf, "%s", path);
-    const YNode *n = root;
-    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok && n;
-         tok = strtok_r(NULL, ".", &save))
-        n = map_find(n, tok);
-    return n;
+    const YNode *node = root;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ".", &save); tok && node; tok = strtok_r(NULL, ".", &save))
+        node = map_find(node, tok);
+    return node;
 }
 
 static const YNode *scope_find(const Scope *s, const char *name) {
