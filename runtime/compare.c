@@ -127,8 +127,7 @@ void compare_feed_back(TensorSet *in, const TensorSet *out) {
     if (step) tensor_set(step, 0, tensor_get(step, 0) + 1);
 }
 
-/* A copy of from with every real tensor as `real` (integer tensors keep their type). */
-static int copy_as(const TensorSet *from, TensorDType real_type, TensorSet *to, MamlError *err) {
+int compare_copy_as(const TensorSet *from, TensorDType real_type, TensorSet *to, MamlError *err) {
     tensorset_init(to);
     for (int k = 0; k < from->n; k++) {
         const Tensor *t = &from->items[k];
@@ -146,7 +145,7 @@ int compare_start_state(const GraphSpec *spec, const Graph *g, uint64_t seed, bo
     TensorSet raw;
     if (bench_inputs(spec, g, seed, &raw, err)) return -1;
     if (noise) compare_noise_images(&raw);
-    int rc = copy_as(&raw, TENSOR_F32, out, err);
+    int rc = compare_copy_as(&raw, TENSOR_F32, out, err);
     tensorset_free(&raw);
     return rc;
 }
@@ -196,7 +195,7 @@ static int prepare_run(StepRun *r, const TensorSet *start, int steps, MamlError 
     /* a float64 run keeps its state in float64: rounding it to float32 between steps would mix
      * float32 rounding into the reference */
     TensorDType real = r->backend->prec == PREC_F64 ? TENSOR_F64 : TENSOR_F32;
-    return copy_as(start, real, &r->state, err);
+    return compare_copy_as(start, real, &r->state, err);
 }
 
 int compare_steps_start(StepRun *runs, int n, const TensorSet *start, int steps, MamlError *err) {

@@ -58,6 +58,10 @@ void compare_noise_images(TensorSet *in);
  * trainer does between steps. */
 void compare_feed_back(TensorSet *in, const TensorSet *out);
 
+/* A copy of from (to is initialised here) with every real tensor as real_type; integer tensors
+ * keep their type. */
+int compare_copy_as(const TensorSet *from, TensorDType real_type, TensorSet *to, MamlError *err);
+
 /* The start of a comparison: bench_inputs(spec, g, seed), with noise images when noise is set,
  * every real tensor rounded to float32 (as F32), so that float32 and float64 runs start from the
  * same values and their differences come from the arithmetic alone. */

@@ -256,19 +256,6 @@ static int cmd_steps(int argc, char **argv) {
 
 /* ---- track ---- */
 
-/* A float32 copy of a state (integer tensors kept). */
-static int copy_f32(const TensorSet *from, TensorSet *to, MamlError *err) {
-    tensorset_init(to);
-    for (int k = 0; k < from->n; k++) {
-        const Tensor *t = &from->items[k];
-        bool real = t->dtype == TENSOR_F32 || t->dtype == TENSOR_F64;
-        Tensor *c = tensorset_add(to, t->name, real ? TENSOR_F32 : t->dtype, t->shape, NULL, err);
-        if (!c) return -1;
-        for (int64_t q = 0, n = shape_numel(t->shape); q < n; q++) tensor_set(c, q, tensor_get(t, q));
-    }
-    return 0;
-}
-
 /* Whether two output sets are bitwise equal. */
 static bool same_bits(const TensorSet *a, const TensorSet *b) {
     if (a->n != b->n) return false;
@@ -297,7 +284,7 @@ static int track_step(Track *t, int step, bool check_repeat, MamlError *err) {
         tensorset_init(&t->out[i]);
     }
     tensorset_free(&t->s32);
-    if (copy_f32(&t->state64, &t->s32, err)) return -1;
+    if (compare_copy_as(&t->state64, TENSOR_F32, &t->s32, err)) return -1;
     if (backend_run(t->b[0], &t->s32, &t->out[0], err) ||
         backend_run(t->b[1], &t->state64, &t->out[1], err) ||
         backend_run(t->b[2], &t->s32, &t->out[2], err))
@@ -319,7 +306,7 @@ static int track_step(Track *t, int step, bool check_repeat, MamlError *err) {
     if (worst > t->worst) {
         t->worst = worst, t->worst_step = step;
         tensorset_free(&t->worst_state);
-        if (copy_f32(&t->s32, &t->worst_state, err)) return -1;
+        if (compare_copy_as(&t->s32, TENSOR_F32, &t->worst_state, err)) return -1;
     }
     compare_feed_back(&t->state64, &t->out[1]);
     return 0;
