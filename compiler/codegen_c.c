@@ -329,12 +329,14 @@ static int render_program(Cg *c, const CodegenOptions *opt, StrBuf *out) {
     var_i(&vs, "arena_bytes", c->m->arena_bytes);
     var_s(&vs, "real", opt->f64 ? "double" : "float");
     if (render(c, PROGRAM, "prelude", &vs, false, out)) return -1;
-    /* the convolution kernels share their register block and packing code: rendered once */
+    /* the convolution kernels share their register block, packing and Winograd code: rendered once */
     for (int i = 0; i < p->n_kernels; i++) {
         KernelKind kind = p->kernels[i].kind;
         if (kind == KERNEL_CONV2D || kind == KERNEL_CONV2D_GRAD_INPUT ||
             kind == KERNEL_CONV2D_GRAD_WEIGHT) {
-            if (render(c, "c/conv2d.c.tmpl", "support", NULL, false, out)) return -1;
+            if (render(c, "c/conv2d.c.tmpl", "support", NULL, false, out) ||
+                render(c, "c/winograd.c.tmpl", "support", NULL, false, out))
+                return -1;
             break;
         }
     }

@@ -11,6 +11,10 @@
  *    inlined as an index remapping, duplicated into several kernels if need be (it costs nothing);
  *  - an elementwise node is inlined when all its consumers are in the same kernel and no expanding
  *    broadcast lies between it and the root (that would recompute it per broadcast element);
+ *    one whose consumers are in several kernels is recomputed in each of them when that moves no
+ *    more data than storing it (cheap_to_recompute): batch norm's centred, normalized and affine
+ *    values and the ReLU mask are recomputed from the convolution's output in the kernels that
+ *    read them instead of taking a pass over memory each;
  *  - a reduction is inlined into its consumer's kernel (which becomes its epilogue) when the
  *    path to that root is elementwise at the reduction's own shape and the kernel has no other one;
  *  - template ops (conv family, matmul, pool family), graph outputs and the operands of template
@@ -27,6 +31,9 @@
 
 #define ROOT_MULTI (-2)
 #define ROOT_NONE (-1)
+/* An operand at least this many times smaller than the node counts as small (see
+ * cheap_to_recompute). */
+#define RECOMPUTE_SMALL 8
 
 typedef enum { M_DEAD, M_BUFFER, M_ALIAS, M_INLINE } Mode;
 
@@ -134,14 +141,35 @@ static int common_root(const Lower *L, int n, bool *expanded) {
         int rc = L->mode[c] == M_BUFFER   ? (L->host[c] >= 0 ? L->host[c] : c)
                  : L->mode[c] == M_INLINE ? L->root[c]
                                           : ROOT_MULTI;
-        if (rc == ROOT_MULTI || (r != ROOT_NONE && r != rc)) return ROOT_MULTI;
-        r = rc;
+        r = rc == ROOT_MULTI || (r != ROOT_NONE && r != rc) ? ROOT_MULTI : rc;
         if (L->mode[c] == M_INLINE && L->expanded[c]) *expanded = true;
         if (gnode(L, c)->op == OP_BROADCAST &&
             shape_numel(gnode(L, c)->shape) > shape_numel(gnode(L, n)->shape))
             *expanded = true;
     }
     return r == ROOT_NONE ? ROOT_MULTI : r;
+}
+
+/* The node a chain of views reads. */
+static int view_source(const Lower *L, int n) {
+    while (node_class(gnode(L, n)->op) == C_VIEW) n = gnode(L, n)->in[0];
+    return n;
+}
+
+/* Whether recomputing elementwise node n in each consumer's kernel moves no more data than
+ * storing it and loading it there: n reads at most one operand of about its own size (the others
+ * are constants or broadcasts of small tensors), so each consumer loads that operand instead of
+ * n, and n's own pass over memory disappears. */
+static bool cheap_to_recompute(const Lower *L, int n) {
+    const Node *nd = gnode(L, n);
+    if (!plain_elem(nd->op)) return false;
+    int64_t size = shape_numel(nd->shape);
+    int big = 0;
+    for (int k = 0; k < nd->n_in; k++) {
+        const Node *src = gnode(L, view_source(L, nd->in[k]));
+        if (src->op != OP_CONST && shape_numel(src->shape) * RECOMPUTE_SMALL > size) big++;
+    }
+    return big <= 1;
 }
 
 /* Whether every consumer of n reaches root r through plain elementwise nodes of r's shape. */
@@ -205,6 +233,11 @@ static void decide_fused(Lower *L, int n) {
         L->mode[n] = M_INLINE;
         L->root[n] = r;
         L->expanded[n] = expanded;
+        return;
+    }
+    if (r == ROOT_MULTI && !expanded && cls == C_ELEM && cheap_to_recompute(L, n)) {
+        L->mode[n] = M_INLINE; /* duplicated into every consumer's kernel, like a view */
+        L->root[n] = ROOT_MULTI;
         return;
     }
     if (r == ROOT_MULTI || expanded) {

@@ -21,8 +21,10 @@
 #include "pipeline.h"
 
 #define DEFAULT_CFLAGS "-O3 -march=native -fopenmp"
-/* Always added: what makes the output a loadable object. */
-#define REQUIRED_CFLAGS "-shared -fPIC"
+/* Always added: what makes the output a loadable object, and no contraction of a * b + c into
+ * one rounding, which could round an expression recomputed in two kernels differently in each
+ * (a ReLU mask in the backward pass disagreeing with the forward one). */
+#define REQUIRED_CFLAGS "-shared -fPIC -ffp-contract=off"
 #define TRAILER_MAGIC "MAMLCSUM"
 #define TRAILER_BYTES 16
 #define OUTPUT_MAX 8192

@@ -240,6 +240,15 @@ template <class T> static inline T __shfl_xor_sync(unsigned mask, T v, int lane_
     return r;
 }
 
+/* Round-to-nearest arithmetic that the GPU never contracts into an FMA; g++ in ISO mode
+ * (-std=c++17) contracts nothing either. */
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+
 static inline float __int_as_float(int i) {
     float f;
     memcpy(&f, &i, sizeof f);

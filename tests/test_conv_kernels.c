@@ -1,5 +1,6 @@
 /* The C convolution templates (conv2d, conv2d_grad_input, conv2d_grad_weight) against the ref
- * interpreter on shapes chosen to reach every path and edge of templates/c/conv2d*.c.tmpl: the
+ * interpreter on shapes chosen to reach every path and edge of templates/c/conv2d*.c.tmpl and
+ * winograd.c.tmpl (full and short blocks of tiles, lanes in register blocks of 4 and 1): the
  * register-blocked product (lane counts that are not whole vectors or span several register
  * blocks, position counts that leave a short last block, grad_weight's reduction in chunks and its
  * taps in groups), the row paths for few taps (rows shorter than a vector, rows ending in a partial
@@ -55,6 +56,12 @@ static const ConvCase cases[] = {
     {2, 3, 70, 5, 5, 4, 3, 3, 1, 1},
     /* gw's reduction in two chunks of pixels */
     {1, 3, 2, 16, 16, 70, 3, 3, 1, 1},
+    /* Winograd F(2x2, 3x3) for fwd and gi (3x3, stride 1, padding 1, even sizes, >= 32
+     * channels): one short block of 36 tiles, non-square, 40 lanes (register blocks of 4 and 1
+     * vectors) */
+    {2, 3, 32, 8, 6, 40, 3, 3, 1, 1},
+    /* Winograd at the seed's 14x14 layer: 245 tiles per task, a short last block */
+    {1, 5, 64, 14, 14, 64, 3, 3, 1, 1},
     /* the 5w1s layers' shape: stride 2, padding 1, 64 x 64 */
     {1, 1, 64, 4, 4, 64, 3, 3, 2, 1},
     /* stride above the kernel: gi phases without taps (zeros) */
@@ -175,13 +182,16 @@ Test(conv_kernels, match_ref_f32) {
     check(PREC_F32);
 }
 
-/* Positions whose receptive fields hold equal values get bitwise equal results: every position
- * goes through the same operations in the same order, as in the reference, so exact ties stay
- * ties (a max-pool over a blank region of an Omniglot image must pick the window's first element
- * in both). A constant input through conv2d and a constant dy through grad_input (20 and 64
- * channels): all interior pixels of each plane must be identical. */
-Test(conv_kernels, equal_receptive_fields_give_equal_results) {
-    const int64_t T = 2, N = 3, C = 64, H = 10, W = 10, O = 20;
+/* Positions whose receptive fields hold equal values get bitwise equal results, so exact ties
+ * stay ties (a max-pool over a blank region of an Omniglot image must pick the window's first
+ * element as the reference does). A constant input through conv2d and a constant dy through
+ * grad_input: all interior pixels of each plane must be identical. With O = 20 the direct kernels
+ * run: every position goes through the same operations in the same order, as in the reference.
+ * With O = 32 Winograd runs: a tile's four outputs are combined differently, equal up to a few
+ * double ulps, which the rounding to float removes (unless a value lies that close to a float
+ * rounding boundary: about one in ten million). */
+static void check_ties(int64_t O) {
+    const int64_t T = 2, N = 3, C = 64, H = 10, W = 10;
     MamlError err;
     Graph g;
     graph_init(&g);
@@ -225,6 +235,14 @@ Test(conv_kernels, equal_receptive_fields_give_equal_results) {
     tensorset_free(&got);
     tensorset_free(&in);
     graph_free(&g);
+}
+
+Test(conv_kernels, equal_receptive_fields_give_equal_results_direct) {
+    check_ties(20);
+}
+
+Test(conv_kernels, equal_receptive_fields_give_equal_results_winograd) {
+    check_ties(32);
 }
 
 /* The pool templates on planes large enough for pool_scatter's one-pass path (28x28, 17x17 with a
