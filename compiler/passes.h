@@ -71,6 +71,13 @@ typedef enum {
     RULE_REDUCE_BROADCAST,    /* reduce over (a superset of) a broadcast's expanded axes:
                                  sum -> x * count (after reducing the other axes), max -> x */
     RULE_ZERO_PRODUCT,        /* matmul / conv2d family with a zero operand -> 0 (assume_finite) */
+    RULE_POOL_RELU_MASK,      /* with r = relu(y) = select(y > 0, y, 0) and p = max_pool2d(r):
+                                 select(y > 0, pool_scatter(r, g), 0)
+                                   -> pool_scatter(r, select(p > 0, g, 0)),
+                                 pool_gather(r, select(y > 0, z, 0))
+                                   -> select(p > 0, pool_gather(r, z), 0): exact, the ReLU's
+                                 mask moves to the pooled shape (a window's argmax is positive
+                                 exactly when its maximum is) */
     PASS_RULE_COUNT
 } PassRule;
 

@@ -39,6 +39,7 @@ static const char *const rule_names[PASS_RULE_COUNT] = {
     [RULE_REDUCE_REDUCE] = "reduce_reduce",
     [RULE_REDUCE_BROADCAST] = "reduce_broadcast",
     [RULE_ZERO_PRODUCT] = "zero_product",
+    [RULE_POOL_RELU_MASK] = "pool_relu_mask",
 };
 
 const char *pass_rule_name(PassRule rule) {
@@ -296,11 +297,54 @@ static int simp_neg(Rewrite *rw, int i, const int *in) {
     return pass_copy(rw, i);
 }
 
+/* ---- max-pool after a ReLU ---- */
+
+/* Whether r = select(m, y, 0) with m = (y > 0): a ReLU whose mask is m. */
+static bool relu_with_mask(const Rewrite *rw, int r, int m) {
+    const Node *sel = as_op(rw, r, OP_SELECT), *gt = as_op(rw, m, OP_GT);
+    return sel && gt && sel->in[0] == m && is_value(rw, sel->in[2], 0.0) &&
+           gt->in[0] == sel->in[1] && is_value(rw, gt->in[1], 0.0);
+}
+
+/* select(max_pool2d(r) > 0, v, 0) on the pooled shape: at each window's argmax the ReLU r is
+ * positive exactly when the window's maximum is, so this is r's mask read at the argmax. */
+static int pooled_relu_mask(Rewrite *rw, int r, int kernel, int stride, int v) {
+    pass_hit(rw, RULE_POOL_RELU_MASK);
+    Shape s = dnode(rw, v)->shape;
+    int pooled = g_max_pool2d(rw->dst, r, kernel, stride);
+    int mask = g_gt(rw->dst, pooled, g_const(rw->dst, 0.0, s));
+    return g_select(rw->dst, mask, v, g_const(rw->dst, 0.0, s));
+}
+
+/* select(m, pool_scatter(r, g), 0) with r a ReLU of mask m -> pool_scatter(r, g masked on the
+ * pooled shape): one pass over the pooled tensor instead of one over the full one. -2: no match. */
+static int relu_mask_of_scatter(Rewrite *rw, int m, int a, int b) {
+    const Node *ps = as_op(rw, a, OP_POOL_SCATTER);
+    if (!ps || !is_value(rw, b, 0.0) || !pass_single_use(rw, a)) return -2;
+    int r = ps->in[0], g = ps->in[1], kernel = ps->attr.kernel, stride = ps->attr.stride;
+    if (!relu_with_mask(rw, r, m)) return -2;
+    return g_pool_scatter(rw->dst, r, pooled_relu_mask(rw, r, kernel, stride, g), kernel, stride);
+}
+
+/* pool_gather(r, select(m, z, 0)) with r a ReLU of mask m -> the gather masked on the pooled
+ * shape. */
+static int simp_pool_gather(Rewrite *rw, int i, const Node *n, const int *in) {
+    int r = in[0], kernel = n->attr.kernel, stride = n->attr.stride;
+    const Node *sel = as_op(rw, in[1], OP_SELECT);
+    if (!sel || !is_value(rw, sel->in[2], 0.0) || !pass_single_use(rw, in[1]) ||
+        !relu_with_mask(rw, r, sel->in[0]))
+        return pass_copy(rw, i);
+    int gathered = g_pool_gather(rw->dst, r, sel->in[1], kernel, stride);
+    return pooled_relu_mask(rw, r, kernel, stride, gathered);
+}
+
 /* ---- selects ---- */
 
 static int simp_select(Rewrite *rw, int i, const int *in) {
     int m = in[0], a = in[1], b = in[2];
     if (a == b) return replace(rw, RULE_SELECT_SAME, a);
+    int pooled = relu_mask_of_scatter(rw, m, a, b);
+    if (pooled != -2) return pooled;
     const Node *sa = as_op(rw, a, OP_SELECT), *sb = as_op(rw, b, OP_SELECT);
     bool left = sa && sa->in[0] == m, right = sb && sb->in[0] == m;
     if (!left && !right) return pass_copy(rw, i);
@@ -447,6 +491,8 @@ int pass_simplify_node(Rewrite *rw, int i) {
     case OP_REDUCE_SUM:
     case OP_REDUCE_MAX:
         return simp_reduce(rw, i, n, in);
+    case OP_POOL_GATHER:
+        return simp_pool_gather(rw, i, n, in);
     case OP_MATMUL:
     case OP_CONV2D:
     case OP_CONV2D_GRAD_INPUT:

@@ -522,6 +522,38 @@ Test(simplify, products_with_a_zero_operand) {
     graph_free(&g);
 }
 
+/* A ReLU's mask moves through max-pooling's scatter (the gradient) and gather (its derivative)
+ * to the pooled shape: values unchanged, also where whole windows are negative (their maximum is
+ * a tie of zeros), and no select of the full shape is left. */
+Test(simplify, relu_mask_moves_to_the_pooled_shape) {
+    Graph g, o;
+    graph_init(&g);
+    Shape full = SHAPE(2, 3, 6, 6), pooled = SHAPE(2, 3, 3, 3);
+    int x = g_input(&g, "x", INPUT_DATA, DT_REAL, full);
+    int z = g_input(&g, "z", INPUT_DATA, DT_REAL, full);
+    int dy = g_input(&g, "dy", INPUT_DATA, DT_REAL, pooled);
+    int zero = g_const(&g, 0, full), mask = g_gt(&g, x, zero);
+    int relu = g_select(&g, mask, x, zero);
+    out(&g, "pooled", g_max_pool2d(&g, relu, 2, 2));
+    out(&g, "dx", g_select(&g, mask, g_pool_scatter(&g, relu, dy, 2, 2), zero));
+    out(&g, "gz", g_pool_gather(&g, relu, g_select(&g, mask, z, zero), 2, 2));
+    PassReport r;
+    optimize_and_compare(&g, &o, &r);
+    cr_assert_eq(r.rule_hits[RULE_POOL_RELU_MASK], 2);
+    cr_assert_eq(output_node(&o, "dx")->op, OP_POOL_SCATTER);
+    const Node *gz = output_node(&o, "gz");
+    cr_assert(gz->op == OP_SELECT && shape_equal(gz->shape, pooled), "gz is a %s",
+              op_info[gz->op].name);
+    int full_selects = 0;
+    for (int i = 0; i < o.n_nodes; i++)
+        full_selects += o.nodes[i].op == OP_SELECT && shape_equal(o.nodes[i].shape, full);
+    cr_assert_eq(full_selects, 1, "%d selects of the full shape left (the ReLU alone expected)",
+                 full_selects);
+    cr_assert_eq(count_op(&o, OP_MAX_POOL2D), 1, "the pooled maxima are shared");
+    graph_free(&o);
+    graph_free(&g);
+}
+
 /* ---- random graphs: every rule in combination with the others ---- */
 
 /* The mean over 4 broadcast copies of a: reduce_broadcast's pattern with other axes around. */
