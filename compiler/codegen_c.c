@@ -130,6 +130,41 @@ static int emit_parallel(LoopCtx *L, int n_collapse, int64_t outer_points, int64
     return rc;
 }
 
+/* Prefetches, before the innermost reduce loop runs over a contiguous run of a buffer, the run
+ * the next iteration of the enclosing reduce loop reads: those runs lie far apart (batch norm's
+ * sums over images read one channel's plane per image), and the hardware prefetcher, which
+ * follows streams within a page, starts over on each. Measured 20% off such a sum. */
+static int emit_prefetches(LoopCtx *L, int axis, int outer_axis) {
+    const Kernel *k = L->k;
+    for (int i = 0; i < k->n_ops; i++) {
+        const KOp *op = &k->ops[i];
+        if (op->op != KOP_LOAD || op->strides[axis] != 1 || op->strides[outer_axis] == 0) continue;
+        bool dup = false; /* one prefetch per run, however many loads read it */
+        for (int j = 0; j < i; j++)
+            dup |= k->ops[j].op == KOP_LOAD && k->ops[j].buf == op->buf &&
+                   k->ops[j].offset == op->offset &&
+                   !memcmp(k->ops[j].strides, op->strides, sizeof op->strides);
+        if (dup) continue;
+        int64_t at_start[MAX_RANK];
+        memcpy(at_start, op->strides, sizeof at_start);
+        at_start[axis] = 0;
+        char var[32];
+        snprintf(var, sizeof var, "b%d", op->buf);
+        StrBuf idx;
+        sb_init(&idx);
+        codegen_index_expr(k, at_start, op->offset, &idx);
+        Vars vs = {.n = 0};
+        var_s(&vs, "var", var);
+        var_s(&vs, "index", idx.data ? idx.data : "0");
+        var_i(&vs, "n", k->dims[axis]);
+        var_i(&vs, "ahead", op->strides[outer_axis]);
+        int rc = idx.failed ? maml_fail(L->c->err, "out of memory") : line(L, "prefetch", &vs);
+        sb_free(&idx);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 /* The reduction: accumulators, the loops over reduce axes with the prologue, the updates. */
 static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     bool all_sum;
@@ -137,7 +172,8 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     sb_init(&accs);
     int rc = emit_accs(L, ACC_DECLARE, &accs, &all_sum);
     for (int a = 0; rc == 0 && a < n_inner; a++) {
-        if (a == n_inner - 1 && all_sum) {
+        if (a == n_inner - 1 && a > 0) rc = emit_prefetches(L, inner[a], inner[a - 1]);
+        if (rc == 0 && a == n_inner - 1 && all_sum) {
             Vars vs = {.n = 0};
             var_s(&vs, "accs", accs.data ? accs.data : "");
             rc = line(L, "simd_sum", &vs);
