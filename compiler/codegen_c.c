@@ -165,10 +165,7 @@ static int emit_prefetches(LoopCtx *L, int axis, int outer_axis) {
     return 0;
 }
 
-static int emit_stores(LoopCtx *L, KPhase phase);
-
-/* The reduction: accumulators, the loops over reduce axes with the prologue (and the inner
- * stores), the updates. */
+/* The reduction: accumulators, the loops over reduce axes with the prologue, the updates. */
 static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     bool all_sum;
     StrBuf accs;
@@ -184,7 +181,6 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
         if (rc == 0) rc = open_loop(L, inner[a]);
     }
     if (rc == 0) rc = emit_values(L, KPHASE_INNER);
-    if (rc == 0) rc = emit_stores(L, KPHASE_INNER);
     if (rc == 0) rc = emit_accs(L, ACC_UPDATE, NULL, &all_sum);
     if (rc == 0) rc = close_loops(L, n_inner);
     if (rc == 0) rc = emit_accs(L, ACC_READ, NULL, &all_sum);
@@ -192,10 +188,9 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     return rc;
 }
 
-static int emit_stores(LoopCtx *L, KPhase phase) {
+static int emit_stores(LoopCtx *L) {
     const Kernel *k = L->k;
     for (int s = 0; s < k->n_stores; s++) {
-        if (k->stores[s].phase != phase) continue;
         char var[32], v[32];
         snprintf(var, sizeof var, "b%d", k->stores[s].buf);
         value_name(k->stores[s].src, v, sizeof v);
@@ -235,7 +230,7 @@ static int loop_body(LoopCtx *L) {
     }
     if (rc == 0 && has_reduce) rc = emit_reduction(L, inner, n_inner);
     if (rc == 0) rc = emit_values(L, KPHASE_OUTER);
-    if (rc == 0) rc = emit_stores(L, KPHASE_OUTER);
+    if (rc == 0) rc = emit_stores(L);
     if (rc == 0) rc = close_loops(L, n_outer);
     return rc;
 }
