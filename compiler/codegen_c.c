@@ -49,7 +49,9 @@ static int emit_values(LoopCtx *L, KPhase phase) {
     const Kernel *k = L->k;
     for (int i = 0; i < k->n_ops; i++) {
         KOpKind kind = k->ops[i].op;
-        if (k->ops[i].phase != phase || kind == KOP_REDUCE_SUM || kind == KOP_REDUCE_MAX) continue;
+        if (k->ops[i].phase != phase || kind == KOP_REDUCE_SUM || kind == KOP_REDUCE_MAX ||
+            codegen_mask_only(k, i))
+            continue;
         StrBuf expr;
         sb_init(&expr);
         char v[32];

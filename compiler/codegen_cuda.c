@@ -203,7 +203,7 @@ static int op_expr(const LoopPlan *L, int i, StrBuf *expr) {
 static int emit_values(const LoopPlan *L, KPhase phase, int depth, StrBuf *out) {
     const Kernel *k = L->k;
     for (int i = 0; i < k->n_ops; i++) {
-        if (k->ops[i].phase != phase || is_reduce(&k->ops[i])) continue;
+        if (k->ops[i].phase != phase || is_reduce(&k->ops[i]) || codegen_mask_only(k, i)) continue;
         StrBuf expr;
         sb_init(&expr);
         char v[32];

@@ -38,6 +38,27 @@ static int const_text(Cg *c, const char *ops_file, double v, StrBuf *out) {
     return 0;
 }
 
+/* Whether op m is a comparison that only selects test (see codegen_op_expr): then the selects
+ * compare directly and m's own value is never needed. */
+static bool select_mask_of(const Kernel *k, int m, const KOp *op) {
+    return op->op == KOP_SELECT && op->src[0] == m && op->phase == k->ops[m].phase;
+}
+
+bool codegen_mask_only(const Kernel *k, int m) {
+    const KOp *op = &k->ops[m];
+    if (op->op != KOP_GT && op->op != KOP_EQ) return false;
+    bool used = false;
+    for (int i = m + 1; i < k->n_ops; i++)
+        for (int s = 0; s < 3; s++) {
+            if (k->ops[i].src[s] != m) continue;
+            if (s != 0 || !select_mask_of(k, m, &k->ops[i])) return false;
+            used = true;
+        }
+    for (int s = 0; s < k->n_stores; s++)
+        if (k->stores[s].src == m) return false;
+    return used;
+}
+
 int codegen_op_expr(Cg *c, const char *ops_file, const Kernel *k, int i, const char *buf,
                     StrBuf *expr) {
     const KOp *op = &k->ops[i];
@@ -63,8 +84,21 @@ int codegen_op_expr(Cg *c, const char *ops_file, const Kernel *k, int i, const c
     var_s(&vs, "index", idx.data ? idx.data : "");
     var_s(&vs, "value", num.data ? num.data : "");
     var_s(&vs, "i", axis);
+    /* A select on a comparison of the same phase tests the comparison itself: GCC if-converts
+     * (and vectorizes) that, but not always the chain "m = a > b ? 1 : 0; m != 0 ? x : y", which
+     * it compiled to a branch per element in some of omniglot_5w1s's ReLU maps (4 GB/s). */
+    const char *section = kop_name(op->op);
+    const KOp *mask = op->op == KOP_SELECT ? &k->ops[op->src[0]] : NULL;
+    char x[32], y[32];
+    if (mask && (mask->op == KOP_GT || mask->op == KOP_EQ) && select_mask_of(k, op->src[0], op)) {
+        snprintf(x, sizeof x, "v%d", mask->src[0]);
+        snprintf(y, sizeof y, "v%d", mask->src[1]);
+        var_s(&vs, "x", x);
+        var_s(&vs, "y", y);
+        section = mask->op == KOP_GT ? "select_gt" : "select_eq";
+    }
     if (rc == 0 && (idx.failed || num.failed)) rc = maml_fail(c->err, "out of memory");
-    if (rc == 0) rc = render(c, ops_file, kop_name(op->op), &vs, true, expr);
+    if (rc == 0) rc = render(c, ops_file, section, &vs, true, expr);
     sb_free(&idx);
     sb_free(&num);
     return rc;

@@ -54,6 +54,10 @@ void codegen_kernel_comment(const Cg *c, const Kernel *k, char *buf, int size);
  * (0 for axes it does not vary along) starting `offset` elements in. */
 void codegen_index_expr(const Kernel *k, const int64_t *strides, int64_t offset, StrBuf *out);
 
+/* True when op i is a comparison whose value only selects use as their mask: those selects test
+ * the comparison themselves (codegen_op_expr), so renderers skip op i. */
+bool codegen_mask_only(const Kernel *k, int i);
+
 /* Appends the expression of k's op i (not a reduction) from section kop_name(op) of ops_file:
  * operands are the values v<src>, buf is what the kernel calls the buffer a load reads, and a
  * constant is its double to 17 digits, exactly (ops_file's sections nan, inf and neg_inf spell the
