@@ -38,20 +38,21 @@ static int const_text(Cg *c, const char *ops_file, double v, StrBuf *out) {
     return 0;
 }
 
-/* Whether op m is a comparison that only selects test (see codegen_op_expr): then the selects
- * compare directly and m's own value is never needed. */
-static bool select_mask_of(const Kernel *k, int m, const KOp *op) {
-    return op->op == KOP_SELECT && op->src[0] == m && op->phase == k->ops[m].phase;
+/* The comparison (GT or EQ, of the same phase) select op tests: codegen_op_expr then renders the
+ * select on the comparison's operands. NULL for other ops. */
+static const KOp *tested_comparison(const Kernel *k, const KOp *op) {
+    if (op->op != KOP_SELECT) return NULL;
+    const KOp *m = &k->ops[op->src[0]];
+    return (m->op == KOP_GT || m->op == KOP_EQ) && m->phase == op->phase ? m : NULL;
 }
 
 bool codegen_mask_only(const Kernel *k, int m) {
-    const KOp *op = &k->ops[m];
-    if (op->op != KOP_GT && op->op != KOP_EQ) return false;
+    if (k->ops[m].op != KOP_GT && k->ops[m].op != KOP_EQ) return false;
     bool used = false;
     for (int i = m + 1; i < k->n_ops; i++)
         for (int s = 0; s < 3; s++) {
             if (k->ops[i].src[s] != m) continue;
-            if (s != 0 || !select_mask_of(k, m, &k->ops[i])) return false;
+            if (s != 0 || !tested_comparison(k, &k->ops[i])) return false;
             used = true;
         }
     for (int s = 0; s < k->n_stores; s++)
@@ -88,9 +89,9 @@ int codegen_op_expr(Cg *c, const char *ops_file, const Kernel *k, int i, const c
      * (and vectorizes) that, but not always the chain "m = a > b ? 1 : 0; m != 0 ? x : y", which
      * it compiled to a branch per element in some of omniglot_5w1s's ReLU maps (4 GB/s). */
     const char *section = kop_name(op->op);
-    const KOp *mask = op->op == KOP_SELECT ? &k->ops[op->src[0]] : NULL;
+    const KOp *mask = tested_comparison(k, op);
     char x[32], y[32];
-    if (mask && (mask->op == KOP_GT || mask->op == KOP_EQ) && select_mask_of(k, op->src[0], op)) {
+    if (mask) {
         snprintf(x, sizeof x, "v%d", mask->src[0]);
         snprintf(y, sizeof y, "v%d", mask->src[1]);
         var_s(&vs, "x", x);
