@@ -26,14 +26,27 @@ static void strides_of(Shape s, bool broadcast, int64_t *st) {
     }
 }
 
-/* Offset, under strides st, of the element whose flat index in shape s is flat. */
-static int64_t offset_in(int64_t flat, Shape s, const int64_t *st) {
-    int64_t off = 0;
-    for (int i = s.rank - 1; i >= 0; i--) {
-        off += (flat % s.dims[i]) * st[i];
-        flat /= s.dims[i];
+/* Walks the elements of shape s in row-major order while keeping the offset, under strides st, of
+ * the current one: a counter per axis instead of a division per axis and element. */
+typedef struct {
+    Shape s;
+    const int64_t *st;
+    int64_t idx[MAX_RANK], off;
+} Walk;
+
+static Walk walk_start(Shape s, const int64_t *st) {
+    Walk w = {.s = s, .st = st, .off = 0};
+    memset(w.idx, 0, sizeof w.idx);
+    return w;
+}
+
+static void walk_next(Walk *w) {
+    for (int i = w->s.rank - 1; i >= 0; i--) {
+        w->off += w->st[i];
+        if (++w->idx[i] < w->s.dims[i]) return;
+        w->off -= w->st[i] * w->s.dims[i];
+        w->idx[i] = 0;
     }
-    return off;
 }
 
 static double *in_val(Interp *in, const Node *n, int k) {
@@ -87,8 +100,9 @@ static void run_reduce(Interp *in, const Node *n, double *out) {
     int64_t st[MAX_RANK], count = shape_numel(n->shape);
     strides_of(n->shape, true, st);
     for (int64_t i = 0; i < count; i++) out[i] = n->op == OP_REDUCE_SUM ? 0.0 : -INFINITY;
-    for (int64_t i = 0, total = shape_numel(xs); i < total; i++) {
-        double *o = &out[offset_in(i, xs, st)];
+    Walk w = walk_start(xs, st);
+    for (int64_t i = 0, total = shape_numel(xs); i < total; i++, walk_next(&w)) {
+        double *o = &out[w.off];
         *o = n->op == OP_REDUCE_SUM ? *o + x[i] : fmax(*o, x[i]);
     }
 }
@@ -97,8 +111,9 @@ static void run_broadcast(Interp *in, const Node *n, double *out) {
     const double *x = in_val(in, n, 0);
     int64_t st[MAX_RANK];
     strides_of(in_node(in, n, 0)->shape, true, st);
-    for (int64_t i = 0, total = shape_numel(n->shape); i < total; i++)
-        out[i] = x[offset_in(i, n->shape, st)];
+    Walk w = walk_start(n->shape, st);
+    for (int64_t i = 0, total = shape_numel(n->shape); i < total; i++, walk_next(&w))
+        out[i] = x[w.off];
 }
 
 static void run_permute(Interp *in, const Node *n, double *out) {
@@ -106,8 +121,9 @@ static void run_permute(Interp *in, const Node *n, double *out) {
     int64_t xst[MAX_RANK], st[MAX_RANK];
     strides_of(in_node(in, n, 0)->shape, false, xst);
     for (int i = 0; i < n->shape.rank; i++) st[i] = xst[n->attr.perm[i]];
-    for (int64_t i = 0, total = shape_numel(n->shape); i < total; i++)
-        out[i] = x[offset_in(i, n->shape, st)];
+    Walk w = walk_start(n->shape, st);
+    for (int64_t i = 0, total = shape_numel(n->shape); i < total; i++, walk_next(&w))
+        out[i] = x[w.off];
 }
 
 static void run_matmul(Interp *in, const Node *n, double *out) {
@@ -164,15 +180,19 @@ static void conv_tap(OpKind op, const ConvDims *d, int64_t kh, int64_t kw, const
     int64_t i0, i1, j0, j1;
     valid_range(kh, d->H, d->HO, d, &i0, &i1);
     valid_range(kw, d->W, d->WO, d, &j0, &j1);
+    /* the weight (or, for the weight gradient, its running sum) stays in a register */
+    double wv = op == OP_CONV2D_GRAD_WEIGHT ? dst[wi] : w[wi];
     for (int64_t i = i0; i < i1; i++) {
         int64_t xr = xb + (i * d->stride - d->pad + kh) * d->W - d->pad + kw, yr = yb + i * d->WO;
-        for (int64_t j = j0; j < j1; j++) {
-            int64_t xi = xr + j * d->stride, yi = yr + j;
-            if (op == OP_CONV2D) dst[yi] += x[xi] * w[wi];
-            else if (op == OP_CONV2D_GRAD_INPUT) dst[xi] += y[yi] * w[wi];
-            else dst[wi] += x[xi] * y[yi];
-        }
+        int64_t s = d->stride;
+        if (op == OP_CONV2D)
+            for (int64_t j = j0; j < j1; j++) dst[yr + j] += x[xr + j * s] * wv;
+        else if (op == OP_CONV2D_GRAD_INPUT)
+            for (int64_t j = j0; j < j1; j++) dst[xr + j * s] += y[yr + j] * wv;
+        else
+            for (int64_t j = j0; j < j1; j++) wv += x[xr + j * s] * y[yr + j];
     }
+    if (op == OP_CONV2D_GRAD_WEIGHT) dst[wi] = wv;
 }
 
 static void run_conv_family(Interp *in, const Node *n, double *out) {
