@@ -71,28 +71,43 @@ static bool is_reduce(const KOp *op) {
     return op->op == KOP_REDUCE_SUM || op->op == KOP_REDUCE_MAX;
 }
 
-typedef enum { ACC_DECLARE, ACC_UPDATE, ACC_READ } AccStage;
+typedef enum { ACC_DECLARE, ACC_DECLARE_ARRAY, ACC_UPDATE, ACC_READ } AccStage;
+
+/* How emit_accs names things: accumulator i is `<acc><i><at>` ("acc7", "part7", "acc7[i2]"); the
+ * value it takes in is `<src><i>` when src is set, else op i's operand (v<n>). */
+typedef struct {
+    const char *acc, *at, *src;
+    int64_t n; /* ACC_DECLARE_ARRAY: the length */
+} AccNames;
+
+static const AccNames SCALAR_ACCS = {"acc", "", NULL, 0};
 
 /* Accumulator declarations (before the reduce loops), updates (inside), or the reads that round
  * each result to real (after), as a node boundary does. */
-static int emit_accs(LoopCtx *L, AccStage stage, StrBuf *names, bool *all_sum) {
-    static const char *const sections[3][2] = {
-        {"acc_max", "acc_sum"}, {"update_max", "update_sum"}, {"reduce_value", "reduce_value"}};
+static int emit_accs(LoopCtx *L, AccStage stage, const AccNames *an, StrBuf *names, bool *all_sum) {
+    static const char *const sections[4][2] = {{"acc_max", "acc_sum"},
+                                               {"acc_array_max", "acc_array_sum"},
+                                               {"update_max", "update_sum"},
+                                               {"reduce_value", "reduce_value"}};
     const Kernel *k = L->k;
     *all_sum = true;
     for (int i = 0; i < k->n_ops; i++) {
         if (!is_reduce(&k->ops[i])) continue;
         bool sum = k->ops[i].op == KOP_REDUCE_SUM;
         *all_sum &= sum;
-        char acc[32], src[32], v[32];
-        snprintf(acc, sizeof acc, "acc%d", i);
-        value_name(k->ops[i].src[0], src, sizeof src);
+        char acc[256], src[32], v[32];
+        snprintf(acc, sizeof acc, "%s%d%s", an->acc, i, an->at);
+        if (an->src)
+            snprintf(src, sizeof src, "%s%d", an->src, i);
+        else
+            value_name(k->ops[i].src[0], src, sizeof src);
         value_name(i, v, sizeof v);
         if (names) sb_printf(names, "%s%s", names->len ? ", " : "", acc);
         Vars vs = {.n = 0};
         var_s(&vs, "acc", acc);
         var_s(&vs, "src", src);
         var_s(&vs, "v", v);
+        var_i(&vs, "n", an->n);
         if (line(L, sections[stage][sum], &vs)) return -1;
     }
     return 0;
@@ -134,8 +149,9 @@ static int emit_parallel(LoopCtx *L, int n_collapse, int64_t outer_points, int64
 
 /* Prefetches, before the innermost reduce loop runs over a contiguous run of a buffer, the run
  * the next iteration of the enclosing reduce loop reads: those runs lie far apart (batch norm's
- * sums over images read one channel's plane per image), and the hardware prefetcher, which
- * follows streams within a page, starts over on each. Measured 20% off such a sum. */
+ * sums over images read one channel's plane per image, where no leading axis lets the interleaved
+ * loops below take them), and the hardware prefetcher, which follows streams within a page,
+ * starts over on each. Measured 20% off such a sum. */
 static int emit_prefetches(LoopCtx *L, int axis, int outer_axis) {
     const Kernel *k = L->k;
     for (int i = 0; i < k->n_ops; i++) {
@@ -172,7 +188,7 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     bool all_sum;
     StrBuf accs;
     sb_init(&accs);
-    int rc = emit_accs(L, ACC_DECLARE, &accs, &all_sum);
+    int rc = emit_accs(L, ACC_DECLARE, &SCALAR_ACCS, &accs, &all_sum);
     for (int a = 0; rc == 0 && a < n_inner; a++) {
         if (a == n_inner - 1 && a > 0) rc = emit_prefetches(L, inner[a], inner[a - 1]);
         if (rc == 0 && a == n_inner - 1 && all_sum) {
@@ -183,9 +199,9 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
         if (rc == 0) rc = open_loop(L, inner[a]);
     }
     if (rc == 0) rc = emit_values(L, KPHASE_INNER);
-    if (rc == 0) rc = emit_accs(L, ACC_UPDATE, NULL, &all_sum);
+    if (rc == 0) rc = emit_accs(L, ACC_UPDATE, &SCALAR_ACCS, NULL, &all_sum);
     if (rc == 0) rc = close_loops(L, n_inner);
-    if (rc == 0) rc = emit_accs(L, ACC_READ, NULL, &all_sum);
+    if (rc == 0) rc = emit_accs(L, ACC_READ, &SCALAR_ACCS, NULL, &all_sum);
     sb_free(&accs);
     return rc;
 }
@@ -210,6 +226,124 @@ static int emit_stores(LoopCtx *L) {
     return 0;
 }
 
+/* ---- reductions whose kept axes interleave with the reduced ones ----
+ *
+ * Batch norm's sums over a task's images and pixels keep the channel axis, which lies between the
+ * two reduced ones ([T, N, C, HW]). Summed one output point at a time they read a run of HW
+ * values per image and jump an image ahead: with 14x14 planes and several buffers per point,
+ * that ran at 4-9 GB/s where maps run at 30-60. Here the loops after the leading kept axes run in
+ * memory order with an array of accumulators over the kept axes among them ("middle" axes), and a
+ * second loop over those axes rounds the sums and runs the epilogue. */
+
+#define INTERLEAVED_MAX_ACCS 1024 /* accumulators per reduction (on the stack, per thread) */
+/* Sums over leading axes that keep only the innermost one ([T, P] summed over tasks) have no
+ * leading axis to share out: the kept axis is cut into blocks of this many accumulators. */
+#define COLUMN_BLOCK 512
+
+typedef struct {
+    int first_reduced, n_lead, n_mid, mid[MAX_RANK];
+    int64_t lead_points, mid_points;
+    int64_t mid_strides[MAX_RANK]; /* row-major over the middle axes, 0 elsewhere */
+    int64_t block;                 /* > 0: the innermost axis (the only kept one) in blocks */
+} Interleaved;
+
+/* True when k's reduction interleaves with kept axes and has leading kept axes, or blocks of
+ * its one kept innermost axis, to share out. */
+static bool plan_interleaved(const Kernel *k, Interleaved *v) {
+    memset(v, 0, sizeof *v);
+    v->first_reduced = -1;
+    v->lead_points = v->mid_points = 1;
+    for (int a = 0; a < k->rank; a++) {
+        bool reduced = k->reduce_axes & (1u << a);
+        if (reduced && v->first_reduced < 0) v->first_reduced = a;
+        if (reduced) continue;
+        if (v->first_reduced < 0)
+            v->n_lead++, v->lead_points *= k->dims[a];
+        else
+            v->mid[v->n_mid++] = a, v->mid_points *= k->dims[a];
+    }
+    for (int m = v->n_mid - 1, acc = 1; m >= 0; m--) {
+        v->mid_strides[v->mid[m]] = acc;
+        acc *= (int)k->dims[v->mid[m]];
+    }
+    if (v->first_reduced < 0 || v->n_mid == 0) return false;
+    if (v->lead_points >= 2) return v->mid_points <= INTERLEAVED_MAX_ACCS;
+    if (v->n_lead == 0 && v->n_mid == 1 && v->mid[0] == k->rank - 1 &&
+        v->mid_points >= 2 * COLUMN_BLOCK) {
+        v->block = COLUMN_BLOCK;
+        v->lead_points = (v->mid_points + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+        return true;
+    }
+    return false;
+}
+
+/* Opens the loop over axis a; in block mode the kept innermost axis runs over the block. */
+static int open_axis(LoopCtx *L, const Interleaved *v, int a) {
+    if (!v->block || a != L->k->rank - 1) return open_loop(L, a);
+    char i[16];
+    snprintf(i, sizeof i, "i%d", a);
+    Vars vs = {.n = 0};
+    var_s(&vs, "i", i);
+    if (line(L, "loop_block", &vs)) return -1;
+    L->depth++;
+    return 0;
+}
+
+/* The loops over the leading kept axes, or over the blocks. */
+static int open_leading(LoopCtx *L, const Interleaved *v) {
+    for (int a = 0; a < v->first_reduced; a++)
+        if (open_loop(L, a)) return -1;
+    if (!v->block) return 0;
+    Vars vs = {.n = 0};
+    var_i(&vs, "n", v->mid_points);
+    var_i(&vs, "block", v->block);
+    if (line(L, "blocks", &vs)) return -1;
+    L->depth++;
+    return line(L, "block_end", &vs);
+}
+
+static int interleaved_reduction(LoopCtx *L, const Interleaved *v, int64_t points) {
+    const Kernel *k = L->k;
+    int last = k->rank - 1, n_leading = v->first_reduced + (v->block ? 1 : 0);
+    bool partial = k->reduce_axes & (1u << last); /* the innermost run sums into a scalar */
+    StrBuf at, parts;
+    sb_init(&at);
+    sb_init(&parts);
+    sb_puts(&at, "[");
+    codegen_index_expr(k, v->mid_strides, 0, &at);
+    sb_puts(&at, v->block ? " - blk]" : "]");
+    AccNames declare = {"acc", "", NULL, v->block ? v->block : v->mid_points},
+             arrays = {"acc", at.data ? at.data : "", NULL, 0};
+    AccNames part = {"part", "", NULL, 0}, fold = {"acc", arrays.at, "part", 0};
+    bool all_sum;
+    int rc = at.failed ? maml_fail(L->c->err, "out of memory") : 0;
+    if (rc == 0) rc = emit_parallel(L, n_leading, v->lead_points, points);
+    if (rc == 0) rc = open_leading(L, v);
+    if (rc == 0) rc = emit_accs(L, ACC_DECLARE_ARRAY, &declare, NULL, &all_sum);
+    for (int a = v->first_reduced; rc == 0 && a <= last; a++) {
+        if (a == last && partial) rc = emit_accs(L, ACC_DECLARE, &part, &parts, &all_sum);
+        if (rc == 0 && a == last && (!partial || all_sum)) {
+            Vars vs = {.n = 0};
+            var_s(&vs, "accs", parts.data ? parts.data : "");
+            rc = line(L, partial ? "simd_sum" : "simd", &vs);
+        }
+        if (rc == 0) rc = open_axis(L, v, a);
+    }
+    if (rc == 0) rc = emit_values(L, KPHASE_INNER);
+    if (rc == 0) rc = emit_accs(L, ACC_UPDATE, partial ? &part : &arrays, NULL, &all_sum);
+    if (rc == 0) rc = close_loops(L, 1);
+    if (rc == 0 && partial) rc = emit_accs(L, ACC_UPDATE, &fold, NULL, &all_sum);
+    if (rc == 0) rc = close_loops(L, last - v->first_reduced);
+    for (int m = 0; rc == 0 && m < v->n_mid; m++) rc = open_axis(L, v, v->mid[m]);
+    if (rc == 0) rc = emit_accs(L, ACC_READ, &arrays, NULL, &all_sum);
+    if (rc == 0) rc = emit_values(L, KPHASE_OUTER);
+    if (rc == 0) rc = emit_stores(L);
+    if (rc == 0) rc = close_loops(L, v->n_mid + n_leading);
+    sb_free(&at);
+    sb_free(&parts);
+    return rc;
+}
+
 static int loop_body(LoopCtx *L) {
     const Kernel *k = L->k;
     int outer[MAX_RANK] = {0}, inner[MAX_RANK] = {0}, n_outer = 0, n_inner = 0;
@@ -217,10 +351,14 @@ static int loop_body(LoopCtx *L) {
     bool has_reduce = false;
     for (int a = 0; a < k->rank; a++) {
         points *= k->dims[a];
-        if (k->reduce_axes & (1u << a)) inner[n_inner++] = a;
-        else outer[n_outer++] = a, outer_points *= k->dims[a];
+        if (k->reduce_axes & (1u << a))
+            inner[n_inner++] = a;
+        else
+            outer[n_outer++] = a, outer_points *= k->dims[a];
     }
     for (int i = 0; i < k->n_ops; i++) has_reduce |= is_reduce(&k->ops[i]);
+    Interleaved v;
+    if (has_reduce && plan_interleaved(k, &v)) return interleaved_reduction(L, &v, points);
     /* An elementwise kernel keeps its innermost loop out of the collapse and vectorizes it:
      * collapsing it too turns every index into divisions, which measured 3-5x slower. */
     bool simd_inner = !has_reduce && n_outer >= 2 && k->dims[outer[n_outer - 1]] >= SIMD_MIN_INNER;
@@ -339,14 +477,27 @@ static int render_template(Cg *c, const Kernel *k, StrBuf *out) {
     Vars vs = {.n = 0};
     var_s(&vs, "name", k->name);
     var_s(&vs, "comment", comment);
-    for (int i = 0; i < 2; i++) var_i(&vs, in_names[k->kind][i], i < k->n_in ? elem_offset(c, k->in[i]) : 0);
+    for (int i = 0; i < 2; i++)
+        var_i(&vs, in_names[k->kind][i], i < k->n_in ? elem_offset(c, k->in[i]) : 0);
     var_i(&vs, in_names[k->kind][2], elem_offset(c, k->out));
     const char *file, *section = "kernel";
     switch (k->kind) {
-    case KERNEL_CONV2D: file = "c/conv2d.c.tmpl"; conv_vars(k, &vs); break;
-    case KERNEL_CONV2D_GRAD_INPUT: file = "c/conv2d_grad_input.c.tmpl"; conv_vars(k, &vs); break;
-    case KERNEL_CONV2D_GRAD_WEIGHT: file = "c/conv2d_grad_weight.c.tmpl"; conv_vars(k, &vs); break;
-    case KERNEL_MATMUL: file = "c/matmul.c.tmpl"; matmul_vars(k, &vs); break;
+    case KERNEL_CONV2D:
+        file = "c/conv2d.c.tmpl";
+        conv_vars(k, &vs);
+        break;
+    case KERNEL_CONV2D_GRAD_INPUT:
+        file = "c/conv2d_grad_input.c.tmpl";
+        conv_vars(k, &vs);
+        break;
+    case KERNEL_CONV2D_GRAD_WEIGHT:
+        file = "c/conv2d_grad_weight.c.tmpl";
+        conv_vars(k, &vs);
+        break;
+    case KERNEL_MATMUL:
+        file = "c/matmul.c.tmpl";
+        matmul_vars(k, &vs);
+        break;
     default:
         file = "c/pool.c.tmpl";
         section = kernel_kind_name(k->kind);
@@ -367,7 +518,8 @@ static int render_program(Cg *c, const CodegenOptions *opt, StrBuf *out) {
     var_i(&vs, "arena_bytes", c->m->arena_bytes);
     var_s(&vs, "real", opt->f64 ? "double" : "float");
     if (render(c, PROGRAM, "prelude", &vs, false, out)) return -1;
-    /* the convolution kernels share their register block, packing and Winograd code: rendered once */
+    /* the convolution kernels share their register block, packing and Winograd code: rendered once
+     */
     for (int i = 0; i < p->n_kernels; i++) {
         KernelKind kind = p->kernels[i].kind;
         if (kind == KERNEL_CONV2D || kind == KERNEL_CONV2D_GRAD_INPUT ||

@@ -150,6 +150,14 @@ static void add_elementwise(Graph *g) {
     out(g, "reduce_sum_all", g_reduce(g, OP_REDUCE_SUM, x, 0xf));
     out(g, "reduce_max_02", g_reduce(g, OP_REDUCE_MAX, x, 0x5));
     out(g, "reduce_max_3", g_reduce(g, OP_REDUCE_MAX, ta, 0x8));
+    /* kept axes between reduced ones (the C renderer's interleaved loops): innermost reduced
+     * (partial sums per run) and innermost kept (the accumulator array updated directly) */
+    out(g, "reduce_max_13", g_reduce(g, OP_REDUCE_MAX, ta, 0xa));
+    out(g, "reduce_sum_1", g_reduce(g, OP_REDUCE_SUM, x, 0x2));
+    out(g, "reduce_max_1", g_reduce(g, OP_REDUCE_MAX, ta, 0x2));
+    /* a sum over the leading axis that keeps a long innermost one: in blocks (the last short) */
+    int cols = g_input(g, "cols", INPUT_DATA, DT_REAL, SHAPE(3, 1100));
+    out(g, "reduce_sum_columns", g_reduce(g, OP_REDUCE_SUM, cols, 0x1));
     int b = g_input(g, "b", INPUT_DATA, DT_REAL, SHAPE(2, 1, 4, 1));
     out(g, "broadcast", g_broadcast(g, b, s));
     out(g, "reshape", g_reshape(g, x, SHAPE(6, 20)));
@@ -678,6 +686,15 @@ Test(codegen, generated_c_comes_from_templates) {
     cr_expect(strstr(src.data, "void mamlc_run(real *A)"));
     cr_expect(strstr(src.data, "#pragma omp"));
     cr_expect(!strstr(src.data, "{{"), "an unfilled placeholder is left");
+    /* reduce_sum_13 of [2, 3, 4, 5]: per leading index, 4 accumulators walked in memory order,
+     * each run of 5 summed into a partial first; reduce_sum_1 (kept [4, 5] merged into one axis of
+     * 20): the accumulators updated directly */
+    cr_expect(strstr(src.data, "acc_t acc1[4] = {0};"), "reduce_sum_13 is not interleaved");
+    cr_expect(strstr(src.data, "acc1[i2] += (acc_t)part1;"));
+    cr_expect(strstr(src.data, "acc_t acc1[20] = {0};"), "reduce_sum_1 is not interleaved");
+    cr_expect(strstr(src.data, "acc1[i2] += (acc_t)v0;"));
+    cr_expect(strstr(src.data, "for (int64_t blk = 0; blk < 1100; blk += 512) {"),
+              "reduce_sum_columns is not in blocks");
     /* a float plan does not render as double */
     CodegenOptions bad = {.f64 = false};
     StrBuf other;
