@@ -97,10 +97,8 @@ static int emit_accs(LoopCtx *L, AccStage stage, const AccNames *an, StrBuf *nam
         *all_sum &= sum;
         char acc[256], src[32], v[32];
         snprintf(acc, sizeof acc, "%s%d%s", an->acc, i, an->at);
-        if (an->src)
-            snprintf(src, sizeof src, "%s%d", an->src, i);
-        else
-            value_name(k->ops[i].src[0], src, sizeof src);
+        if (an->src) snprintf(src, sizeof src, "%s%d", an->src, i);
+        else value_name(k->ops[i].src[0], src, sizeof src);
         value_name(i, v, sizeof v);
         if (names) sb_printf(names, "%s%s", names->len ? ", " : "", acc);
         Vars vs = {.n = 0};
@@ -351,10 +349,8 @@ static int loop_body(LoopCtx *L) {
     bool has_reduce = false;
     for (int a = 0; a < k->rank; a++) {
         points *= k->dims[a];
-        if (k->reduce_axes & (1u << a))
-            inner[n_inner++] = a;
-        else
-            outer[n_outer++] = a, outer_points *= k->dims[a];
+        if (k->reduce_axes & (1u << a)) inner[n_inner++] = a;
+        else outer[n_outer++] = a, outer_points *= k->dims[a];
     }
     for (int i = 0; i < k->n_ops; i++) has_reduce |= is_reduce(&k->ops[i]);
     Interleaved v;
@@ -482,22 +478,10 @@ static int render_template(Cg *c, const Kernel *k, StrBuf *out) {
     var_i(&vs, in_names[k->kind][2], elem_offset(c, k->out));
     const char *file, *section = "kernel";
     switch (k->kind) {
-    case KERNEL_CONV2D:
-        file = "c/conv2d.c.tmpl";
-        conv_vars(k, &vs);
-        break;
-    case KERNEL_CONV2D_GRAD_INPUT:
-        file = "c/conv2d_grad_input.c.tmpl";
-        conv_vars(k, &vs);
-        break;
-    case KERNEL_CONV2D_GRAD_WEIGHT:
-        file = "c/conv2d_grad_weight.c.tmpl";
-        conv_vars(k, &vs);
-        break;
-    case KERNEL_MATMUL:
-        file = "c/matmul.c.tmpl";
-        matmul_vars(k, &vs);
-        break;
+    case KERNEL_CONV2D: file = "c/conv2d.c.tmpl"; conv_vars(k, &vs); break;
+    case KERNEL_CONV2D_GRAD_INPUT: file = "c/conv2d_grad_input.c.tmpl"; conv_vars(k, &vs); break;
+    case KERNEL_CONV2D_GRAD_WEIGHT: file = "c/conv2d_grad_weight.c.tmpl"; conv_vars(k, &vs); break;
+    case KERNEL_MATMUL: file = "c/matmul.c.tmpl"; matmul_vars(k, &vs); break;
     default:
         file = "c/pool.c.tmpl";
         section = kernel_kind_name(k->kind);
@@ -518,8 +502,8 @@ static int render_program(Cg *c, const CodegenOptions *opt, StrBuf *out) {
     var_i(&vs, "arena_bytes", c->m->arena_bytes);
     var_s(&vs, "real", opt->f64 ? "double" : "float");
     if (render(c, PROGRAM, "prelude", &vs, false, out)) return -1;
-    /* the convolution kernels share their register block, packing and Winograd code: rendered once
-     */
+    /* the convolution kernels share their register block, packing and Winograd code, rendered
+     * once */
     for (int i = 0; i < p->n_kernels; i++) {
         KernelKind kind = p->kernels[i].kind;
         if (kind == KERNEL_CONV2D || kind == KERNEL_CONV2D_GRAD_INPUT ||
