@@ -181,7 +181,10 @@ static int emit_prefetches(LoopCtx *L, int axis, int outer_axis) {
     return 0;
 }
 
-/* The reduction: accumulators, the loops over reduce axes with the prologue, the updates. */
+static int emit_stores(LoopCtx *L, KPhase phase);
+
+/* The reduction: accumulators, the loops over reduce axes with the prologue (and the inner
+ * stores), the updates. */
 static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     bool all_sum;
     StrBuf accs;
@@ -197,6 +200,7 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
         if (rc == 0) rc = open_loop(L, inner[a]);
     }
     if (rc == 0) rc = emit_values(L, KPHASE_INNER);
+    if (rc == 0) rc = emit_stores(L, KPHASE_INNER);
     if (rc == 0) rc = emit_accs(L, ACC_UPDATE, &SCALAR_ACCS, NULL, &all_sum);
     if (rc == 0) rc = close_loops(L, n_inner);
     if (rc == 0) rc = emit_accs(L, ACC_READ, &SCALAR_ACCS, NULL, &all_sum);
@@ -204,9 +208,10 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     return rc;
 }
 
-static int emit_stores(LoopCtx *L) {
+static int emit_stores(LoopCtx *L, KPhase phase) {
     const Kernel *k = L->k;
     for (int s = 0; s < k->n_stores; s++) {
+        if (k->stores[s].phase != phase) continue;
         char var[32], v[32];
         snprintf(var, sizeof var, "b%d", k->stores[s].buf);
         value_name(k->stores[s].src, v, sizeof v);
@@ -328,6 +333,7 @@ static int interleaved_reduction(LoopCtx *L, const Interleaved *v, int64_t point
         if (rc == 0) rc = open_axis(L, v, a);
     }
     if (rc == 0) rc = emit_values(L, KPHASE_INNER);
+    if (rc == 0) rc = emit_stores(L, KPHASE_INNER);
     if (rc == 0) rc = emit_accs(L, ACC_UPDATE, partial ? &part : &arrays, NULL, &all_sum);
     if (rc == 0) rc = close_loops(L, 1);
     if (rc == 0 && partial) rc = emit_accs(L, ACC_UPDATE, &fold, NULL, &all_sum);
@@ -335,7 +341,7 @@ static int interleaved_reduction(LoopCtx *L, const Interleaved *v, int64_t point
     for (int m = 0; rc == 0 && m < v->n_mid; m++) rc = open_axis(L, v, v->mid[m]);
     if (rc == 0) rc = emit_accs(L, ACC_READ, &arrays, NULL, &all_sum);
     if (rc == 0) rc = emit_values(L, KPHASE_OUTER);
-    if (rc == 0) rc = emit_stores(L);
+    if (rc == 0) rc = emit_stores(L, KPHASE_OUTER);
     if (rc == 0) rc = close_loops(L, v->n_mid + n_leading);
     sb_free(&at);
     sb_free(&parts);
@@ -366,7 +372,7 @@ static int loop_body(LoopCtx *L) {
     }
     if (rc == 0 && has_reduce) rc = emit_reduction(L, inner, n_inner);
     if (rc == 0) rc = emit_values(L, KPHASE_OUTER);
-    if (rc == 0) rc = emit_stores(L);
+    if (rc == 0) rc = emit_stores(L, KPHASE_OUTER);
     if (rc == 0) rc = close_loops(L, n_outer);
     return rc;
 }

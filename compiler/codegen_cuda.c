@@ -80,7 +80,12 @@ static void find_used_axes(LoopPlan *L) {
     }
     for (int s = 0; s < k->n_stores; s++)
         for (int a = 0; a < k->rank; a++)
-            if (k->stores[s].strides[a]) L->used_outer |= 1u << a;
+            if (k->stores[s].strides[a]) {
+                if (k->stores[s].phase == KPHASE_INNER)
+                    L->used_inner |= 1u << a;
+                else
+                    L->used_outer |= 1u << a;
+            }
 }
 
 /* Which threads take which points: see the sections of loop.cu.tmpl. */
@@ -242,9 +247,10 @@ static int emit_accs(const LoopPlan *L, const char *stem, bool by_kind, int dept
     return 0;
 }
 
-static int emit_stores(const LoopPlan *L, int depth, StrBuf *out) {
+static int emit_stores(const LoopPlan *L, KPhase phase, int depth, StrBuf *out) {
     const Kernel *k = L->k;
     for (int s = 0; s < k->n_stores; s++) {
+        if (k->stores[s].phase != phase) continue;
         char var[32], v[32];
         param_name(L, k->stores[s].buf, var, sizeof var);
         snprintf(v, sizeof v, "v%d", k->stores[s].src);
@@ -267,7 +273,7 @@ static int emit_stores(const LoopPlan *L, int depth, StrBuf *out) {
 static int emit_epilogue(const LoopPlan *L, int depth, StrBuf *out) {
     if (emit_accs(L, "reduce_value", false, depth, out)) return -1;
     if (emit_values(L, KPHASE_OUTER, depth, out)) return -1;
-    return emit_stores(L, depth, out);
+    return emit_stores(L, KPHASE_OUTER, depth, out);
 }
 
 /* One pointer parameter per buffer; __restrict__ unless it shares bytes with another (in place). */
@@ -340,6 +346,7 @@ static int loop_pieces(const LoopPlan *L, StrBuf *pc) {
         rc = emit_index(L, L->inner_axes, L->n_inner, L->used_inner, "q", inner_depth,
                         &pc[P_INNER_INDEX]);
     if (rc == 0) rc = emit_values(L, KPHASE_INNER, inner_depth, &pc[P_INNER_VALUES]);
+    if (rc == 0) rc = emit_stores(L, KPHASE_INNER, inner_depth, &pc[P_INNER_VALUES]);
     if (rc == 0) rc = emit_accs(L, "update", true, inner_depth, &pc[P_ACC_UPDATE]);
     if (rc == 0) rc = emit_accs(L, "warp", true, 2, &pc[P_ACC_WARP]);
     if (rc == 0) rc = emit_accs(L, "warp", true, 3, &pc[P_ACC_WARP_DEEP]);

@@ -519,6 +519,7 @@ static int add_store(Builder *B, int buf, Shape s, int src) {
     memset(w, 0, sizeof *w);
     w->buf = buf;
     w->src = src;
+    w->phase = KPHASE_OUTER;
     int64_t acc = 1;
     for (int j = s.rank - 1; j >= 0; j--) {
         w->strides[j] = s.dims[j] > 1 ? acc : 0;
@@ -860,6 +861,96 @@ static int merge_siblings(const Graph *g, KernelProgram *p, MamlError *err) {
     return 0;
 }
 
+/* ---- a map and the reduction that reads its results next ----
+ *
+ * Batch norm's backward pass computes a full-size value in one kernel and sums it over images and
+ * pixels in the next, which reads back what the first just wrote. The reduction j takes in the
+ * map i just before it when both run over one space and j reads i's results only at the point it
+ * is at (with the strides i stores them with): i's body runs first at every point of j's space
+ * (phase INNER), its stores become inner stores, and j uses the values instead of loading them. */
+
+static const KStore *store_to(const Kernel *k, int buf) {
+    for (int s = 0; s < k->n_stores; s++)
+        if (k->stores[s].buf == buf) return &k->stores[s];
+    return NULL;
+}
+
+static bool map_feeds_reduction(const Kernel *i, const Kernel *j) {
+    if (i->kind != KERNEL_LOOP || j->kind != KERNEL_LOOP || i->rank != j->rank) return false;
+    if (i->reduce_axes || !j->reduce_axes || count_reduces(i)) return false;
+    if (memcmp(i->dims, j->dims, (size_t)i->rank * sizeof i->dims[0]) != 0) return false;
+    bool reads = false;
+    for (int o = 0; o < j->n_ops; o++) {
+        const KOp *op = &j->ops[o];
+        const KStore *st = op->op == KOP_LOAD ? store_to(i, op->buf) : NULL;
+        if (!st) continue;
+        if (op->phase != KPHASE_INNER || op->offset != 0 ||
+            memcmp(op->strides, st->strides, sizeof op->strides) != 0)
+            return false;
+        reads = true;
+    }
+    return reads && fits(i, j);
+}
+
+/* The reduction j with the map i ahead of it, replacing j's body and stores. */
+static int take_in_map(Kernel *j, const Kernel *i, MamlError *err) {
+    Kernel m = {.n_ops = 0};
+    int *map = maml_alloc(((size_t)i->n_ops + (size_t)j->n_ops + 1) * sizeof *map, err);
+    KStore *st = maml_alloc(((size_t)i->n_stores + (size_t)j->n_stores) * sizeof *st, err);
+    int rc = map && st ? 0 : -1;
+    m.rank = j->rank;
+    for (int o = 0; rc == 0 && o < i->n_ops + j->n_ops; o++) {
+        KOp op = o < i->n_ops ? i->ops[o] : j->ops[o - i->n_ops];
+        const KStore *fed = o >= i->n_ops && op.op == KOP_LOAD ? store_to(i, op.buf) : NULL;
+        if (fed) { /* a load of the map's result: its value */
+            map[o] = map[fed->src];
+            continue;
+        }
+        int shift = o < i->n_ops ? 0 : i->n_ops;
+        if (o < i->n_ops) op.phase = KPHASE_INNER;
+        for (int q = 0; q < 3; q++)
+            if (op.src[q] >= 0) op.src[q] = map[op.src[q] + shift];
+        map[o] = append_op(&m, op, err);
+        if (map[o] < 0) rc = -1;
+    }
+    for (int s = 0; rc == 0 && s < i->n_stores + j->n_stores; s++) {
+        bool inner = s < i->n_stores;
+        st[s] = inner ? i->stores[s] : j->stores[s - i->n_stores];
+        st[s].src = map[st[s].src + (inner ? 0 : i->n_ops)];
+        if (inner) st[s].phase = KPHASE_INNER;
+    }
+    if (rc == 0) rc = merge_nodes(&m, i, err); /* i's nodes, then j's (its root last) */
+    if (rc == 0) rc = merge_nodes(&m, j, err);
+    free(map);
+    if (rc) {
+        free(m.ops);
+        free(m.nodes);
+        free(st);
+        return -1;
+    }
+    free(j->ops);
+    free(j->stores);
+    free(j->nodes);
+    j->ops = m.ops;
+    j->n_ops = m.n_ops;
+    j->cap_ops = m.cap_ops;
+    j->stores = st;
+    j->n_stores = i->n_stores + j->n_stores;
+    j->nodes = m.nodes;
+    j->n_nodes = m.n_nodes;
+    return 0;
+}
+
+static int merge_maps_into_reductions(KernelProgram *p, MamlError *err) {
+    for (int j = 1; j < p->n_kernels; j++) {
+        if (!map_feeds_reduction(&p->kernels[j - 1], &p->kernels[j])) continue;
+        if (take_in_map(&p->kernels[j], &p->kernels[j - 1], err)) return -1;
+        drop_kernel(p, j - 1);
+        j--;
+    }
+    return 0;
+}
+
 static int build_program(const Lower *L, KernelProgram *p, MamlError *err) {
     const Graph *g = L->g;
     if (assign_buffers(L, p, err)) return -1;
@@ -892,6 +983,7 @@ int kernels_lower(const Graph *g, bool fuse, KernelProgram *out, MamlError *err)
     if (rc == 0) rc = analyse_uses(&L);
     for (int i = g->n_nodes - 1; rc == 0 && i >= 0; i--) decide(&L, i);
     if (rc == 0) rc = build_program(&L, out, err);
+    if (rc == 0 && fuse) rc = merge_maps_into_reductions(out, err);
     if (rc == 0 && fuse) rc = merge_siblings(g, out, err);
     lower_free(&L);
     if (rc) kernel_program_free(out);
@@ -922,9 +1014,9 @@ static const KStore *store_of(const Kernel *k, int w) {
 /* Every load of buf must read the element the store to w writes at the same point: a point's
  * loads come before its stores, and no other point touches that element of buf. */
 bool kernel_can_write_in_place(const Kernel *k, int w, int buf) {
-    if (k->kind != KERNEL_LOOP || k->reduce_axes) return false;
+    if (k->kind != KERNEL_LOOP) return false;
     const KStore *st = store_of(k, w);
-    if (!st) return false;
+    if (!st || (k->reduce_axes && st->phase != KPHASE_INNER)) return false;
     bool reads = false;
     for (int i = 0; i < k->n_ops; i++) {
         const KOp *op = &k->ops[i];

@@ -9,7 +9,8 @@
  *    selects; a REDUCE op accumulates its operand over the reduce axes. Ops of phase INNER run for
  *    every point of the full space (the reduction's prologue), ops of phase OUTER once per point of
  *    the output space (the epilogue, or the whole body when there is no reduction). Stores write
- *    phase-OUTER values with per-axis strides (0 on reduce axes).
+ *    phase-OUTER values with per-axis strides (0 on reduce axes), or phase-INNER values at every
+ *    point of the full space.
  *  - TEMPLATE kernels (conv family, matmul, pool family): rendered from a template per kind with
  *    the parameters below, reading and writing whole contiguous buffers.
  *
@@ -59,7 +60,9 @@ typedef struct {
 
 typedef struct {
     int buf;
-    int src; /* op index (phase OUTER) */
+    int src;      /* op index, of the store's phase */
+    KPhase phase; /* OUTER: once per output point; INNER: at every point of the full space (the
+                     values of a map fused ahead of a reduction, see kernels_lower) */
     int64_t strides[MAX_RANK];
 } KStore;
 
@@ -142,14 +145,15 @@ typedef struct {
  * reductions take their elementwise prologue and epilogue; an elementwise graph output whose
  * consumers are all in one loop kernel is stored by that kernel too, and a loop kernel joins an
  * earlier one over the same loop space that reads a common buffer (sibling reductions, maps of
- * one input) when it may run there. Dead nodes are dropped. */
+ * one input) when it may run there, and a reduction takes in the map just before it when it
+ * reads the map's results only where the map writes them. Dead nodes are dropped. */
 int kernels_lower(const Graph *g, bool fuse, KernelProgram *out, MamlError *err);
 
 void kernel_program_free(KernelProgram *p);
 
 /* True when kernel k may write its store to buffer w over buffer buf (an operand dying at k): a
- * loop kernel without reduction whose every load of buf reads exactly the element it then stores
- * to w. */
+ * loop kernel whose every load of buf reads exactly the element it then stores to w (a store at
+ * every point: a kernel without reduction, or an inner store). */
 bool kernel_can_write_in_place(const Kernel *k, int w, int buf);
 
 /* Buffers a kernel reads (up to max; returns the count, each buffer once). */

@@ -622,8 +622,10 @@ Test(codegen, fusion_cuts_kernels_and_plan_stays_near_bound) {
 }
 
 /* Kernels that read only what earlier kernels (or the inputs) wrote, each buffer written once: the
- * order survives kernels storing fused outputs and sibling kernels joining an earlier one. */
-static void assert_kernel_order(const char *path, int *multi_store, int *multi_reduce) {
+ * order survives kernels storing fused outputs, sibling kernels joining an earlier one and maps
+ * joining the reduction after them (whose inner stores write every point of the full space). */
+static void assert_kernel_order(const char *path, int *multi_store, int *multi_reduce,
+                                int *inner_store) {
     GraphSpec spec = {0};
     Graph g;
     load_graph(path, 2, MAML_TRAIN_STEP, &spec, &g);
@@ -647,6 +649,17 @@ static void assert_kernel_order(const char *path, int *multi_store, int *multi_r
         }
         for (int o = 0; k->kind == KERNEL_LOOP && o < k->n_ops; o++)
             reduces += k->ops[o].op == KOP_REDUCE_SUM || k->ops[o].op == KOP_REDUCE_MAX;
+        bool inner = false;
+        for (int q = 0; k->kind == KERNEL_LOOP && q < k->n_stores; q++) {
+            if (k->stores[q].phase != KPHASE_INNER) continue;
+            inner = true;
+            cr_assert(k->reduce_axes, "%s: %s stores at inner points without reducing", path,
+                      k->name);
+            for (int a = 0; a < k->rank; a++)
+                cr_assert(k->dims[a] == 1 || k->stores[q].strides[a] != 0,
+                          "%s: %s's inner store skips axis %d", path, k->name, a);
+        }
+        *inner_store += inner;
         *multi_store += n_out > 1;
         *multi_reduce += reduces > 1;
     }
@@ -660,13 +673,16 @@ Test(codegen, multi_output_kernels_keep_the_order) {
     static const char *const graphs[] = {"graphs/omniglot_seed.yaml", "graphs/omniglot_5w1s.yaml",
                                          "graphs/omniglot_20w1s.yaml", "graphs/sinusoid.yaml"};
     for (int i = 0; i < 4; i++) {
-        int multi_store = 0, multi_reduce = 0;
-        assert_kernel_order(graphs[i], &multi_store, &multi_reduce);
-        cr_log_info("%s: %d kernels store several buffers, %d compute several reductions",
-                    graphs[i], multi_store, multi_reduce);
-        /* Adam's m, v and parameter updates share kernels; so do batch norm's backward sums */
+        int multi_store = 0, multi_reduce = 0, inner_store = 0;
+        assert_kernel_order(graphs[i], &multi_store, &multi_reduce, &inner_store);
+        cr_log_info("%s: %d kernels store several buffers, %d compute several reductions, %d "
+                    "store a map's values while reducing them",
+                    graphs[i], multi_store, multi_reduce, inner_store);
+        /* Adam's m, v and parameter updates share kernels; so do batch norm's backward sums, and
+         * its backward maps join the sums over their results */
         cr_expect_gt(multi_store, 0, "%s", graphs[i]);
         if (i < 3) cr_expect_gt(multi_reduce, 0, "%s", graphs[i]);
+        if (i < 3) cr_expect_gt(inner_store, 0, "%s", graphs[i]);
     }
 }
 
