@@ -181,7 +181,26 @@ static int emit_prefetches(LoopCtx *L, int axis, int outer_axis) {
     return 0;
 }
 
-static int emit_stores(LoopCtx *L, KPhase phase);
+static int emit_stores(LoopCtx *L, KPhase phase) {
+    const Kernel *k = L->k;
+    for (int s = 0; s < k->n_stores; s++) {
+        if (k->stores[s].phase != phase) continue;
+        char var[32], v[32];
+        snprintf(var, sizeof var, "b%d", k->stores[s].buf);
+        value_name(k->stores[s].src, v, sizeof v);
+        StrBuf idx;
+        sb_init(&idx);
+        codegen_index_expr(k, k->stores[s].strides, 0, &idx);
+        Vars vs = {.n = 0};
+        var_s(&vs, "var", var);
+        var_s(&vs, "v", v);
+        var_s(&vs, "index", idx.data ? idx.data : "0");
+        int rc = line(L, "store", &vs);
+        sb_free(&idx);
+        if (rc) return -1;
+    }
+    return 0;
+}
 
 /* The reduction: accumulators, the loops over reduce axes with the prologue (and the inner
  * stores), the updates. */
@@ -208,26 +227,6 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     return rc;
 }
 
-static int emit_stores(LoopCtx *L, KPhase phase) {
-    const Kernel *k = L->k;
-    for (int s = 0; s < k->n_stores; s++) {
-        if (k->stores[s].phase != phase) continue;
-        char var[32], v[32];
-        snprintf(var, sizeof var, "b%d", k->stores[s].buf);
-        value_name(k->stores[s].src, v, sizeof v);
-        StrBuf idx;
-        sb_init(&idx);
-        codegen_index_expr(k, k->stores[s].strides, 0, &idx);
-        Vars vs = {.n = 0};
-        var_s(&vs, "var", var);
-        var_s(&vs, "v", v);
-        var_s(&vs, "index", idx.data ? idx.data : "0");
-        int rc = line(L, "store", &vs);
-        sb_free(&idx);
-        if (rc) return -1;
-    }
-    return 0;
-}
 
 /* ---- reductions whose kept axes interleave with the reduced ones ----
  *
@@ -244,7 +243,8 @@ static int emit_stores(LoopCtx *L, KPhase phase) {
 #define COLUMN_BLOCK 512
 
 typedef struct {
-    int first_reduced, n_lead, n_mid, mid[MAX_RANK];
+    int first_reduced; /* the axes before it are the leading kept ones */
+    int n_mid, mid[MAX_RANK];
     int64_t lead_points, mid_points;
     int64_t mid_strides[MAX_RANK]; /* row-major over the middle axes, 0 elsewhere */
     int64_t block;                 /* > 0: the innermost axis (the only kept one) in blocks */
@@ -260,18 +260,17 @@ static bool plan_interleaved(const Kernel *k, Interleaved *v) {
         bool reduced = k->reduce_axes & (1u << a);
         if (reduced && v->first_reduced < 0) v->first_reduced = a;
         if (reduced) continue;
-        if (v->first_reduced < 0)
-            v->n_lead++, v->lead_points *= k->dims[a];
-        else
-            v->mid[v->n_mid++] = a, v->mid_points *= k->dims[a];
+        if (v->first_reduced < 0) v->lead_points *= k->dims[a];
+        else v->mid[v->n_mid++] = a, v->mid_points *= k->dims[a];
     }
-    for (int m = v->n_mid - 1, acc = 1; m >= 0; m--) {
-        v->mid_strides[v->mid[m]] = acc;
-        acc *= (int)k->dims[v->mid[m]];
+    int64_t stride = 1;
+    for (int m = v->n_mid - 1; m >= 0; m--) {
+        v->mid_strides[v->mid[m]] = stride;
+        stride *= k->dims[v->mid[m]];
     }
     if (v->first_reduced < 0 || v->n_mid == 0) return false;
     if (v->lead_points >= 2) return v->mid_points <= INTERLEAVED_MAX_ACCS;
-    if (v->n_lead == 0 && v->n_mid == 1 && v->mid[0] == k->rank - 1 &&
+    if (v->first_reduced == 0 && v->n_mid == 1 && v->mid[0] == k->rank - 1 &&
         v->mid_points >= 2 * COLUMN_BLOCK) {
         v->block = COLUMN_BLOCK;
         v->lead_points = (v->mid_points + COLUMN_BLOCK - 1) / COLUMN_BLOCK;

@@ -869,7 +869,8 @@ static int merge_siblings(const Graph *g, KernelProgram *p, MamlError *err) {
  * is at (with the strides i stores them with): i's body runs first at every point of j's space
  * (phase INNER), its stores become inner stores, and j uses the values instead of loading them. */
 
-static const KStore *store_to(const Kernel *k, int buf) {
+/* k's store to buffer buf, or NULL. */
+static const KStore *store_of(const Kernel *k, int buf) {
     for (int s = 0; s < k->n_stores; s++)
         if (k->stores[s].buf == buf) return &k->stores[s];
     return NULL;
@@ -882,7 +883,7 @@ static bool map_feeds_reduction(const Kernel *i, const Kernel *j) {
     bool reads = false;
     for (int o = 0; o < j->n_ops; o++) {
         const KOp *op = &j->ops[o];
-        const KStore *st = op->op == KOP_LOAD ? store_to(i, op->buf) : NULL;
+        const KStore *st = op->op == KOP_LOAD ? store_of(i, op->buf) : NULL;
         if (!st) continue;
         if (op->phase != KPHASE_INNER || op->offset != 0 ||
             memcmp(op->strides, st->strides, sizeof op->strides) != 0)
@@ -901,7 +902,7 @@ static int take_in_map(Kernel *j, const Kernel *i, MamlError *err) {
     m.rank = j->rank;
     for (int o = 0; rc == 0 && o < i->n_ops + j->n_ops; o++) {
         KOp op = o < i->n_ops ? i->ops[o] : j->ops[o - i->n_ops];
-        const KStore *fed = o >= i->n_ops && op.op == KOP_LOAD ? store_to(i, op.buf) : NULL;
+        const KStore *fed = o >= i->n_ops && op.op == KOP_LOAD ? store_of(i, op.buf) : NULL;
         if (fed) { /* a load of the map's result: its value */
             map[o] = map[fed->src];
             continue;
@@ -1004,12 +1005,6 @@ void kernel_program_free(KernelProgram *p) {
 }
 
 /* ---- queries ---- */
-
-static const KStore *store_of(const Kernel *k, int w) {
-    for (int s = 0; s < k->n_stores; s++)
-        if (k->stores[s].buf == w) return &k->stores[s];
-    return NULL;
-}
 
 /* Every load of buf must read the element the store to w writes at the same point: a point's
  * loads come before its stores, and no other point touches that element of buf. */
