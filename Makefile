@@ -47,6 +47,13 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmamlc.a tests/test_util.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libmamlc.a -lcriterion -lyaml -lminizip -lpng -lz $(LDLIBS)
 
+# The fake CUDA driver (tests/fake_cuda.c) that runs the cuda backend's host code where no GPU is.
+$(BUILD)/tests/libcuda-fake.so: tests/fake_cuda.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -shared -o $@ $< -ldl
+
+$(BUILD)/tests/test_cuda $(BUILD)/tests/test_faults: $(BUILD)/tests/libcuda-fake.so
+
 # Installs the Debian packages the build needs when any is missing (run as root on a fresh machine).
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \

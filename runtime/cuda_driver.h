@@ -88,6 +88,7 @@ void *cuda_lib_open(const CudaLibSpec *spec, char *path, size_t path_size, MamlE
     X(cuStreamCreate)                                                                              \
     X(cuStreamDestroy)                                                                             \
     X(cuStreamSynchronize)                                                                         \
+    X(cuStreamWaitEvent)                                                                           \
     X(cuStreamBeginCapture)                                                                        \
     X(cuStreamEndCapture)                                                                          \
     X(cuGraphInstantiate)                                                                          \

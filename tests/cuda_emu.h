@@ -255,6 +255,14 @@ static inline float __int_as_float(int i) {
     return f;
 }
 
+/* A kernel's parameter count, exported as emu_arity_NAME by EMU_EXPORT_ARITY(NAME) for the fake
+ * CUDA driver (tests/fake_cuda.c): cuLaunchKernel's parameter array carries no length. */
+template <class... A> static constexpr int emu_arity(void (*)(A...)) {
+    return (int)sizeof...(A);
+}
+#define EMU_EXPORT_ARITY(f)                                                                        \
+    extern "C" int emu_arity_##f() { return emu_arity(f); }
+
 __attribute__((destructor)) static void emu_unmap_stacks() {
     if (emu::stacks) munmap(emu::stacks, (size_t)emu::MAX_THREADS * emu::STACK);
 }

@@ -1190,9 +1190,9 @@ Test(cuda_backend, without_a_driver_cuda_fails_clearly_and_auto_falls_back) {
 typedef int (*EmuLaunch)(void (*)(void), const unsigned *, const unsigned *, void **, int, int,
                          char *, int);
 
-/* Compiles text as C++ against the emulation header into a cached shared object; returns its path.
- */
-static void emu_build(const StrBuf *text, char *so, size_t size) {
+/* Compiles r's kernels.cu as C++ against the emulation header into a cached shared object, with
+ * each function's parameter count exported for the fake driver; returns its path. */
+static void emu_build(const Rendered *r, char *so, size_t size) {
     const char *cxx_env = getenv("CXX");
     char probe[600];
     snprintf(probe, sizeof probe, "%s --version >/dev/null 2>&1",
@@ -1203,23 +1203,33 @@ static void emu_build(const StrBuf *text, char *so, size_t size) {
     snprintf(dir, sizeof dir, "%s/emu", cuda_test_cache());
     mkdir(cuda_test_cache(), 0777);
     mkdir(dir, 0777);
+    StrBuf text;
+    sb_init(&text);
+    sb_append(&text, r->text.data, r->text.len);
+    for (int f = 0; f < r->code.n_functions; f++)
+        sb_printf(&text, "EMU_EXPORT_ARITY(%s)\n", r->code.functions[f].name);
+    cr_assert(!text.failed);
     Hash64 h;
     hash64_init(&h, 1);
-    hash64_update(&h, text->data, text->len);
+    hash64_update(&h, text.data, text.len);
     FILE *hf = fopen("tests/cuda_emu.h", "rb");
     cr_assert(hf, "tests/cuda_emu.h not found (run from the repository root)");
     char chunk[4096];
     for (size_t n; (n = fread(chunk, 1, sizeof chunk, hf)) > 0;) hash64_update(&h, chunk, n);
     fclose(hf);
     snprintf(so, size, "%s/%016llx.so", dir, (unsigned long long)hash64_final(&h));
-    if (access(so, R_OK) == 0) return;
+    if (access(so, R_OK) == 0) {
+        sb_free(&text);
+        return;
+    }
     char src[1300], tmp[1300], cmd[4000];
     snprintf(src, sizeof src, "%.1200s.%d.cu", so, (int)getpid());
     snprintf(tmp, sizeof tmp, "%.1200s.%d.tmp", so, (int)getpid());
     FILE *f = fopen(src, "wb");
     cr_assert(f);
-    fwrite(text->data, 1, text->len, f);
+    fwrite(text.data, 1, text.len, f);
     fclose(f);
+    sb_free(&text);
     const char *cxx = getenv("CXX");
     snprintf(cmd, sizeof cmd,
              "%s -std=c++17 -O1 -fPIC -shared -w -include tests/cuda_emu.h -x c++ %s -o %s",
@@ -1257,7 +1267,7 @@ static void emu_copy_in(const Tensor *t, char *dst, bool f64) {
 /* Runs r's launches in order on a host arena, as the cuda backend runs them on the device. */
 static void emu_run(const Rendered *r, const TensorSet *inputs, TensorSet *outputs) {
     char so_path[1200];
-    emu_build(&r->text, so_path, sizeof so_path);
+    emu_build(r, so_path, sizeof so_path);
     void *so = dlopen(so_path, RTLD_NOW | RTLD_LOCAL);
     cr_assert(so, "dlopen %s: %s", so_path, dlerror());
     EmuLaunch launch;
@@ -1406,7 +1416,7 @@ static void copy_stores(char *A, const char *B, const MemPlan *m, const KernelPr
 static void emu_compare_kernels(Rendered *r, const TensorSet *in, const char *label) {
     bool f64 = r->cg.plan.elem_size == 8;
     char cu_path[1200], c_path[1200];
-    emu_build(&r->text, cu_path, sizeof cu_path);
+    emu_build(r, cu_path, sizeof cu_path);
     void *cu = dlopen(cu_path, RTLD_NOW | RTLD_LOCAL),
          *cc = c_kernels_build(r, c_path, sizeof c_path);
     cr_assert(cu, "dlopen %s: %s", cu_path, dlerror());
@@ -1475,6 +1485,183 @@ static void emu_kernels_match_c(const char *path, MamlGraphKind kind, int tasks,
     tensorset_free(&in);
     rendered_free(&r);
 }
+
+/* ---- the cuda backend on the fake driver (tests/fake_cuda.c) --------------------------------
+ * The backend's host code (arena, pinned staging, graph capture and replay, streams, events, its
+ * errors) on a CPU driver whose kernels are the emulated kernels.cu. Its streams run only when
+ * waited for, so a missing synchronisation gives wrong numbers here instead of passing by luck. */
+
+#if MAMLC_HAVE_CUDA
+
+/* Points MAMLC_LIBCUDA at the fake driver beside this test binary and MAMLC_FAKE_CUDA_EMU at the
+ * emulations of the n renderings (none: kernels have no emulation and fail when they run). */
+static void use_fake_driver(Rendered *const *rs, int n) {
+    char list[4 * 1200 + 8] = "", so[1200];
+    cr_assert_eq(use_fake_cuda_library(), 0, "no libcuda-fake.so beside the test binary");
+    for (int i = 0; i < n && i < 4; i++) {
+        emu_build(rs[i], so, sizeof so);
+        if (i) strcat(list, ":");
+        strcat(list, so);
+    }
+    setenv("MAMLC_FAKE_CUDA_EMU", list, 1);
+}
+
+static Backend *fake_cuda_open(Rendered *r) {
+    CudaOptions opt = cuda_default_options();
+    opt.quiet = true;
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/cuda", cuda_test_cache());
+    opt.cache_dir = dir;
+    Backend *b = NULL;
+    MamlError err;
+    cr_assert_eq(cuda_backend_open(&r->raw, PREC_F32, &opt, &b, &err), 0, "%s", err.message);
+    return b;
+}
+
+static void fake_run(Backend *b, const TensorSet *in, TensorSet *out) {
+    MamlError err;
+    tensorset_init(out);
+    cr_assert_eq(backend_run(b, in, out, &err), 0, "%s", err.message);
+}
+
+static bool sets_identical(const TensorSet *a, const TensorSet *b) {
+    if (a->n != b->n) return false;
+    for (int i = 0; i < a->n; i++) {
+        const Tensor *x = &a->items[i], *y = tensorset_find(b, x->name);
+        if (!y || x->dtype != y->dtype || !shape_equal(x->shape, y->shape) ||
+            memcmp(x->data, y->data, (size_t)shape_numel(x->shape) * tensor_dtype_size(x->dtype)))
+            return false;
+    }
+    return true;
+}
+
+static void expect_matches_ref(const Rendered *r, const TensorSet *in, const TensorSet *got,
+                               const char *label) {
+    MamlError err;
+    TensorSet r64, r32;
+    tensorset_init(&r64);
+    tensorset_init(&r32);
+    cr_assert_eq(ref_run(&r->raw, PREC_F64, in, &r64, &err), 0, "%s", err.message);
+    cr_assert_eq(ref_run(&r->raw, PREC_F32, in, &r32, &err), 0, "%s", err.message);
+    CompareSummary cs;
+    int bad = compare_sets(got, &r64, &r32, 1e-4, label, stderr, false, &cs);
+    cr_expect_eq(bad, 0, "%s: %d of %d tensors over their bound; worst '%s' %.3g > %.3g", label,
+                 bad, cs.n, cs.worst_name, cs.worst_err, cs.worst_bound);
+    tensorset_free(&r64);
+    tensorset_free(&r32);
+}
+
+Test(fake_driver, runs_stream_work_only_when_waited_for) {
+    Rendered *none = NULL;
+    use_fake_driver(&none, 0);
+    CudaDriver d;
+    MamlError err;
+    cr_assert_eq(cuda_driver_open(&d, 0, &err), 0, "%s", err.message);
+    CUdeviceptr dev;
+    float *host;
+    CUstream s1, s2;
+    CUevent e;
+    cr_assert_eq(d.cuMemAlloc(&dev, 64), CUDA_SUCCESS);
+    cr_assert_eq(d.cuMemHostAlloc((void **)&host, 64, 0), CUDA_SUCCESS);
+    cr_assert_eq(d.cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    cr_assert_eq(d.cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    cr_assert_eq(d.cuEventCreate(&e, CU_EVENT_DEFAULT), CUDA_SUCCESS);
+    float pageable = 0;
+    cr_assert_eq(d.cuMemcpyHtoDAsync(dev, &pageable, 4, s1), CUDA_ERROR_INVALID_VALUE,
+                 "async copies from pageable memory are refused");
+    /* the copy runs when s1 is waited for: it sees what the host wrote last */
+    host[0] = 1;
+    cr_assert_eq(d.cuMemcpyHtoDAsync(dev, host, 4, s1), CUDA_SUCCESS);
+    cr_assert_eq(d.cuEventRecord(e, s1), CUDA_SUCCESS);
+    host[0] = 2;
+    /* s2 waits for s1's copy through the event, then copies back */
+    cr_assert_eq(d.cuStreamWaitEvent(s2, e, 0), CUDA_SUCCESS);
+    cr_assert_eq(d.cuMemcpyDtoHAsync(host + 4, dev, 4, s2), CUDA_SUCCESS);
+    cr_assert_neq(host[4], 2.0f, "nothing ran before a wait");
+    cr_assert_eq(d.cuStreamSynchronize(s2), CUDA_SUCCESS);
+    cr_assert_eq(host[4], 2.0f);
+    cr_assert_eq(d.cuStreamBeginCapture(s1, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), CUDA_SUCCESS);
+    cr_assert_eq(d.cuStreamSynchronize(s1), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    CUgraph g;
+    cr_assert_eq(d.cuStreamEndCapture(s1, &g), CUDA_SUCCESS);
+    cr_assert_eq(d.cuGraphDestroy(g), CUDA_SUCCESS);
+    d.cuEventDestroy(e);
+    d.cuStreamDestroy(s1);
+    d.cuStreamDestroy(s2);
+    d.cuMemFreeHost(host);
+    d.cuMemFree(dev);
+    cuda_driver_close(&d);
+}
+
+Test(fake_driver, captured_step_replays_with_new_inputs_and_matches_ref, .timeout = 600) {
+    Rendered r;
+    render_shipped(&r, "graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, true, false);
+    Rendered *rs[1] = {&r};
+    use_fake_driver(rs, 1);
+    Backend *b = fake_cuda_open(&r);
+    CudaBackendInfo info;
+    MamlError err;
+    cr_assert_eq(cuda_backend_info(b, &info, &err), 0, "%s", err.message);
+    cr_assert(strstr(info.device, "fake CUDA device") && info.arch == 90, "%s", info.device);
+    cr_assert_eq(info.n_kernels, r.code.n_kernels);
+    TensorSet in1, in2, a, c, again;
+    cr_assert_eq(bench_inputs(&r.spec, &r.raw, 7, &in1, &err), 0, "%s", err.message);
+    cr_assert_eq(bench_inputs(&r.spec, &r.raw, 8, &in2, &err), 0, "%s", err.message);
+    fake_run(b, &in1, &a);
+    fake_run(b, &in2, &c);
+    fake_run(b, &in1, &again);
+    expect_matches_ref(&r, &in1, &a, "sinusoid step 1 on the fake driver");
+    expect_matches_ref(&r, &in2, &c, "sinusoid step 2 on the fake driver");
+    cr_assert(sets_identical(&a, &again), "a replay on the same inputs gives the same bits");
+    cr_assert(!sets_identical(&a, &c), "a replay sees its new inputs");
+    double ms[3], *kernel_ms = calloc((size_t)r.code.n_kernels, sizeof *kernel_ms);
+    cr_assert_eq(cuda_backend_time_steps(b, 3, ms, &err), 0, "%s", err.message);
+    cr_assert_eq(cuda_backend_time_kernels(b, 2, kernel_ms, &err), 0, "%s", err.message);
+    for (int i = 0; i < 3; i++) cr_assert(ms[i] >= 0 && isfinite(ms[i]));
+    for (int i = 0; i < r.code.n_kernels; i++) cr_assert(kernel_ms[i] >= 0);
+    free(kernel_ms);
+    backend_close(b);
+    /* one kernel at a time with a synchronisation after each: the same bits */
+    setenv("MAMLC_CUDA_SYNC", "1", 1);
+    b = fake_cuda_open(&r);
+    TensorSet sync;
+    fake_run(b, &in1, &sync);
+    cr_assert(sets_identical(&a, &sync), "MAMLC_CUDA_SYNC=1 gives the graph's bits");
+    backend_close(b);
+    TensorSet *sets[] = {&in1, &in2, &a, &c, &again, &sync};
+    for (int i = 0; i < 6; i++) tensorset_free(sets[i]);
+    rendered_free(&r);
+}
+
+Test(fake_driver, a_failing_kernel_is_reported_at_the_sync_and_named_under_mamlc_cuda_sync,
+     .timeout = 600) {
+    Rendered r;
+    render_shipped(&r, "graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, true, false);
+    use_fake_driver(NULL, 0); /* no emulation: every kernel fails when it runs */
+    Backend *b = fake_cuda_open(&r);
+    TensorSet in, out;
+    MamlError err;
+    cr_assert_eq(bench_inputs(&r.spec, &r.raw, 7, &in, &err), 0, "%s", err.message);
+    tensorset_init(&out);
+    cr_assert_eq(backend_run(b, &in, &out, &err), -1);
+    cr_assert(strstr(err.message, "cuStreamSynchronize") &&
+                  strstr(err.message, "CUDA_ERROR_LAUNCH_FAILED") &&
+                  strstr(err.message, "MAMLC_CUDA_SYNC=1"),
+              "%s", err.message);
+    cr_assert_null(strchr(err.message, '\n'), "one line: %s", err.message);
+    backend_close(b);
+    setenv("MAMLC_CUDA_SYNC", "1", 1);
+    b = fake_cuda_open(&r);
+    cr_assert_eq(backend_run(b, &in, &out, &err), -1);
+    cr_assert(strstr(err.message, r.code.launches[0].name), "names the kernel: %s", err.message);
+    cr_log_info("%s", err.message);
+    backend_close(b);
+    tensorset_free(&out);
+    tensorset_free(&in);
+    rendered_free(&r);
+}
+
+#endif
 
 /* ---- every primitive, and every loop strategy, on its own ---- */
 
@@ -1692,7 +1879,7 @@ static void emu_functions_match_c_at_size(const char *path, MamlGraphKind kind) 
     Rendered r;
     render_shipped(&r, path, kind, tasks, true, false);
     char cu_path[1200], c_path[1200];
-    emu_build(&r.text, cu_path, sizeof cu_path);
+    emu_build(&r, cu_path, sizeof cu_path);
     void *cu = dlopen(cu_path, RTLD_NOW | RTLD_LOCAL),
          *cc = c_kernels_build(&r, c_path, sizeof c_path);
     cr_assert(cu, "dlopen %s: %s", cu_path, dlerror());

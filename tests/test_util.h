@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ../shared, or $MAMLC_SHARED when set. */
 static inline const char *shared_dir(void) {
@@ -33,6 +34,20 @@ static inline int write_text(const char *path, const char *text) {
     if (!f) return -1;
     fputs(text, f);
     return fclose(f);
+}
+
+/* Sets MAMLC_LIBCUDA to the fake CUDA driver beside the test binary (tests/fake_cuda.c, built by
+ * the Makefile with the tests); returns 0, or -1 when it is missing. */
+static inline int use_fake_cuda_library(void) {
+    char exe[1024], lib[1100];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) return -1;
+    exe[len] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    snprintf(lib, sizeof lib, "%s/libcuda-fake.so", exe);
+    if (access(lib, R_OK) != 0) return -1;
+    return setenv("MAMLC_LIBCUDA", lib, 1);
 }
 
 #endif
