@@ -12,12 +12,23 @@ typedef struct Backend Backend;
 
 struct Backend {
     const char *name; /* "ref", "cpu", "cuda" */
-    /* Runs the graph: inputs by name (see ref_run), every graph output added to outputs. */
+    /* Runs the graph: inputs by name (see ref_run), every graph output added to outputs. NULL
+     * for a backend that runs asynchronously (the three below instead). */
     int (*run)(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err);
+    /* backend_launch, backend_stage and backend_finish of an asynchronous backend (cuda); NULL
+     * where run is synchronous, and backend.c keeps the bookkeeping below. */
+    int (*launch)(Backend *b, const TensorSet *inputs, MamlError *err);
+    int (*stage)(Backend *b, const TensorSet *data, MamlError *err);
+    int (*finish)(Backend *b, TensorSet *outputs, MamlError *err);
     void (*destroy)(Backend *b);
     const Graph *graph; /* not owned: must outlive the backend */
     Precision prec;
     void *impl;
+    /* backend.c's bookkeeping for synchronous backends */
+    bool launched;              /* between backend_launch and backend_finish */
+    const TensorSet *inputs;    /* the launched run's */
+    TensorSet staged, running;  /* batches for the next launch and for the launched run */
+    bool has_staged, has_running;
 };
 
 /* Opens a backend by name for graph g: "ref", "cpu", "cuda" or "auto" (the fastest one that works
@@ -26,8 +37,22 @@ struct Backend {
 int backend_open(const char *name, const Graph *g, Precision prec, Backend **out, char *why,
                  int why_size, MamlError *err);
 
-/* Runs b once (b->run). */
+/* Runs b once: backend_launch, then backend_finish. */
 int backend_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err);
+
+/* Runs in two halves, so that the next step's batch can travel to the device while this step
+ * computes (the trainer: launch step k, stage batch k+1, finish step k):
+ *   backend_launch starts a run on inputs, which must stay unchanged until backend_finish; data
+ *     inputs staged since the last launch take the place of those in inputs (which must still be
+ *     there and well shaped: a stale batch does);
+ *   backend_stage hands over the data inputs (INPUT_DATA: the task batch) of the next launch,
+ *     checked by inputs_check_data; the cuda backend copies them on a second stream at once, the
+ *     others keep a copy; at most once between two launches;
+ *   backend_finish waits for the run and adds its outputs to outputs.
+ * One run at a time: launching twice, or finishing without a launch, is an error. */
+int backend_launch(Backend *b, const TensorSet *inputs, MamlError *err);
+int backend_stage(Backend *b, const TensorSet *data, MamlError *err);
+int backend_finish(Backend *b, TensorSet *outputs, MamlError *err);
 
 /* Releases b; NULL is allowed. */
 void backend_close(Backend *b);

@@ -194,8 +194,22 @@ typedef struct {
     CUdeviceptr *arg_values; /* every launch's arguments, concatenated */
     void **arg_ptrs;         /* what cuLaunchKernel takes: pointers to arg_values */
     int *arg_start;          /* per launch: its first entry in arg_values */
-    CUgraph graph;
-    CUgraphExec exec;
+    /* Staged batches (backend_stage): two slots, each holding every data input, in pinned host
+     * memory and on the device; the batch travels on copy_stream while a step computes, and the
+     * next step's graph copies it from its device slot into the arena. */
+    CUstream copy_stream;
+    int64_t *data_at;        /* per buffer: offset in a slot, -1: not a data input */
+    size_t slot_bytes;       /* 0 when the graph has no data inputs */
+    char *slot_host;         /* pinned, 2 x slot_bytes */
+    CUdeviceptr slot_dev;    /* 2 x slot_bytes */
+    CUevent slot_copied[2];  /* the batch is on the device */
+    CUevent slot_read[2];    /* the step that read the slot is done */
+    int staged_slot;         /* the slot the next launch reads; -1: its batch comes from inputs */
+    int running_slot;        /* the slot the launched (or last) step read, or -1 */
+    /* The captured step, by where the batch comes from: graph[0] from the pinned inputs,
+     * graph[1 + s] from device slot s. */
+    CUgraph graph[3];
+    CUgraphExec exec[3];
     CUevent ev[2];
     bool sync_each;
     CudaConvLowering *convs;  /* --conv cudnn|auto: the kernels cuDNN runs; NULL: none */
@@ -322,6 +336,37 @@ static int prepare_buffers(CudaImpl *c, MamlError *err) {
     return 0;
 }
 
+/* The two staging slots: every data input of the graph, 64-byte aligned, in pinned host memory
+ * and on the device; two streams' events say when a slot's copy is done and its step too. */
+static int prepare_slots(CudaImpl *c, MamlError *err) {
+    const KernelProgram *p = &c->cg.prog;
+    const CudaDriver *d = &c->drv;
+    c->staged_slot = c->running_slot = -1;
+    c->data_at = maml_calloc((size_t)p->n_bufs + 1, sizeof *c->data_at, err);
+    if (!c->data_at) return -1;
+    for (int b = 0; b < p->n_bufs; b++) {
+        int node = p->bufs[b].kind == BUF_INPUT ? graph_find_input(&c->cg.graph, p->bufs[b].name)
+                                                : -1;
+        bool data = node >= 0 && c->cg.graph.nodes[node].input_kind == INPUT_DATA;
+        c->data_at[b] = data ? (int64_t)c->slot_bytes : -1;
+        if (data) c->slot_bytes += ((size_t)p->bufs[b].numel * elem_size(c) + 63) / 64 * 64;
+    }
+    if (CU_CHECK(d, err, "batch stream", cuStreamCreate, &c->copy_stream, CU_STREAM_NON_BLOCKING))
+        return -1;
+    for (int i = 0; i < 2; i++)
+        if (CU_CHECK(d, err, "staged batch", cuEventCreate, &c->slot_copied[i],
+                     CU_EVENT_DISABLE_TIMING) ||
+            CU_CHECK(d, err, "staged batch", cuEventCreate, &c->slot_read[i],
+                     CU_EVENT_DISABLE_TIMING))
+            return -1;
+    if (c->slot_bytes == 0) return 0;
+    if (CU_CHECK(d, err, "staged batches (pinned)", cuMemHostAlloc, (void **)&c->slot_host,
+                 2 * c->slot_bytes, 0))
+        return -1;
+    return CU_CHECK(d, err, "staged batches (device)", cuMemAlloc, &c->slot_dev,
+                    2 * c->slot_bytes);
+}
+
 static int launch(CudaImpl *c, int i, MamlError *err) {
     const CudaLaunch *l = &c->code.launches[i];
     char what[128];
@@ -337,16 +382,23 @@ static int run_kernel(CudaImpl *c, int i, MamlError *err) {
     return launch(c, i, err);
 }
 
-static int copy_inputs_async(CudaImpl *c, MamlError *err) {
+/* Every input into the arena: from the pinned inputs, except with slot >= 0 the data inputs,
+ * which come from that device slot. */
+static int copy_inputs_async(CudaImpl *c, int slot, MamlError *err) {
     const KernelProgram *p = &c->cg.prog;
     for (int b = 0; b < p->n_bufs; b++) {
         if (c->in_at[b] < 0) continue;
         char what[160];
         snprintf(what, sizeof what, "input %s", p->bufs[b].name);
-        if (CU_CHECK(&c->drv, err, what, cuMemcpyHtoDAsync,
-                     c->arena + (CUdeviceptr)c->cg.plan.offset[b], c->host + c->in_at[b],
-                     (size_t)p->bufs[b].numel * elem_size(c), c->stream))
-            return -1;
+        CUdeviceptr to = c->arena + (CUdeviceptr)c->cg.plan.offset[b];
+        size_t bytes = (size_t)p->bufs[b].numel * elem_size(c);
+        int rc = slot >= 0 && c->data_at[b] >= 0
+                     ? CU_CHECK(&c->drv, err, what, cuMemcpyDtoDAsync, to,
+                                c->slot_dev + slot * c->slot_bytes + (CUdeviceptr)c->data_at[b],
+                                bytes, c->stream)
+                     : CU_CHECK(&c->drv, err, what, cuMemcpyHtoDAsync, to, c->host + c->in_at[b],
+                                bytes, c->stream);
+        if (rc) return -1;
     }
     return 0;
 }
@@ -365,10 +417,11 @@ static int copy_outputs_async(CudaImpl *c, MamlError *err) {
     return 0;
 }
 
-/* Copies in, every kernel, copies out, on the stream; with sync_each, a synchronisation after
- * each kernel names the one that faulted. */
-static int enqueue_step(CudaImpl *c, bool sync_each, MamlError *err) {
-    if (copy_inputs_async(c, err)) return -1;
+/* Copies in (the batch from slot, or from the pinned inputs when slot is -1), every kernel,
+ * copies out, on the stream; with sync_each, a synchronisation after each kernel names the one
+ * that faulted. */
+static int enqueue_step(CudaImpl *c, int slot, bool sync_each, MamlError *err) {
+    if (copy_inputs_async(c, slot, err)) return -1;
     for (int i = 0; i < c->cg.prog.n_kernels; i++) {
         if (run_kernel(c, i, err)) return -1;
         char what[128];
@@ -378,20 +431,27 @@ static int enqueue_step(CudaImpl *c, bool sync_each, MamlError *err) {
     return copy_outputs_async(c, err);
 }
 
-static int capture_step(CudaImpl *c, MamlError *err) {
+/* Captures the step whose batch comes from slot (-1: the pinned inputs) into graph[1 + slot]. */
+static int capture_step(CudaImpl *c, int slot, MamlError *err) {
     const CudaDriver *d = &c->drv;
     /* cuDNN's calls are runtime-API work we do not control: relaxed capture keeps a harmless
      * query of theirs from invalidating the capture (the warm-up already ran every call once) */
     CUstreamCaptureMode mode = cuda_conv_count(c->convs) > 0 ? CU_STREAM_CAPTURE_MODE_RELAXED
                                                              : CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
     if (CU_CHECK(d, err, "step", cuStreamBeginCapture, c->stream, mode)) return -1;
-    int rc = enqueue_step(c, false, err);
+    int rc = enqueue_step(c, slot, false, err);
     CUgraph graph = NULL;
     CUresult end = d->cuStreamEndCapture(c->stream, &graph); /* always: it leaves capture mode */
     if (rc == 0) rc = cuda_check(d, end, "cuStreamEndCapture", "step", err);
-    c->graph = graph;
+    c->graph[1 + slot] = graph;
     if (rc) return -1;
-    return CU_CHECK(d, err, "step", cuGraphInstantiate, &c->exec, c->graph, 0);
+    return CU_CHECK(d, err, "step", cuGraphInstantiate, &c->exec[1 + slot], graph, 0);
+}
+
+static int capture_steps(CudaImpl *c, MamlError *err) {
+    for (int slot = -1; slot < 2; slot++)
+        if (capture_step(c, slot, err)) return -1;
+    return 0;
 }
 
 /* ---- inputs and outputs ---- */
@@ -408,28 +468,80 @@ static void copy_in(const Tensor *t, void *dst, bool f64) {
         for (int64_t i = 0; i < count; i++) ((float *)dst)[i] = (float)tensor_get(t, i);
 }
 
-static int cuda_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err) {
+/* The step whose batch comes from slot (-1: the pinned inputs): its graph, or with sync_each its
+ * kernels one at a time. */
+static int enqueue_run(CudaImpl *c, int slot, MamlError *err) {
+    if (c->sync_each) return enqueue_step(c, slot, true, err);
+    return CU_CHECK(&c->drv, err, "step", cuGraphLaunch, c->exec[1 + slot], c->stream);
+}
+
+static int cuda_launch(Backend *b, const TensorSet *inputs, MamlError *err) {
     CudaImpl *c = b->impl;
     const CudaDriver *d = &c->drv;
-    if (inputs_check(b->graph, inputs, err) || inputs_check_labels(b->graph, inputs, err)) return -1;
+    int slot = c->staged_slot;
+    if (inputs_check(b->graph, inputs, err) ||
+        (slot < 0 && inputs_check_labels(b->graph, inputs, err)))
+        return -1;
     if (CU_CHECK(d, err, "run", cuCtxSetCurrent, d->ctx)) return -1;
     bool f64 = b->prec == PREC_F64;
     const KernelProgram *p = &c->cg.prog;
     for (int i = 0; i < p->n_bufs; i++)
-        if (c->in_at[i] >= 0)
+        if (c->in_at[i] >= 0 && (slot < 0 || c->data_at[i] < 0))
             copy_in(tensorset_find(inputs, p->bufs[i].name), c->host + c->in_at[i], f64);
-    int rc = c->sync_each ? enqueue_step(c, true, err)
-                          : CU_CHECK(d, err, "step", cuGraphLaunch, c->exec, c->stream);
-    if (rc == 0)
-        rc = CU_CHECK(d, err, "step (set MAMLC_CUDA_SYNC=1 to name the kernel)",
-                      cuStreamSynchronize, c->stream);
-    for (int o = 0; rc == 0 && o < p->n_outputs; o++) {
+    c->staged_slot = -1;
+    c->running_slot = slot;
+    if (slot >= 0 && CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->stream,
+                              c->slot_copied[slot], 0))
+        return -1;
+    if (enqueue_run(c, slot, err)) return -1;
+    return slot >= 0 ? CU_CHECK(d, err, "staged batch", cuEventRecord, c->slot_read[slot], c->stream)
+                     : 0;
+}
+
+/* The batch goes into the slot the launched step does not read, once the step that last read
+ * that slot is done, on copy_stream: it overlaps the launched step. */
+static int cuda_stage(Backend *b, const TensorSet *data, MamlError *err) {
+    CudaImpl *c = b->impl;
+    const CudaDriver *d = &c->drv;
+    int slot = c->running_slot == 0 ? 1 : 0;
+    if (CU_CHECK(d, err, "stage", cuCtxSetCurrent, d->ctx) ||
+        CU_CHECK(d, err, "staged batch (pinned slot free)", cuEventSynchronize,
+                 c->slot_copied[slot]))
+        return -1;
+    bool f64 = b->prec == PREC_F64;
+    const KernelProgram *p = &c->cg.prog;
+    char *host = c->slot_host + slot * c->slot_bytes;
+    for (int i = 0; i < p->n_bufs; i++)
+        if (c->data_at[i] >= 0)
+            copy_in(tensorset_find(data, p->bufs[i].name), host + c->data_at[i], f64);
+    if (CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->copy_stream, c->slot_read[slot], 0))
+        return -1;
+    if (c->slot_bytes > 0 && CU_CHECK(d, err, "staged batch", cuMemcpyHtoDAsync,
+                                      c->slot_dev + slot * c->slot_bytes, host, c->slot_bytes,
+                                      c->copy_stream))
+        return -1;
+    if (CU_CHECK(d, err, "staged batch", cuEventRecord, c->slot_copied[slot], c->copy_stream))
+        return -1;
+    c->staged_slot = slot;
+    return 0;
+}
+
+static int cuda_finish(Backend *b, TensorSet *outputs, MamlError *err) {
+    CudaImpl *c = b->impl;
+    const CudaDriver *d = &c->drv;
+    if (CU_CHECK(d, err, "finish", cuCtxSetCurrent, d->ctx) ||
+        CU_CHECK(d, err, "step (set MAMLC_CUDA_SYNC=1 to name the kernel)", cuStreamSynchronize,
+                 c->stream))
+        return -1;
+    bool f64 = b->prec == PREC_F64;
+    const KernelProgram *p = &c->cg.prog;
+    for (int o = 0; o < p->n_outputs; o++) {
         const KOutput *out = &p->outputs[o];
         if (!tensorset_add(outputs, out->name, f64 ? TENSOR_F64 : TENSOR_F32, out->shape,
                            c->host + c->out_at[o], err))
-            rc = -1;
+            return -1;
     }
-    return rc;
+    return 0;
 }
 
 /* ---- open and close ---- */
@@ -440,19 +552,27 @@ static void cuda_destroy(Backend *b) {
         CudaDriver *d = &c->drv;
         if (d->ctx_retained) {
             d->cuCtxSetCurrent(d->ctx);
-            if (c->exec) d->cuGraphExecDestroy(c->exec);
+            for (int i = 0; i < 3; i++)
+                if (c->exec[i]) d->cuGraphExecDestroy(c->exec[i]);
             cuda_conv_close(c->convs); /* before the stream its handle issues work on */
-            if (c->graph) d->cuGraphDestroy(c->graph);
-            for (int i = 0; i < 2; i++)
+            for (int i = 0; i < 3; i++)
+                if (c->graph[i]) d->cuGraphDestroy(c->graph[i]);
+            for (int i = 0; i < 2; i++) {
                 if (c->ev[i]) d->cuEventDestroy(c->ev[i]);
+                if (c->slot_copied[i]) d->cuEventDestroy(c->slot_copied[i]);
+                if (c->slot_read[i]) d->cuEventDestroy(c->slot_read[i]);
+            }
+            if (c->copy_stream) d->cuStreamDestroy(c->copy_stream);
             if (c->stream) d->cuStreamDestroy(c->stream);
+            if (c->slot_host) d->cuMemFreeHost(c->slot_host);
+            if (c->slot_dev) d->cuMemFree(c->slot_dev);
             if (c->host) d->cuMemFreeHost(c->host);
             if (c->arena) d->cuMemFree(c->arena);
             for (int p = 0; c->modules && p < c->images.n_pieces; p++)
                 if (c->modules[p]) d->cuModuleUnload(c->modules[p]);
         }
         cuda_driver_close(d);
-        free(c->modules), free(c->fns), free(c->in_at), free(c->out_at);
+        free(c->modules), free(c->fns), free(c->in_at), free(c->out_at), free(c->data_at);
         free(c->arg_values), free(c->arg_ptrs), free(c->arg_start), free(c->function_of);
         cuda_images_free(&c->images);
         cuda_code_free(&c->code);
@@ -540,14 +660,14 @@ static int prepare(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precisio
         return -1;
     for (int i = 0; i < 2; i++)
         if (CU_CHECK(d, err, "timing", cuEventCreate, &c->ev[i], CU_EVENT_DEFAULT)) return -1;
-    if (prepare_buffers(c, err) || open_convs(c, opt, err)) return -1;
+    if (prepare_buffers(c, err) || prepare_slots(c, err) || open_convs(c, opt, err)) return -1;
     const char *sync = getenv("MAMLC_CUDA_SYNC");
     c->sync_each = sync && *sync && strcmp(sync, "0") != 0;
     c->info.n_kernels = c->code.n_kernels;
     c->info.n_functions = c->code.n_functions;
     c->info.arena_bytes = c->cg.plan.arena_bytes;
     c->info.lower_bound = c->cg.plan.lower_bound;
-    return c->sync_each ? 0 : capture_step(c, err);
+    return c->sync_each ? 0 : capture_steps(c, err);
 }
 
 int cuda_backend_open(const Graph *g, Precision prec, const CudaOptions *opt, Backend **out,
@@ -563,7 +683,9 @@ int cuda_backend_open(const Graph *g, Precision prec, const CudaOptions *opt, Ba
         return -1;
     }
     b->name = "cuda";
-    b->run = cuda_run;
+    b->launch = cuda_launch;
+    b->stage = cuda_stage;
+    b->finish = cuda_finish;
     b->destroy = cuda_destroy;
     b->graph = g;
     b->prec = prec;
@@ -636,9 +758,7 @@ int cuda_backend_time_steps(Backend *b, int reps, double *ms, MamlError *err) {
     if (CU_CHECK(d, err, "timing", cuCtxSetCurrent, d->ctx)) return -1;
     for (int r = 0; r < reps; r++) {
         int rc = CU_CHECK(d, err, "timing", cuEventRecord, c->ev[0], c->stream);
-        if (rc == 0)
-            rc = c->sync_each ? enqueue_step(c, false, err)
-                              : CU_CHECK(d, err, "step", cuGraphLaunch, c->exec, c->stream);
+        if (rc == 0) rc = enqueue_run(c, c->running_slot, err);
         if (rc == 0) rc = CU_CHECK(d, err, "timing", cuEventRecord, c->ev[1], c->stream);
         if (rc || elapsed(c, "step", &ms[r], err)) return -1;
     }

@@ -7,6 +7,12 @@
  * step (input copies, every kernel, output copies) is captured once into a CUDA graph and
  * replayed by every run. Every driver call is checked and names the call and the kernel.
  *
+ * A batch staged for the next run (backend_stage) is copied at once from pinned memory into one
+ * of two device slots on a second stream, overlapping the running step; the next step waits for
+ * that copy through an event and runs the graph variant that takes its batch from the slot (one
+ * captured graph per slot, a third for batches from the inputs). The copy into a slot waits for
+ * the step that last read it, so neither side ever sees the other's half-written batch.
+ *
  * $MAMLC_CUDA_SYNC=1 runs the kernels one at a time with a synchronisation after each instead of
  * the graph, so an asynchronous fault (an illegal address) names the kernel that caused it.
  * $MAMLC_CUDA_DEVICE picks the device (default 0); $MAMLC_REQUIRE_CACHE=1 makes a kernel cache miss

@@ -83,6 +83,7 @@ void *cuda_lib_open(const CudaLibSpec *spec, char *path, size_t path_size, MamlE
     X(cuMemsetD8Async)                                                                             \
     X(cuMemcpyHtoDAsync)                                                                           \
     X(cuMemcpyDtoHAsync)                                                                           \
+    X(cuMemcpyDtoDAsync)                                                                           \
     X(cuMemHostAlloc)                                                                              \
     X(cuMemFreeHost)                                                                               \
     X(cuStreamCreate)                                                                              \

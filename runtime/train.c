@@ -39,6 +39,8 @@ typedef struct {
     TensorSet state; /* every graph input: parameters, optimizer state, the batch, adam/step */
     TensorSet outputs;
     Producer *producer;
+    const ProducedBatch *staged; /* the next step's batch, already staged on the backend */
+    TensorSet next_batch;        /* its tensors */
     long step, start_step;
     bool finished; /* the last step of this session is done */
     Rng data_rng;  /* the task stream after batch `step` */
@@ -462,11 +464,26 @@ static double output_scalar(const TensorSet *s, const char *name) {
     return x ? tensor_get(x, 0) : NAN;
 }
 
-static int run_step(Trainer *t, MamlError *err) {
-    const ProducedBatch *b = producer_next(t->producer, err);
-    if (!b || task_batch_to_tensors(&b->batch, &t->state, err) || set_step_input(t, err) ||
-        backend_run(t->backend, &t->state, &t->outputs, err))
+/* The next step's batch goes to the backend while this step computes (backend_stage). The
+ * batch already in state stays there, stale but well shaped, as backend_launch allows. */
+static int stage_next(Trainer *t, MamlError *err) {
+    const ProducedBatch *n = producer_next(t->producer, err);
+    if (!n || task_batch_to_tensors(&n->batch, &t->next_batch, err) ||
+        backend_stage(t->backend, &t->next_batch, err))
         return -1;
+    t->staged = n;
+    return 0;
+}
+
+static int run_step(Trainer *t, MamlError *err) {
+    const ProducedBatch *b = t->staged ? t->staged : producer_next(t->producer, err);
+    if (!b || (!t->staged && task_batch_to_tensors(&b->batch, &t->state, err)) ||
+        set_step_input(t, err) || backend_launch(t->backend, &t->state, err))
+        return -1;
+    Rng rng_after = b->rng_after; /* b goes back to the producer in stage_next */
+    t->staged = NULL;
+    bool more = t->step + 1 < t->o->steps;
+    if ((more && stage_next(t, err)) || backend_finish(t->backend, &t->outputs, err)) return -1;
     double loss = output_scalar(&t->outputs, "meta_loss");
     if (!isfinite(loss)) {
         char what[64];
@@ -475,7 +492,7 @@ static int run_step(Trainer *t, MamlError *err) {
     }
     if (apply_update(t, err)) return -1;
     t->step++;
-    t->data_rng = b->rng_after;
+    t->data_rng = rng_after;
     t->r->meta_loss = loss;
     t->r->meta_acc = output_scalar(&t->outputs, "meta_acc");
     return 0;
@@ -527,6 +544,7 @@ static void teardown(Trainer *t) {
     backend_close(t->backend);
     graph_free(&t->graph);
     tensorset_free(&t->state);
+    tensorset_free(&t->next_batch);
     tensorset_free(&t->outputs);
     omniglot_splits_free(&t->splits);
     omniglot_close(&t->data);
@@ -546,6 +564,7 @@ TrainStatus train_run(const TrainOptions *o, TrainResult *r, MamlError *err) {
     t.mode = pick_mode(o, t.out);
     graph_init(&t.graph);
     tensorset_init(&t.state);
+    tensorset_init(&t.next_batch);
     tensorset_init(&t.outputs);
     TrainStatus status = TRAIN_BAD_INPUT;
     if (setup(&t, err) == 0) {

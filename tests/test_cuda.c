@@ -22,7 +22,9 @@
 #include "ref.h"
 #include "safetensors.h"
 #include "spec.h"
+#include "staging_check.h"
 #include "test_util.h"
+#include "train.h"
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
@@ -1524,17 +1526,6 @@ static void fake_run(Backend *b, const TensorSet *in, TensorSet *out) {
     cr_assert_eq(backend_run(b, in, out, &err), 0, "%s", err.message);
 }
 
-static bool sets_identical(const TensorSet *a, const TensorSet *b) {
-    if (a->n != b->n) return false;
-    for (int i = 0; i < a->n; i++) {
-        const Tensor *x = &a->items[i], *y = tensorset_find(b, x->name);
-        if (!y || x->dtype != y->dtype || !shape_equal(x->shape, y->shape) ||
-            memcmp(x->data, y->data, (size_t)shape_numel(x->shape) * tensor_dtype_size(x->dtype)))
-            return false;
-    }
-    return true;
-}
-
 static void expect_matches_ref(const Rendered *r, const TensorSet *in, const TensorSet *got,
                                const char *label) {
     MamlError err;
@@ -1612,8 +1603,8 @@ Test(fake_driver, captured_step_replays_with_new_inputs_and_matches_ref, .timeou
     fake_run(b, &in1, &again);
     expect_matches_ref(&r, &in1, &a, "sinusoid step 1 on the fake driver");
     expect_matches_ref(&r, &in2, &c, "sinusoid step 2 on the fake driver");
-    cr_assert(sets_identical(&a, &again), "a replay on the same inputs gives the same bits");
-    cr_assert(!sets_identical(&a, &c), "a replay sees its new inputs");
+    cr_assert(same_bits(&a, &again), "a replay on the same inputs gives the same bits");
+    cr_assert(!same_bits(&a, &c), "a replay sees its new inputs");
     double ms[3], *kernel_ms = calloc((size_t)r.code.n_kernels, sizeof *kernel_ms);
     cr_assert_eq(cuda_backend_time_steps(b, 3, ms, &err), 0, "%s", err.message);
     cr_assert_eq(cuda_backend_time_kernels(b, 2, kernel_ms, &err), 0, "%s", err.message);
@@ -1626,10 +1617,62 @@ Test(fake_driver, captured_step_replays_with_new_inputs_and_matches_ref, .timeou
     b = fake_cuda_open(&r);
     TensorSet sync;
     fake_run(b, &in1, &sync);
-    cr_assert(sets_identical(&a, &sync), "MAMLC_CUDA_SYNC=1 gives the graph's bits");
+    cr_assert(same_bits(&a, &sync), "MAMLC_CUDA_SYNC=1 gives the graph's bits");
     backend_close(b);
     TensorSet *sets[] = {&in1, &in2, &a, &c, &again, &sync};
     for (int i = 0; i < 6; i++) tensorset_free(sets[i]);
+    rendered_free(&r);
+}
+
+/* Batches staged on the second stream while a step computes (backend_stage) give the bits of
+ * plain runs: the fake driver runs each stream only when waited for, so a missing wait between the
+ * batch copy and the step, or a slot rewritten too early, would show. */
+Test(fake_driver, staged_batches_give_the_bits_of_plain_runs_and_misuse_is_refused,
+     .timeout = 600) {
+    Rendered r;
+    render_shipped(&r, "graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, true, false);
+    Rendered *rs[1] = {&r};
+    use_fake_driver(rs, 1);
+    Backend *b = fake_cuda_open(&r);
+    check_staged_runs_match_plain_runs(b, &r.spec, &r.raw);
+    check_staging_misuse_is_refused(b, &r.spec, &r.raw);
+    backend_close(b);
+    setenv("MAMLC_CUDA_SYNC", "1", 1);
+    b = fake_cuda_open(&r);
+    check_staged_runs_match_plain_runs(b, &r.spec, &r.raw);
+    backend_close(b);
+    rendered_free(&r);
+}
+
+/* The trainer's loop (launch step k, stage batch k+1, finish step k) on the cuda backend: the
+ * same losses as the reference interpreter, within float32 rounding. */
+Test(fake_driver, training_on_cuda_follows_ref, .timeout = 600) {
+    const char *graph = "graphs/sinusoid.yaml";
+    GraphSpec spec = {0};
+    MamlError err;
+    cr_assert_eq(spec_load(graph, NULL, 0, &spec, &err), 0, "%s", err.message);
+    Rendered r;
+    render_shipped(&r, graph, MAML_TRAIN_STEP, spec.maml.meta_batch, true, false);
+    spec_free(&spec);
+    Rendered *rs[1] = {&r};
+    use_fake_driver(rs, 1);
+    setenv("MAMLC_CACHE", cuda_test_cache(), 0); /* the trainer's backends compile there */
+    double loss[2];
+    const char *backends[2] = {"cuda", "ref"};
+    for (int i = 0; i < 2; i++) {
+        TrainOptions o = {.graph = graph,
+                          .run_dir = temp_dir(i),
+                          .backend = backends[i],
+                          .steps = 6,
+                          .progress = PROGRESS_QUIET};
+        TrainResult res;
+        cr_assert_eq(train_run(&o, &res, &err), TRAIN_DONE, "%s: %s", backends[i], err.message);
+        cr_assert_eq(res.step, 6);
+        loss[i] = res.meta_loss;
+    }
+    cr_log_info("meta_loss after 6 steps: cuda %.7g, ref %.7g", loss[0], loss[1]);
+    cr_assert(fabs(loss[0] - loss[1]) <= 1e-4 * fabs(loss[1]), "cuda %.9g, ref %.9g", loss[0],
+              loss[1]);
     rendered_free(&r);
 }
 

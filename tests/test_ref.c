@@ -4,7 +4,10 @@
 
 #include "graph.h"
 #include "layers.h"
+#include "maml.h"
 #include "ref.h"
+#include "spec.h"
+#include "staging_check.h"
 #include "test_util.h"
 
 /* Runs g (outputs "y") on the given real inputs in float64 and returns y's values in out. */
@@ -201,4 +204,22 @@ Test(ref, float32_mode_rounds_every_stored_value) {
     tensorset_free(&in);
     tensorset_free(&out);
     graph_free(&g);
+}
+
+/* backend.c's launch / stage / finish bookkeeping, which the synchronous backends (ref, cpu) share,
+ * on the sinusoid training step. */
+Test(ref, staged_batches_give_the_bits_of_plain_runs_and_misuse_is_refused) {
+    GraphSpec spec = {0};
+    Graph g;
+    MamlError err;
+    cr_assert_eq(spec_load("graphs/sinusoid.yaml", NULL, 0, &spec, &err), 0, "%s", err.message);
+    graph_init(&g);
+    cr_assert_eq(maml_build(&spec, MAML_TRAIN_STEP, 4, &g, NULL, &err), 0, "%s", err.message);
+    Backend *b = NULL;
+    cr_assert_eq(backend_open("ref", &g, PREC_F32, &b, NULL, 0, &err), 0, "%s", err.message);
+    check_staged_runs_match_plain_runs(b, &spec, &g);
+    check_staging_misuse_is_refused(b, &spec, &g);
+    backend_close(b);
+    graph_free(&g);
+    spec_free(&spec);
 }
