@@ -105,19 +105,33 @@ static void summarise(const Evaluator *ev, const Moments *loss, const Moments *a
     }
 }
 
-/* Runs every batch the producer hands out, n_runs of them. */
+/* The producer's next batch into batch (task_batch_to_tensors). */
+static int next_batch(Producer *p, TensorSet *batch, MamlError *err) {
+    const ProducedBatch *b = producer_next(p, err);
+    return b ? task_batch_to_tensors(&b->batch, batch, err) : -1;
+}
+
+/* Runs every batch the producer hands out, n_runs of them, each staged on the backend while the
+ * run before it computes (inputs keep the first batch, stale afterwards, as backend_launch
+ * allows). A launched run is always finished, so the backend is ready for the next evaluation. */
 static int run_all(Evaluator *ev, Producer *p, int n_runs, TensorSet *inputs, Moments *loss,
                    Moments *acc, MamlError *err) {
-    TensorSet out;
+    TensorSet out, staged;
     tensorset_init(&out);
-    int rc = 0;
+    tensorset_init(&staged);
+    int rc = next_batch(p, inputs, err);
     for (int r = 0; r < n_runs && rc == 0; r++) {
-        const ProducedBatch *b = producer_next(p, err);
-        rc = b ? task_batch_to_tensors(&b->batch, inputs, err) : -1;
-        if (rc == 0) rc = backend_run(ev->backend, inputs, &out, err);
+        rc = backend_launch(ev->backend, inputs, err);
+        if (rc) break;
+        if (r + 1 < n_runs) rc = next_batch(p, &staged, err);
+        if (rc == 0 && r + 1 < n_runs) rc = backend_stage(ev->backend, &staged, err);
+        MamlError finish_err;
+        int finished = backend_finish(ev->backend, &out, rc ? &finish_err : err);
+        if (rc == 0) rc = finished;
         if (rc == 0) rc = record(ev, &out, loss, acc, err);
     }
     tensorset_free(&out);
+    tensorset_free(&staged);
     return rc;
 }
 

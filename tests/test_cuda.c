@@ -1644,36 +1644,41 @@ Test(fake_driver, staged_batches_give_the_bits_of_plain_runs_and_misuse_is_refus
     rendered_free(&r);
 }
 
-/* The trainer's loop (launch step k, stage batch k+1, finish step k) on the cuda backend: the
- * same losses as the reference interpreter, within float32 rounding. */
-Test(fake_driver, training_on_cuda_follows_ref, .timeout = 600) {
+/* The trainer's loop (launch step k, stage batch k+1, finish step k) and its validation (each
+ * evaluation batch staged during the run before) on the cuda backend: the same training and
+ * validation losses as the reference interpreter, within float32 rounding. */
+Test(fake_driver, training_and_validation_on_cuda_follow_ref, .timeout = 600) {
     const char *graph = "graphs/sinusoid.yaml";
     GraphSpec spec = {0};
     MamlError err;
     cr_assert_eq(spec_load(graph, NULL, 0, &spec, &err), 0, "%s", err.message);
-    Rendered r;
-    render_shipped(&r, graph, MAML_TRAIN_STEP, spec.maml.meta_batch, true, false);
+    Rendered train, eval; /* validation runs 10 / 5 = 2 tasks at a time (train.c) */
+    render_shipped(&train, graph, MAML_TRAIN_STEP, spec.maml.meta_batch, true, false);
+    render_shipped(&eval, graph, MAML_EVAL, 2, true, false);
     spec_free(&spec);
-    Rendered *rs[1] = {&r};
-    use_fake_driver(rs, 1);
+    Rendered *rs[2] = {&train, &eval};
+    use_fake_driver(rs, 2);
     setenv("MAMLC_CACHE", cuda_test_cache(), 0); /* the trainer's backends compile there */
-    double loss[2];
+    TrainResult res[2];
     const char *backends[2] = {"cuda", "ref"};
     for (int i = 0; i < 2; i++) {
         TrainOptions o = {.graph = graph,
                           .run_dir = temp_dir(i),
                           .backend = backends[i],
                           .steps = 6,
+                          .val_every = 3,
+                          .val_tasks = 10,
                           .progress = PROGRESS_QUIET};
-        TrainResult res;
-        cr_assert_eq(train_run(&o, &res, &err), TRAIN_DONE, "%s: %s", backends[i], err.message);
-        cr_assert_eq(res.step, 6);
-        loss[i] = res.meta_loss;
+        cr_assert_eq(train_run(&o, &res[i], &err), TRAIN_DONE, "%s: %s", backends[i], err.message);
+        cr_assert_eq(res[i].step, 6);
     }
-    cr_log_info("meta_loss after 6 steps: cuda %.7g, ref %.7g", loss[0], loss[1]);
-    cr_assert(fabs(loss[0] - loss[1]) <= 1e-4 * fabs(loss[1]), "cuda %.9g, ref %.9g", loss[0],
-              loss[1]);
-    rendered_free(&r);
+    cr_log_info("after 6 steps: meta_loss cuda %.7g, ref %.7g; validation loss cuda %.7g, ref %.7g",
+                res[0].meta_loss, res[1].meta_loss, res[0].val_loss, res[1].val_loss);
+    cr_assert(fabs(res[0].meta_loss - res[1].meta_loss) <= 1e-4 * fabs(res[1].meta_loss));
+    cr_assert(isfinite(res[1].val_loss) &&
+              fabs(res[0].val_loss - res[1].val_loss) <= 1e-4 * fabs(res[1].val_loss));
+    rendered_free(&train);
+    rendered_free(&eval);
 }
 
 Test(fake_driver, a_failing_kernel_is_reported_at_the_sync_and_named_under_mamlc_cuda_sync,
