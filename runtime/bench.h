@@ -64,14 +64,16 @@ typedef struct {
 typedef struct {
     int reps, warmup, kernel_reps;
     double step_ms_median, step_ms_min, step_ms_max;
+    double pipelined_ms; /* per step, reps steps back to back as mamlc train runs them */
     int n_kernels;     /* 0 when no per-kernel times were taken */
     double *kernel_ms; /* per kernel: median over kernel_reps */
     double kernels_ms; /* sum of kernel_ms */
 } BenchResult;
 
 /* Times backend b on inputs: warmup steps, then reps steps (backend_run, copies included), each
- * timed alone; then, on a cpu backend, kernel_reps instrumented steps. r is initialised here;
- * free it with bench_result_free. */
+ * timed alone; then reps steps back to back as the trainer runs them (launch a step, stage the
+ * next batch, finish the step), whose mean is pipelined_ms; then, on a cpu backend, kernel_reps
+ * instrumented steps. r is initialised here; free it with bench_result_free. */
 int bench_run(Backend *b, const TensorSet *inputs, const BenchOptions *o, BenchResult *r,
               MamlError *err);
 

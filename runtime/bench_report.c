@@ -41,6 +41,10 @@ static void text_totals(const BenchContext *ctx, const BenchResult *r, FILE *f) 
     if (ctx->why) fprintf(f, "  %s\n", ctx->why);
     fprintf(f, "step: median %.3f ms (min %.3f, max %.3f) over %d reps after %d warm-up\n",
             r->step_ms_median, r->step_ms_min, r->step_ms_max, r->reps, r->warmup);
+    fprintf(f,
+            "pipelined: %.3f ms per step over %d steps back to back, the next batch staged "
+            "during each (as mamlc train runs them)\n",
+            r->pipelined_ms, r->reps);
     if (s > 0) fprintf(f, "  %.1f images/s\n", ctx->images_per_step / s);
     if (ctx->c && s > 0) {
         double flops = compiled_flops(ctx->c), gf = flops / s / 1e9;
@@ -124,8 +128,9 @@ void bench_print_json(const BenchContext *ctx, const BenchResult *r, FILE *f) {
             ctx->meta_batch);
     fprintf(f,
             "\"step_ms_median\": %.6f, \"step_ms_min\": %.6f, \"step_ms_max\": %.6f, \"reps\": %d, "
-            "\"warmup\": %d,\n",
-            r->step_ms_median, r->step_ms_min, r->step_ms_max, r->reps, r->warmup);
+            "\"warmup\": %d, \"pipelined_ms\": %.6f,\n",
+            r->step_ms_median, r->step_ms_min, r->step_ms_max, r->reps, r->warmup,
+            r->pipelined_ms);
     json_work(ctx, r, f);
     fprintf(f, "\"n_kernels\": %d, \"kernel_reps\": %d, \"kernels_ms_sum\": %.6f,\n",
             ctx->c ? ctx->c->prog.n_kernels : 0, r->kernel_reps, r->kernels_ms);
