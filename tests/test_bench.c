@@ -102,7 +102,7 @@ static int array_objects(const char *json, const char *key) {
 
 #define BIG 1 << 20
 
-Test(bench, json_on_sinusoid_has_the_step_median_and_one_row_per_kernel, .timeout = 120) {
+Test(bench, json_on_sinusoid_has_the_step_median_pipelined_time_and_one_row_per_kernel, .timeout = 120) {
     static char out[BIG];
     int rc =
         run(out, sizeof out,
@@ -113,6 +113,8 @@ Test(bench, json_on_sinusoid_has_the_step_median_and_one_row_per_kernel, .timeou
     cr_assert(median > 0 && isfinite(median), "step_ms_median %g", median);
     cr_assert(number_at(out, "step_ms_min") <= median && median <= number_at(out, "step_ms_max"));
     cr_assert_eq((int)number_at(out, "reps"), 3);
+    double piped = number_at(out, "pipelined_ms");
+    cr_assert(piped > 0 && isfinite(piped), "pipelined_ms %g", piped);
     int n = (int)number_at(out, "n_kernels");
     cr_assert(n > 0);
     cr_assert_eq(array_objects(out, "kernels"), n, "one row per kernel");
