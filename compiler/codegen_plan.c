@@ -70,6 +70,11 @@ int codegen_write_plan_json(FILE *f, const Graph *g, const KernelProgram *p, con
                "  \"graph_nodes\": %d,\n  \"live_nodes\": %d,\n  \"fused\": %s,\n",
             m->elem_size, (long long)m->arena_bytes, (long long)m->lower_bound, p->n_graph_nodes,
             p->n_live_nodes, p->fused ? "true" : "false");
+    fprintf(f,
+            "  \"input_bytes\": %lld,\n  \"data_bytes\": %lld,\n  \"feedback_bytes\": %lld,\n"
+            "  \"outputs_at\": %lld,\n  \"outputs_bytes\": %lld,\n",
+            (long long)m->input_bytes, (long long)m->data_bytes, (long long)m->feedback_bytes,
+            (long long)m->outputs_at, (long long)m->outputs_bytes);
     json_buffers(f, p, m);
     if (json_kernels(f, g, p, m, err)) return -1;
     fprintf(f, "  \"outputs\": [\n");
@@ -109,7 +114,10 @@ int codegen_write_report(FILE *f, const Graph *g, const KernelProgram *p, const 
     fprintf(f, "  liveness lower bound %10.2f MiB (peak / bound = %.3f)\n", mib(m->lower_bound),
             m->lower_bound ? (double)m->arena_bytes / (double)m->lower_bound : 1.0);
     fprintf(f, "  sum of intermediates %10.2f MiB\n", mib(m->temp_bytes));
-    fprintf(f, "  graph inputs         %10.2f MiB\n", mib(m->input_bytes));
+    fprintf(f, "  graph inputs         %10.2f MiB (one block from offset 0, the batch first)\n",
+            mib(m->input_bytes));
+    fprintf(f, "  graph outputs        %10.2f MiB (one block at %.2f MiB)\n", mib(m->outputs_bytes),
+            mib(m->outputs_at));
     fprintf(f, "  in-place writes      %10d\n", m->n_inplace);
     fprintf(f, "per step: %.3f GFLOP, %.1f MiB moved (estimates)\n\n", flops / 1e9, bytes / 1048576.0);
     fprintf(f, "%-28s %-18s %12s %12s  %s\n", "kernel", "kind", "MFLOP", "KiB", "fuses");

@@ -287,6 +287,7 @@ static void add_buffer(KernelProgram *p, BufKind kind, const Node *nd, int node)
     b->node = node;
     b->numel = shape_numel(nd->shape);
     b->name = kind == BUF_INPUT ? nd->name : NULL;
+    b->is_data = kind == BUF_INPUT && nd->input_kind == INPUT_DATA;
     p->node_buf[node] = p->n_bufs++;
 }
 

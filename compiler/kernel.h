@@ -116,6 +116,7 @@ typedef struct {
     int node;          /* the graph node the buffer holds */
     int64_t numel;     /* in elements of the backend's real type */
     const char *name;  /* BUF_INPUT: the graph input's name (owned by the graph) */
+    bool is_data;      /* BUF_INPUT: a data input (INPUT_DATA: the task batch) */
     bool is_output;    /* read after the last kernel */
 } KBuffer;
 

@@ -47,6 +47,7 @@ static void inplace_store(const KernelProgram *p, MemPlan *m, int k, int w, cons
     for (int i = 0; i < n; i++) {
         int b = reads[i];
         if (taken[b] || b > w || m->last[b] != k || p->bufs[b].is_output ||
+            p->bufs[b].kind == BUF_INPUT || p->bufs[w].is_output ||
             m->bytes[b] != m->bytes[w] || !kernel_can_write_in_place(kn, w, b))
             continue;
         m->inplace[w] = b;
@@ -123,11 +124,52 @@ static void place(Group *groups, int n, Group *g, Group **tmp) {
     g->placed = true;
 }
 
+/* The temp buffer holding the output named like input b, or -1. */
+static int feedback_of(const KernelProgram *p, const MemPlan *m, int b) {
+    for (int o = 0; o < p->n_outputs; o++) {
+        int w = p->outputs[o].buf;
+        if (p->bufs[w].kind == BUF_TEMP && m->bytes[w] == m->bytes[b] &&
+            strcmp(p->outputs[o].name, p->bufs[b].name) == 0)
+            return w;
+    }
+    return -1;
+}
+
+/* Which part of the inputs block input b goes to: 0 data, 1 feedback, 2 the others. */
+static int input_part(const KernelProgram *p, const MemPlan *m, int b) {
+    return p->bufs[b].is_data ? 0 : feedback_of(p, m, b) >= 0 ? 1 : 2;
+}
+
+/* Fixes the inputs and outputs blocks (memplan.h); fixed[b] marks the buffers placed. */
+static void place_blocks(const KernelProgram *p, MemPlan *m, bool *fixed) {
+    int64_t at = 0;
+    for (int part = 0; part < 3; part++) {
+        for (int b = 0; b < p->n_bufs; b++)
+            if (p->bufs[b].kind == BUF_INPUT && input_part(p, m, b) == part)
+                m->offset[b] = at, at += m->bytes[b], fixed[b] = true;
+        if (part == 0) m->data_bytes = at;
+        if (part == 1) m->feedback_bytes = at - m->data_bytes;
+    }
+    m->outputs_at = at;
+    for (int b = 0; b < p->n_bufs; b++)
+        if (p->bufs[b].kind == BUF_INPUT && input_part(p, m, b) == 1) {
+            int w = feedback_of(p, m, b);
+            m->offset[w] = at, at += m->bytes[w], fixed[w] = true;
+        }
+    for (int b = 0; b < p->n_bufs; b++)
+        if (p->bufs[b].kind == BUF_TEMP && p->bufs[b].is_output && !fixed[b])
+            m->offset[b] = at, at += m->bytes[b], fixed[b] = true;
+    m->outputs_bytes = at - m->outputs_at;
+    m->arena_bytes = at;
+}
+
 static int place_groups(const KernelProgram *p, MemPlan *m, MamlError *err) {
     int *group_of = maml_alloc(((size_t)p->n_bufs + 1) * sizeof *group_of, err);
     Group *groups = maml_calloc((size_t)p->n_bufs + 1, sizeof *groups, err);
     Group **tmp = maml_calloc((size_t)p->n_bufs + 1, sizeof *tmp, err);
-    int n = 0, rc = (!group_of || !groups || !tmp) ? -1 : 0;
+    bool *fixed = maml_calloc((size_t)p->n_bufs + 1, sizeof *fixed, err);
+    int n = 0, rc = (!group_of || !groups || !tmp || !fixed) ? -1 : 0;
+    if (rc == 0) place_blocks(p, m, fixed);
     /* buffers come in kernel order, so an in-place source's group already exists */
     for (int b = 0; rc == 0 && b < p->n_bufs; b++) {
         int src = m->inplace[b];
@@ -138,11 +180,15 @@ static int place_groups(const KernelProgram *p, MemPlan *m, MamlError *err) {
             continue;
         }
         groups[n] = (Group){.rep = b, .first = m->first[b], .last = m->last[b], .bytes = m->bytes[b]};
+        if (fixed[b]) /* reserved for the whole step */
+            groups[n].first = -1, groups[n].last = p->n_kernels, groups[n].offset = m->offset[b],
+            groups[n].placed = true;
         group_of[b] = n++;
     }
     if (rc == 0) {
         qsort(groups, (size_t)n, sizeof *groups, group_cmp);
-        for (int i = 0; i < n; i++) place(groups, n, &groups[i], tmp);
+        for (int i = 0; i < n; i++)
+            if (!groups[i].placed) place(groups, n, &groups[i], tmp);
         for (int i = 0; i < n; i++) {
             m->offset[groups[i].rep] = groups[i].offset;
             int64_t end = groups[i].offset + groups[i].bytes;
@@ -155,6 +201,7 @@ static int place_groups(const KernelProgram *p, MemPlan *m, MamlError *err) {
     free(group_of);
     free(groups);
     free(tmp);
+    free(fixed);
     return rc;
 }
 

@@ -189,17 +189,16 @@ typedef struct {
     CUfunction *fns;   /* per function */
     CUdeviceptr arena;
     CUstream stream;
-    char *host;              /* pinned staging: inputs, then outputs */
-    int64_t *in_at, *out_at; /* per buffer (-1: not an input) / per output: staging offset */
+    char *host; /* pinned mirror of the plan's inputs and outputs blocks, at arena offsets */
     CUdeviceptr *arg_values; /* every launch's arguments, concatenated */
     void **arg_ptrs;         /* what cuLaunchKernel takes: pointers to arg_values */
     int *arg_start;          /* per launch: its first entry in arg_values */
     /* Staged batches (backend_stage): two slots, each holding every data input, in pinned host
-     * memory and on the device; the batch travels on copy_stream while a step computes, and the
-     * next step's graph copies it from its device slot into the arena. */
+     * memory and on the device, laid out as the plan's data inputs [0, data_bytes); the batch
+     * travels on copy_stream while a step computes, and the next step's graph copies it from its
+     * device slot into the arena. */
     CUstream copy_stream;
-    int64_t *data_at;        /* per buffer: offset in a slot, -1: not a data input */
-    size_t slot_bytes;       /* 0 when the graph has no data inputs */
+    size_t slot_bytes;       /* the plan's data_bytes; 0 when the graph has no data inputs */
     char *slot_host;         /* pinned, 2 x slot_bytes */
     CUdeviceptr slot_dev;    /* 2 x slot_bytes */
     CUevent slot_copied[2];  /* the batch is on the device */
@@ -219,10 +218,6 @@ typedef struct {
 
 static CudaImpl *impl_of(const Backend *b) {
     return b && strcmp(b->name, "cuda") == 0 ? b->impl : NULL;
-}
-
-static size_t elem_size(const CudaImpl *c) {
-    return c->cg.plan.elem_size;
 }
 
 /* "k12_mul (warp_0123456789abcdef)", or "k3_conv2d (cuDNN)": what errors about launch i say. */
@@ -300,24 +295,15 @@ static int alloc_arena(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
                      mib((long long)total_b));
 }
 
-/* Pinned staging for the inputs and outputs, and every launch's arguments. */
+/* The pinned mirror of the inputs and outputs blocks, and every launch's arguments. */
 static int prepare_buffers(CudaImpl *c, MamlError *err) {
     const KernelProgram *p = &c->cg.prog;
-    size_t es = elem_size(c), at = 0;
-    c->in_at = maml_calloc((size_t)p->n_bufs + 1, sizeof *c->in_at, err);
-    c->out_at = maml_calloc((size_t)p->n_outputs + 1, sizeof *c->out_at, err);
+    const MemPlan *m = &c->cg.plan;
     c->arg_start = maml_calloc((size_t)p->n_kernels + 1, sizeof *c->arg_start, err);
-    if (!c->in_at || !c->out_at || !c->arg_start) return -1;
-    for (int b = 0; b < p->n_bufs; b++) {
-        c->in_at[b] = p->bufs[b].kind == BUF_INPUT ? (int64_t)at : -1;
-        if (p->bufs[b].kind == BUF_INPUT) at += ((size_t)p->bufs[b].numel * es + 63) / 64 * 64;
-    }
-    for (int o = 0; o < p->n_outputs; o++) {
-        c->out_at[o] = (int64_t)at;
-        at += ((size_t)p->bufs[p->outputs[o].buf].numel * es + 63) / 64 * 64;
-    }
-    if (CU_CHECK(&c->drv, err, "pinned staging", cuMemHostAlloc, (void **)&c->host, at ? at : 64,
-                 0))
+    if (!c->arg_start) return -1;
+    size_t mirror = (size_t)(m->outputs_at + m->outputs_bytes);
+    if (CU_CHECK(&c->drv, err, "pinned inputs and outputs", cuMemHostAlloc, (void **)&c->host,
+                 mirror ? mirror : 64, 0))
         return -1;
     int total = 0;
     for (int i = 0; i < p->n_kernels; i++)
@@ -336,21 +322,12 @@ static int prepare_buffers(CudaImpl *c, MamlError *err) {
     return 0;
 }
 
-/* The two staging slots: every data input of the graph, 64-byte aligned, in pinned host memory
- * and on the device; two streams' events say when a slot's copy is done and its step too. */
+/* The two staging slots, each as large as the plan's data inputs; two streams' events say when a
+ * slot's copy is done and when the step that read it is. */
 static int prepare_slots(CudaImpl *c, MamlError *err) {
-    const KernelProgram *p = &c->cg.prog;
     const CudaDriver *d = &c->drv;
     c->staged_slot = c->running_slot = -1;
-    c->data_at = maml_calloc((size_t)p->n_bufs + 1, sizeof *c->data_at, err);
-    if (!c->data_at) return -1;
-    for (int b = 0; b < p->n_bufs; b++) {
-        int node = p->bufs[b].kind == BUF_INPUT ? graph_find_input(&c->cg.graph, p->bufs[b].name)
-                                                : -1;
-        bool data = node >= 0 && c->cg.graph.nodes[node].input_kind == INPUT_DATA;
-        c->data_at[b] = data ? (int64_t)c->slot_bytes : -1;
-        if (data) c->slot_bytes += ((size_t)p->bufs[b].numel * elem_size(c) + 63) / 64 * 64;
-    }
+    c->slot_bytes = (size_t)c->cg.plan.data_bytes;
     if (CU_CHECK(d, err, "batch stream", cuStreamCreate, &c->copy_stream, CU_STREAM_NON_BLOCKING))
         return -1;
     for (int i = 0; i < 2; i++)
@@ -382,39 +359,29 @@ static int run_kernel(CudaImpl *c, int i, MamlError *err) {
     return launch(c, i, err);
 }
 
-/* Every input into the arena: from the pinned inputs, except with slot >= 0 the data inputs,
- * which come from that device slot. */
+/* The inputs block into the arena in one copy from its pinned mirror; with slot >= 0 the data
+ * inputs (the block's first data_bytes) come from that device slot instead. */
 static int copy_inputs_async(CudaImpl *c, int slot, MamlError *err) {
-    const KernelProgram *p = &c->cg.prog;
-    for (int b = 0; b < p->n_bufs; b++) {
-        if (c->in_at[b] < 0) continue;
-        char what[160];
-        snprintf(what, sizeof what, "input %s", p->bufs[b].name);
-        CUdeviceptr to = c->arena + (CUdeviceptr)c->cg.plan.offset[b];
-        size_t bytes = (size_t)p->bufs[b].numel * elem_size(c);
-        int rc = slot >= 0 && c->data_at[b] >= 0
-                     ? CU_CHECK(&c->drv, err, what, cuMemcpyDtoDAsync, to,
-                                c->slot_dev + slot * c->slot_bytes + (CUdeviceptr)c->data_at[b],
-                                bytes, c->stream)
-                     : CU_CHECK(&c->drv, err, what, cuMemcpyHtoDAsync, to, c->host + c->in_at[b],
-                                bytes, c->stream);
-        if (rc) return -1;
-    }
+    const MemPlan *m = &c->cg.plan;
+    const CudaDriver *d = &c->drv;
+    size_t from = slot >= 0 ? (size_t)m->data_bytes : 0, to = (size_t)m->input_bytes;
+    if (slot >= 0 && from > 0 &&
+        CU_CHECK(d, err, "staged batch", cuMemcpyDtoDAsync, c->arena,
+                 c->slot_dev + slot * c->slot_bytes, from, c->stream))
+        return -1;
+    if (to > from && CU_CHECK(d, err, "inputs", cuMemcpyHtoDAsync, c->arena + from, c->host + from,
+                              to - from, c->stream))
+        return -1;
     return 0;
 }
 
+/* The outputs block back in one copy (an output that is an input buffer is already in the
+ * mirror: kernels never write inputs). */
 static int copy_outputs_async(CudaImpl *c, MamlError *err) {
-    const KernelProgram *p = &c->cg.prog;
-    for (int o = 0; o < p->n_outputs; o++) {
-        int b = p->outputs[o].buf;
-        char what[160];
-        snprintf(what, sizeof what, "output %s", p->outputs[o].name);
-        if (CU_CHECK(&c->drv, err, what, cuMemcpyDtoHAsync, c->host + c->out_at[o],
-                     c->arena + (CUdeviceptr)c->cg.plan.offset[b],
-                     (size_t)p->bufs[b].numel * elem_size(c), c->stream))
-            return -1;
-    }
-    return 0;
+    const MemPlan *m = &c->cg.plan;
+    if (m->outputs_bytes == 0) return 0;
+    return CU_CHECK(&c->drv, err, "outputs", cuMemcpyDtoHAsync, c->host + m->outputs_at,
+                    c->arena + (CUdeviceptr)m->outputs_at, (size_t)m->outputs_bytes, c->stream);
 }
 
 /* Copies in (the batch from slot, or from the pinned inputs when slot is -1), every kernel,
@@ -486,8 +453,8 @@ static int cuda_launch(Backend *b, const TensorSet *inputs, MamlError *err) {
     bool f64 = b->prec == PREC_F64;
     const KernelProgram *p = &c->cg.prog;
     for (int i = 0; i < p->n_bufs; i++)
-        if (c->in_at[i] >= 0 && (slot < 0 || c->data_at[i] < 0))
-            copy_in(tensorset_find(inputs, p->bufs[i].name), c->host + c->in_at[i], f64);
+        if (p->bufs[i].kind == BUF_INPUT && (slot < 0 || !p->bufs[i].is_data))
+            copy_in(tensorset_find(inputs, p->bufs[i].name), c->host + c->cg.plan.offset[i], f64);
     c->staged_slot = -1;
     c->running_slot = slot;
     if (slot >= 0 && CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->stream,
@@ -512,8 +479,8 @@ static int cuda_stage(Backend *b, const TensorSet *data, MamlError *err) {
     const KernelProgram *p = &c->cg.prog;
     char *host = c->slot_host + slot * c->slot_bytes;
     for (int i = 0; i < p->n_bufs; i++)
-        if (c->data_at[i] >= 0)
-            copy_in(tensorset_find(data, p->bufs[i].name), host + c->data_at[i], f64);
+        if (p->bufs[i].kind == BUF_INPUT && p->bufs[i].is_data)
+            copy_in(tensorset_find(data, p->bufs[i].name), host + c->cg.plan.offset[i], f64);
     if (CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->copy_stream, c->slot_read[slot], 0))
         return -1;
     if (c->slot_bytes > 0 && CU_CHECK(d, err, "staged batch", cuMemcpyHtoDAsync,
@@ -538,7 +505,7 @@ static int cuda_finish(Backend *b, TensorSet *outputs, MamlError *err) {
     for (int o = 0; o < p->n_outputs; o++) {
         const KOutput *out = &p->outputs[o];
         if (!tensorset_add(outputs, out->name, f64 ? TENSOR_F64 : TENSOR_F32, out->shape,
-                           c->host + c->out_at[o], err))
+                           c->host + c->cg.plan.offset[out->buf], err))
             return -1;
     }
     return 0;
@@ -572,7 +539,7 @@ static void cuda_destroy(Backend *b) {
                 if (c->modules[p]) d->cuModuleUnload(c->modules[p]);
         }
         cuda_driver_close(d);
-        free(c->modules), free(c->fns), free(c->in_at), free(c->out_at), free(c->data_at);
+        free(c->modules), free(c->fns);
         free(c->arg_values), free(c->arg_ptrs), free(c->arg_start), free(c->function_of);
         cuda_images_free(&c->images);
         cuda_code_free(&c->code);

@@ -621,6 +621,59 @@ Test(codegen, fusion_cuts_kernels_and_plan_stays_near_bound) {
     spec_free(&spec);
 }
 
+/* The blocks a backend copies in one go (memplan.h): the inputs from 0, the batch first; the
+ * outputs at outputs_at; each updated input and its output at the same place in their blocks. */
+Test(codegen, plan_keeps_inputs_and_outputs_in_blocks_with_the_feedback_lined_up) {
+    GraphSpec spec = {0};
+    Graph g;
+    load_graph("graphs/omniglot_seed.yaml", 2, MAML_TRAIN_STEP, &spec, &g);
+    KernelProgram p;
+    MemPlan m;
+    MamlError err;
+    cr_assert_eq(kernels_lower(&g, true, &p, &err), 0, "%s", err.message);
+    cr_assert_eq(memplan_build(&p, 4, &m, &err), 0, "%s", err.message);
+    int64_t inputs = 0, data = 0, outputs = 0;
+    int fed_back = 0;
+    for (int b = 0; b < p.n_bufs; b++) {
+        const KBuffer *kb = &p.bufs[b];
+        if (kb->kind == BUF_INPUT) {
+            inputs += m.bytes[b], data += kb->is_data ? m.bytes[b] : 0;
+            cr_assert(m.offset[b] + m.bytes[b] <= m.input_bytes, "input %s", kb->name);
+            cr_assert_eq(kb->is_data, m.offset[b] < m.data_bytes, "%s: batch first", kb->name);
+        } else if (kb->is_output) {
+            outputs += m.bytes[b];
+            cr_assert(m.offset[b] >= m.outputs_at &&
+                      m.offset[b] + m.bytes[b] <= m.outputs_at + m.outputs_bytes);
+        } else {
+            cr_assert(m.offset[b] >= m.outputs_at + m.outputs_bytes, "temps after both blocks");
+        }
+    }
+    cr_assert_eq(inputs, m.input_bytes);
+    cr_assert_eq(data, m.data_bytes);
+    cr_assert(data > 0);
+    cr_assert_eq(outputs, m.outputs_bytes);
+    cr_assert_eq(m.outputs_at, m.input_bytes);
+    for (int o = 0; o < p.n_outputs; o++) {
+        int w = p.outputs[o].buf, in = -1;
+        for (int b = 0; b < p.n_bufs; b++)
+            if (p.bufs[b].kind == BUF_INPUT && !strcmp(p.bufs[b].name, p.outputs[o].name)) in = b;
+        if (in < 0) continue;
+        fed_back++;
+        cr_assert_eq(m.offset[w] - m.outputs_at, m.offset[in] - m.data_bytes, "%s lines up",
+                     p.outputs[o].name);
+        cr_assert(m.offset[w] - m.outputs_at + m.bytes[w] <= m.feedback_bytes);
+    }
+    int params = 0;
+    for (int i = 0; i < g.n_nodes; i++)
+        params += g.nodes[i].op == OP_INPUT && g.nodes[i].input_kind == INPUT_PARAM;
+    cr_assert_eq(fed_back, 3 * params, "%d updated: every parameter and its two Adam moments",
+                 fed_back);
+    memplan_free(&m);
+    kernel_program_free(&p);
+    graph_free(&g);
+    spec_free(&spec);
+}
+
 /* Kernels that read only what earlier kernels (or the inputs) wrote, each buffer written once: the
  * order survives kernels storing fused outputs, sibling kernels joining an earlier one and maps
  * joining the reduction after them (whose inner stores write every point of the full space). */
