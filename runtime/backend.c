@@ -111,36 +111,84 @@ int backend_stage(Backend *b, const TensorSet *data, MamlError *err) {
     return 0;
 }
 
-/* inputs with the running batch in place of theirs, as a shallow view: its tensors borrow the
- * originals' names and data, so it is released with free(view->items) alone. */
-static int overlay(const TensorSet *inputs, const TensorSet *batch, TensorSet *view,
+/* inputs with the tensors of the n sets (the running batch, the held state) in place of theirs,
+ * as a shallow view: its tensors borrow the originals' names and data, so it is released with
+ * free(view->items) alone. */
+static int overlay(const TensorSet *inputs, const TensorSet *const *sets, int n, TensorSet *view,
                    MamlError *err) {
     tensorset_init(view);
     view->items = maml_calloc((size_t)inputs->n + 1, sizeof *view->items, err);
     if (!view->items) return -1;
     view->cap = inputs->n + 1;
     for (int i = 0; i < inputs->n; i++) {
-        const Tensor *t = tensorset_find(batch, inputs->items[i].name);
-        view->items[view->n++] = t ? *t : inputs->items[i];
+        const Tensor *t = &inputs->items[i];
+        for (int k = 0; k < n; k++) {
+            const Tensor *over = tensorset_find(sets[k], inputs->items[i].name);
+            if (over) t = over;
+        }
+        view->items[view->n++] = *t;
     }
     return 0;
+}
+
+/* Whether output `name` feeds back: it bears the name of a graph input. */
+static bool is_feedback(const Backend *b, const char *name) {
+    return graph_find_input(b->graph, name) >= 0;
+}
+
+/* The synchronous backends' run: the inputs with the running batch and the held state in place;
+ * when the state is kept, the feedback outputs go into held. */
+static int finish_sync(Backend *b, TensorSet *outputs, MamlError *err) {
+    const TensorSet *sets[2];
+    int n_sets = 0;
+    if (b->has_running) sets[n_sets++] = &b->running;
+    if (b->holds_state) sets[n_sets++] = &b->held;
+    if (n_sets == 0 && !b->keeps_state) return b->run(b, b->inputs, outputs, err);
+    TensorSet view, all;
+    tensorset_init(&all);
+    int rc = overlay(b->inputs, sets, n_sets, &view, err);
+    if (rc == 0) rc = b->run(b, &view, b->keeps_state ? &all : outputs, err);
+    free(view.items);
+    for (int i = 0; rc == 0 && i < all.n; i++) {
+        const Tensor *t = &all.items[i];
+        TensorSet *to = is_feedback(b, t->name) ? &b->held : outputs;
+        if (!tensorset_add(to, t->name, t->dtype, t->shape, t->data, err)) rc = -1;
+    }
+    tensorset_free(&all);
+    return rc;
 }
 
 int backend_finish(Backend *b, TensorSet *outputs, MamlError *err) {
     if (!b->launched) return maml_fail(err, "backend %s: no run launched", b->name);
     b->launched = false;
-    if (b->finish) return b->finish(b, outputs, err);
-    if (!b->has_running) return b->run(b, b->inputs, outputs, err);
-    TensorSet view;
-    if (overlay(b->inputs, &b->running, &view, err)) return -1;
-    int rc = b->run(b, &view, outputs, err);
-    free(view.items);
+    int rc = b->finish ? b->finish(b, outputs, err) : finish_sync(b, outputs, err);
+    if (rc == 0 && b->keeps_state) b->holds_state = true;
     return rc;
+}
+
+int backend_keep_state(Backend *b, MamlError *err) {
+    if (b->launched) return maml_fail(err, "backend %s: a run is launched", b->name);
+    if (b->keeps_state) return 0;
+    if (b->keep_state && b->keep_state(b, err)) return -1;
+    b->keeps_state = true;
+    return 0;
+}
+
+int backend_get_state(Backend *b, TensorSet *state, MamlError *err) {
+    if (b->launched) return maml_fail(err, "backend %s: a run is launched", b->name);
+    if (!b->holds_state) return 0;
+    if (b->get_state) return b->get_state(b, state, err);
+    for (int i = 0; i < b->held.n; i++) {
+        const Tensor *t = &b->held.items[i];
+        if (!tensorset_add(state, t->name, t->dtype, t->shape, t->data, err)) return -1;
+    }
+    return 0;
 }
 
 void backend_close(Backend *b) {
     if (!b) return;
     tensorset_free(&b->staged);
     tensorset_free(&b->running);
+    tensorset_free(&b->held);
     b->destroy(b);
 }

@@ -20,6 +20,10 @@ struct Backend {
     int (*launch)(Backend *b, const TensorSet *inputs, MamlError *err);
     int (*stage)(Backend *b, const TensorSet *data, MamlError *err);
     int (*finish)(Backend *b, TensorSet *outputs, MamlError *err);
+    /* backend_keep_state and backend_get_state of a backend that keeps the state itself (cuda:
+     * on the device); NULL: backend.c keeps it in `held`. */
+    int (*keep_state)(Backend *b, MamlError *err);
+    int (*get_state)(Backend *b, TensorSet *state, MamlError *err);
     void (*destroy)(Backend *b);
     const Graph *graph; /* not owned: must outlive the backend */
     Precision prec;
@@ -29,6 +33,9 @@ struct Backend {
     const TensorSet *inputs;    /* the launched run's */
     TensorSet staged, running;  /* batches for the next launch and for the launched run */
     bool has_staged, has_running;
+    bool keeps_state;           /* backend_keep_state was called */
+    bool holds_state;           /* a run finished since: the fed-back inputs are the backend's */
+    TensorSet held;             /* their values, for the synchronous backends */
 };
 
 /* Opens a backend by name for graph g: "ref", "cpu", "cuda" or "auto" (the fastest one that works
@@ -53,6 +60,16 @@ int backend_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlErr
 int backend_launch(Backend *b, const TensorSet *inputs, MamlError *err);
 int backend_stage(Backend *b, const TensorSet *data, MamlError *err);
 int backend_finish(Backend *b, TensorSet *outputs, MamlError *err);
+
+/* The state kept on the backend between runs (the trainer's parameters and optimizer state stay
+ * on the device): after backend_keep_state, each output that bears an input's name (the updated
+ * state: the feedback) becomes that input for the next launch inside the backend, and
+ * backend_finish adds only the other outputs. Launches take the fed-back inputs from their
+ * `inputs` until the first run has finished. backend_get_state adds (or replaces, by name) the
+ * values the next launch would use to state; nothing before the first finished run. Neither may
+ * be called while a run is launched. */
+int backend_keep_state(Backend *b, MamlError *err);
+int backend_get_state(Backend *b, TensorSet *state, MamlError *err);
 
 /* Releases b; NULL is allowed. */
 void backend_close(Backend *b);

@@ -211,6 +211,10 @@ typedef struct {
     CUgraphExec exec[3];
     CUevent ev[2];
     bool sync_each;
+    /* backend_keep_state: the updated state stays in the arena, copied from the outputs block to
+     * the inputs block at the end of each step (the plan lines the two up); the graphs are
+     * captured again in that form. */
+    bool resident;
     CudaConvLowering *convs;  /* --conv cudnn|auto: the kernels cuDNN runs; NULL: none */
     const char **function_of; /* per kernel: its function's name (for the conv lowering) */
     CudaBackendInfo info;
@@ -359,29 +363,41 @@ static int run_kernel(CudaImpl *c, int i, MamlError *err) {
     return launch(c, i, err);
 }
 
-/* The inputs block into the arena in one copy from its pinned mirror; with slot >= 0 the data
- * inputs (the block's first data_bytes) come from that device slot instead. */
+/* One H2D copy of the inputs block's bytes [from, to) from the pinned mirror. */
+static int copy_in_range(CudaImpl *c, int64_t from, int64_t to, const char *what,
+                         MamlError *err) {
+    if (to <= from) return 0;
+    return CU_CHECK(&c->drv, err, what, cuMemcpyHtoDAsync, c->arena + (CUdeviceptr)from,
+                    c->host + from, (size_t)(to - from), c->stream);
+}
+
+/* The inputs block into the arena from its pinned mirror: the batch from device slot `slot`
+ * instead when slot >= 0, and when the state is resident, not the fed-back part. */
 static int copy_inputs_async(CudaImpl *c, int slot, MamlError *err) {
     const MemPlan *m = &c->cg.plan;
-    const CudaDriver *d = &c->drv;
-    size_t from = slot >= 0 ? (size_t)m->data_bytes : 0, to = (size_t)m->input_bytes;
-    if (slot >= 0 && from > 0 &&
-        CU_CHECK(d, err, "staged batch", cuMemcpyDtoDAsync, c->arena,
-                 c->slot_dev + slot * c->slot_bytes, from, c->stream))
+    int64_t state_from = m->data_bytes + (c->resident ? m->feedback_bytes : 0);
+    if (slot >= 0 && m->data_bytes > 0 &&
+        CU_CHECK(&c->drv, err, "staged batch", cuMemcpyDtoDAsync, c->arena,
+                 c->slot_dev + slot * c->slot_bytes, (size_t)m->data_bytes, c->stream))
         return -1;
-    if (to > from && CU_CHECK(d, err, "inputs", cuMemcpyHtoDAsync, c->arena + from, c->host + from,
-                              to - from, c->stream))
-        return -1;
-    return 0;
+    if (slot < 0 && copy_in_range(c, 0, m->data_bytes, "batch", err)) return -1;
+    return copy_in_range(c, state_from, m->input_bytes, "inputs", err);
 }
 
 /* The outputs block back in one copy (an output that is an input buffer is already in the
- * mirror: kernels never write inputs). */
+ * mirror: kernels never write inputs); with the state resident, the updated state goes into the
+ * inputs block instead, and only the other outputs come back. */
 static int copy_outputs_async(CudaImpl *c, MamlError *err) {
     const MemPlan *m = &c->cg.plan;
-    if (m->outputs_bytes == 0) return 0;
-    return CU_CHECK(&c->drv, err, "outputs", cuMemcpyDtoHAsync, c->host + m->outputs_at,
-                    c->arena + (CUdeviceptr)m->outputs_at, (size_t)m->outputs_bytes, c->stream);
+    int64_t fb = c->resident ? m->feedback_bytes : 0;
+    if (fb > 0 && CU_CHECK(&c->drv, err, "state (kept on the device)", cuMemcpyDtoDAsync,
+                           c->arena + (CUdeviceptr)m->data_bytes,
+                           c->arena + (CUdeviceptr)m->outputs_at, (size_t)fb, c->stream))
+        return -1;
+    if (m->outputs_bytes - fb <= 0) return 0;
+    return CU_CHECK(&c->drv, err, "outputs", cuMemcpyDtoHAsync, c->host + m->outputs_at + fb,
+                    c->arena + (CUdeviceptr)(m->outputs_at + fb), (size_t)(m->outputs_bytes - fb),
+                    c->stream);
 }
 
 /* Copies in (the batch from slot, or from the pinned inputs when slot is -1), every kernel,
@@ -421,6 +437,23 @@ static int capture_steps(CudaImpl *c, MamlError *err) {
     return 0;
 }
 
+static void destroy_graphs(CudaImpl *c) {
+    for (int i = 0; i < 3; i++) {
+        if (c->exec[i]) c->drv.cuGraphExecDestroy(c->exec[i]);
+        if (c->graph[i]) c->drv.cuGraphDestroy(c->graph[i]);
+        c->exec[i] = NULL, c->graph[i] = NULL;
+    }
+}
+
+/* Whether buffer b is in the fed-back part of the inputs block (or, for an output, of the
+ * outputs block). */
+static bool fed_back(const CudaImpl *c, int b) {
+    const MemPlan *m = &c->cg.plan;
+    int64_t at = m->offset[b];
+    int64_t base = c->cg.prog.bufs[b].kind == BUF_INPUT ? m->data_bytes : m->outputs_at;
+    return at >= base && at < base + m->feedback_bytes;
+}
+
 /* ---- inputs and outputs ---- */
 
 static void copy_in(const Tensor *t, void *dst, bool f64) {
@@ -452,11 +485,17 @@ static int cuda_launch(Backend *b, const TensorSet *inputs, MamlError *err) {
     if (CU_CHECK(d, err, "run", cuCtxSetCurrent, d->ctx)) return -1;
     bool f64 = b->prec == PREC_F64;
     const KernelProgram *p = &c->cg.prog;
+    bool kept = c->resident && b->holds_state; /* the state is on the device already */
     for (int i = 0; i < p->n_bufs; i++)
-        if (p->bufs[i].kind == BUF_INPUT && (slot < 0 || !p->bufs[i].is_data))
+        if (p->bufs[i].kind == BUF_INPUT && (slot < 0 || !p->bufs[i].is_data) &&
+            !(kept && fed_back(c, i)))
             copy_in(tensorset_find(inputs, p->bufs[i].name), c->host + c->cg.plan.offset[i], f64);
     c->staged_slot = -1;
     c->running_slot = slot;
+    const MemPlan *m = &c->cg.plan;
+    if (c->resident && !kept &&
+        copy_in_range(c, m->data_bytes, m->data_bytes + m->feedback_bytes, "state", err))
+        return -1;
     if (slot >= 0 && CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->stream,
                               c->slot_copied[slot], 0))
         return -1;
@@ -504,10 +543,40 @@ static int cuda_finish(Backend *b, TensorSet *outputs, MamlError *err) {
     const KernelProgram *p = &c->cg.prog;
     for (int o = 0; o < p->n_outputs; o++) {
         const KOutput *out = &p->outputs[o];
+        if (c->resident && fed_back(c, out->buf)) continue; /* stays on the device */
         if (!tensorset_add(outputs, out->name, f64 ? TENSOR_F64 : TENSOR_F32, out->shape,
                            c->host + c->cg.plan.offset[out->buf], err))
             return -1;
     }
+    return 0;
+}
+
+static int cuda_keep_state(Backend *b, MamlError *err) {
+    CudaImpl *c = b->impl;
+    if (CU_CHECK(&c->drv, err, "keep state", cuCtxSetCurrent, c->drv.ctx)) return -1;
+    c->resident = true;
+    destroy_graphs(c);
+    return c->sync_each ? 0 : capture_steps(c, err);
+}
+
+/* The fed-back part of the inputs block, read back from the device. */
+static int cuda_get_state(Backend *b, TensorSet *state, MamlError *err) {
+    CudaImpl *c = b->impl;
+    const CudaDriver *d = &c->drv;
+    const MemPlan *m = &c->cg.plan;
+    if (CU_CHECK(d, err, "state", cuCtxSetCurrent, d->ctx) ||
+        (m->feedback_bytes > 0 &&
+         CU_CHECK(d, err, "state", cuMemcpyDtoHAsync, c->host + m->data_bytes,
+                  c->arena + (CUdeviceptr)m->data_bytes, (size_t)m->feedback_bytes, c->stream)) ||
+        CU_CHECK(d, err, "state", cuStreamSynchronize, c->stream))
+        return -1;
+    const KernelProgram *p = &c->cg.prog;
+    bool f64 = b->prec == PREC_F64;
+    for (int i = 0; i < p->n_bufs; i++)
+        if (p->bufs[i].kind == BUF_INPUT && fed_back(c, i) &&
+            !tensorset_add(state, p->bufs[i].name, f64 ? TENSOR_F64 : TENSOR_F32,
+                           c->cg.graph.nodes[p->bufs[i].node].shape, c->host + m->offset[i], err))
+            return -1;
     return 0;
 }
 
@@ -519,11 +588,8 @@ static void cuda_destroy(Backend *b) {
         CudaDriver *d = &c->drv;
         if (d->ctx_retained) {
             d->cuCtxSetCurrent(d->ctx);
-            for (int i = 0; i < 3; i++)
-                if (c->exec[i]) d->cuGraphExecDestroy(c->exec[i]);
+            destroy_graphs(c);
             cuda_conv_close(c->convs); /* before the stream its handle issues work on */
-            for (int i = 0; i < 3; i++)
-                if (c->graph[i]) d->cuGraphDestroy(c->graph[i]);
             for (int i = 0; i < 2; i++) {
                 if (c->ev[i]) d->cuEventDestroy(c->ev[i]);
                 if (c->slot_copied[i]) d->cuEventDestroy(c->slot_copied[i]);
@@ -653,6 +719,8 @@ int cuda_backend_open(const Graph *g, Precision prec, const CudaOptions *opt, Ba
     b->launch = cuda_launch;
     b->stage = cuda_stage;
     b->finish = cuda_finish;
+    b->keep_state = cuda_keep_state;
+    b->get_state = cuda_get_state;
     b->destroy = cuda_destroy;
     b->graph = g;
     b->prec = prec;

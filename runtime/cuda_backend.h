@@ -13,6 +13,13 @@
  * captured graph per slot, a third for batches from the inputs). The copy into a slot waits for
  * the step that last read it, so neither side ever sees the other's half-written batch.
  *
+ * The memory plan keeps the inputs and the outputs in two blocks (compiler/memplan.h), so a step
+ * moves its inputs in one copy and its outputs back in one. With backend_keep_state (the trainer)
+ * the updated parameters and optimizer state stay on the device: one device copy at the end of
+ * each step moves them from the outputs block to the inputs block, and only the loss and the
+ * other outputs come back to the host; backend_get_state reads the state back when the trainer
+ * validates or checkpoints.
+ *
  * $MAMLC_CUDA_SYNC=1 runs the kernels one at a time with a synchronisation after each instead of
  * the graph, so an asynchronous fault (an illegal address) names the kernel that caused it.
  * $MAMLC_CUDA_DEVICE picks the device (default 0); $MAMLC_REQUIRE_CACHE=1 makes a kernel cache miss

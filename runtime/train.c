@@ -316,7 +316,10 @@ static int build_graphs(Trainer *t, MamlError *err) {
 static int open_backends(Trainer *t, MamlError *err) {
     const char *name = t->o->backend && *t->o->backend ? t->o->backend : "auto";
     char why[512] = "";
+    /* the parameters and optimizer state stay on the backend between steps (on the device, for
+     * cuda); fetch_state brings them back when they are needed here */
     if (backend_open(name, &t->graph, PREC_F32, &t->backend, why, sizeof why, err) ||
+        backend_keep_state(t->backend, err) ||
         (t->have_val && evaluator_start(&t->val, name, NULL, 0, err)))
         return -1;
     const MamlSettings *m = &t->spec.maml;
@@ -380,7 +383,34 @@ static int setup(Trainer *t, MamlError *err) {
 /* ------------------------------------------------------------------------------------------ */
 /* Steps, validation, checkpoints                                                              */
 
+/* Stops on a non-finite loss or state, naming the step and what was kept. */
+static int nonfinite(Trainer *t, long step, const char *what, MamlError *err) {
+    char kept[1300];
+    if (t->r->checkpoint_step >= 0)
+        snprintf(kept, sizeof kept, "the last good checkpoint (step %ld) is kept: %s",
+                 t->r->checkpoint_step, t->r->checkpoint);
+    else
+        snprintf(kept, sizeof kept, "no checkpoint had been written yet");
+    return maml_fail(err, "step %ld: %s; training stopped, %s", step, what, kept);
+}
+
+/* The updated parameters and optimizer state, back from the backend into state, each checked to
+ * be finite: a non-finite one stops training (naming it) before anything is validated or saved. */
+static int fetch_state(Trainer *t, MamlError *err) {
+    if (backend_get_state(t->backend, &t->state, err)) return -1;
+    const Graph *g = &t->graph;
+    for (int i = 0; i < g->n_outputs; i++) {
+        const Tensor *x = tensorset_find(&t->state, g->outputs[i].name);
+        if (!x || tensor_all_finite(x)) continue;
+        char what[300];
+        snprintf(what, sizeof what, "the updates made '%.200s' NaN or Inf", x->name);
+        return nonfinite(t, t->step, what, err);
+    }
+    return 0;
+}
+
 static int save(Trainer *t, MamlError *err) {
+    if (fetch_state(t, err)) return -1;
     CheckpointMeta meta = {.step = t->step, .seed = t->seed, .data_rng = t->data_rng};
     meta.seconds = t->seconds0 + now_s() - t->t_start;
     const char *base = strrchr(t->o->graph, '/');
@@ -401,6 +431,7 @@ static int save(Trainer *t, MamlError *err) {
 
 static int validate(Trainer *t, MamlError *err) {
     EvalResult v;
+    if (fetch_state(t, err)) return -1;
     if (evaluator_run(&t->val, &t->val_src, t->seed ^ VAL_SALT, t->o->val_tasks, &t->state, &v,
                       err))
         return -1;
@@ -424,39 +455,6 @@ static int set_step_input(Trainer *t, MamlError *err) {
     if (graph_find_input(&t->graph, "adam/step") < 0) return 0;
     float s = (float)(t->step + 1);
     return tensorset_add(&t->state, "adam/step", TENSOR_F32, shape_scalar(), &s, err) ? 0 : -1;
-}
-
-/* Stops on a non-finite loss, naming the step and what was kept. */
-static int nonfinite(Trainer *t, const char *what, MamlError *err) {
-    char kept[1300];
-    if (t->r->checkpoint_step >= 0)
-        snprintf(kept, sizeof kept, "the last good checkpoint (step %ld) is kept: %s",
-                 t->r->checkpoint_step, t->r->checkpoint);
-    else
-        snprintf(kept, sizeof kept, "no checkpoint had been written yet");
-    return maml_fail(err, "step %ld: %s; training stopped, %s", t->step + 1, what, kept);
-}
-
-/* Moves the updated parameters and optimizer state into the inputs, after checking every one is
- * finite (so the state stays the previous step's when one is not). */
-static int apply_update(Trainer *t, MamlError *err) {
-    const Graph *g = &t->graph;
-    for (int pass = 0; pass < 2; pass++)
-        for (int i = 0; i < g->n_outputs; i++) {
-            Tensor *in = tensorset_find(&t->state, g->outputs[i].name);
-            if (!in || strcmp(in->name, "adam/step") == 0) continue;
-            const Tensor *out = tensorset_find(&t->outputs, in->name);
-            if (!out || out->dtype != in->dtype || !shape_equal(out->shape, in->shape))
-                return maml_fail(err, "step %ld: output '%s' missing or mis-shaped", t->step + 1,
-                                 in->name);
-            char what[300];
-            snprintf(what, sizeof what, "the update made '%.200s' NaN or Inf", in->name);
-            if (pass == 0 && !tensor_all_finite(out)) return nonfinite(t, what, err);
-            if (pass == 1)
-                memcpy(in->data, out->data,
-                       (size_t)shape_numel(in->shape) * tensor_dtype_size(in->dtype));
-        }
-    return 0;
 }
 
 static double output_scalar(const TensorSet *s, const char *name) {
@@ -488,9 +486,8 @@ static int run_step(Trainer *t, MamlError *err) {
     if (!isfinite(loss)) {
         char what[64];
         snprintf(what, sizeof what, "meta_loss is %s", isnan(loss) ? "NaN" : "Inf");
-        return nonfinite(t, what, err);
+        return nonfinite(t, t->step + 1, what, err);
     }
-    if (apply_update(t, err)) return -1;
     t->step++;
     t->data_rng = rng_after;
     t->r->meta_loss = loss;

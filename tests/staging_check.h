@@ -113,4 +113,68 @@ static void check_staging_misuse_is_refused(Backend *b, const GraphSpec *spec, c
     tensorset_free(&partial);
 }
 
+/* Three steps fed back by hand (each output bearing an input's name replaces that input) against
+ * the same steps with the state kept on a fresh backend b (backend_keep_state) while the inputs
+ * keep the first step's values: the other outputs and, at the end, backend_get_state give the
+ * same bits, each step's batch staged during the step before. */
+static void check_kept_state_matches_feedback_by_hand(Backend *b, Backend *plain,
+                                                      const GraphSpec *spec, const Graph *g) {
+    MamlError err;
+    TensorSet in, host, out, kept_out, state, raw, batch[3], unused;
+    cr_assert_eq(bench_inputs(spec, g, 7, &in, &err), 0, "%s", err.message);
+    with_batch_of(g, &in, &in, &host, &batch[0]);
+    for (int k = 1; k < 3; k++) {
+        cr_assert_eq(bench_inputs(spec, g, 7 + (uint64_t)k, &raw, &err), 0, "%s", err.message);
+        with_batch_of(g, &in, &raw, &unused, &batch[k]);
+        tensorset_free(&raw);
+        tensorset_free(&unused);
+    }
+    cr_assert_eq(backend_keep_state(b, &err), 0, "%s", err.message);
+    tensorset_init(&state);
+    cr_assert_eq(backend_get_state(b, &state, &err), 0, "%s", err.message);
+    cr_assert_eq(state.n, 0, "no state before the first run");
+    int fed_back = 0;
+    for (int k = 0; k < 3; k++) {
+        tensorset_init(&out);
+        tensorset_init(&kept_out);
+        for (int i = 0; i < batch[k].n; i++) {
+            const Tensor *t = &batch[k].items[i];
+            cr_assert(tensorset_add(&host, t->name, t->dtype, t->shape, t->data, &err));
+        }
+        cr_assert_eq(backend_run(plain, &host, &out, &err), 0, "%s", err.message);
+        cr_assert_eq(backend_launch(b, &in, &err), 0, "%s", err.message);
+        if (k < 2) cr_assert_eq(backend_stage(b, &batch[k + 1], &err), 0, "%s", err.message);
+        cr_assert_eq(backend_finish(b, &kept_out, &err), 0, "%s", err.message);
+        fed_back = 0;
+        for (int i = 0; i < out.n; i++) {
+            const Tensor *t = &out.items[i], *x = tensorset_find(&kept_out, t->name);
+            if (graph_find_input(g, t->name) >= 0) {
+                cr_assert_null(x, "%s: a fed-back output is not handed out", t->name);
+                cr_assert(tensorset_add(&host, t->name, t->dtype, t->shape, t->data, &err));
+                fed_back++;
+                continue;
+            }
+            cr_assert(x && !memcmp(x->data, t->data,
+                                   (size_t)shape_numel(t->shape) * tensor_dtype_size(t->dtype)),
+                      "%s: step %d output %s", b->name, k, t->name);
+        }
+        tensorset_free(&out);
+        tensorset_free(&kept_out);
+    }
+    cr_assert(fed_back > 0);
+    cr_assert_eq(backend_get_state(b, &state, &err), 0, "%s", err.message);
+    cr_assert_eq(state.n, fed_back);
+    for (int i = 0; i < state.n; i++) {
+        const Tensor *t = &state.items[i], *x = tensorset_find(&host, t->name);
+        cr_assert(x && x->dtype == t->dtype && shape_equal(x->shape, t->shape) &&
+                      !memcmp(x->data, t->data,
+                              (size_t)shape_numel(t->shape) * tensor_dtype_size(t->dtype)),
+                  "%s: state %s after 3 steps", b->name, t->name);
+    }
+    for (int k = 0; k < 3; k++) tensorset_free(&batch[k]);
+    tensorset_free(&in);
+    tensorset_free(&host);
+    tensorset_free(&state);
+}
+
 #endif

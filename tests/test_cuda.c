@@ -1627,7 +1627,7 @@ Test(fake_driver, captured_step_replays_with_new_inputs_and_matches_ref, .timeou
 /* Batches staged on the second stream while a step computes (backend_stage) give the bits of
  * plain runs: the fake driver runs each stream only when waited for, so a missing wait between the
  * batch copy and the step, or a slot rewritten too early, would show. */
-Test(fake_driver, staged_batches_give_the_bits_of_plain_runs_and_misuse_is_refused,
+Test(fake_driver, staged_batches_and_kept_state_give_the_bits_of_plain_runs_and_misuse_is_refused,
      .timeout = 600) {
     Rendered r;
     render_shipped(&r, "graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, true, false);
@@ -1636,10 +1636,16 @@ Test(fake_driver, staged_batches_give_the_bits_of_plain_runs_and_misuse_is_refus
     Backend *b = fake_cuda_open(&r);
     check_staged_runs_match_plain_runs(b, &r.spec, &r.raw);
     check_staging_misuse_is_refused(b, &r.spec, &r.raw);
+    Backend *kept = fake_cuda_open(&r);
+    check_kept_state_matches_feedback_by_hand(kept, b, &r.spec, &r.raw);
+    backend_close(kept);
     backend_close(b);
     setenv("MAMLC_CUDA_SYNC", "1", 1);
     b = fake_cuda_open(&r);
     check_staged_runs_match_plain_runs(b, &r.spec, &r.raw);
+    kept = fake_cuda_open(&r);
+    check_kept_state_matches_feedback_by_hand(kept, b, &r.spec, &r.raw);
+    backend_close(kept);
     backend_close(b);
     rendered_free(&r);
 }

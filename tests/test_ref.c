@@ -208,7 +208,7 @@ Test(ref, float32_mode_rounds_every_stored_value) {
 
 /* backend.c's launch / stage / finish bookkeeping, which the synchronous backends (ref, cpu) share,
  * on the sinusoid training step. */
-Test(ref, staged_batches_give_the_bits_of_plain_runs_and_misuse_is_refused) {
+Test(ref, staged_batches_and_kept_state_give_the_bits_of_plain_runs_and_misuse_is_refused) {
     GraphSpec spec = {0};
     Graph g;
     MamlError err;
@@ -219,6 +219,10 @@ Test(ref, staged_batches_give_the_bits_of_plain_runs_and_misuse_is_refused) {
     cr_assert_eq(backend_open("ref", &g, PREC_F32, &b, NULL, 0, &err), 0, "%s", err.message);
     check_staged_runs_match_plain_runs(b, &spec, &g);
     check_staging_misuse_is_refused(b, &spec, &g);
+    Backend *kept = NULL;
+    cr_assert_eq(backend_open("ref", &g, PREC_F32, &kept, NULL, 0, &err), 0, "%s", err.message);
+    check_kept_state_matches_feedback_by_hand(kept, b, &spec, &g);
+    backend_close(kept);
     backend_close(b);
     graph_free(&g);
     spec_free(&spec);
