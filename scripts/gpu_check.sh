@@ -319,6 +319,19 @@ for b in "${BENCHES[@]}"; do
     result "bench $name" "$(field "$f" step_ms_median) ms per step, $(field "$f" pipelined_ms) ms pipelined"
 done
 cat "$WORK/bench_table.txt"
+# ---- train: the training loop's own pace (batch staged during each step, state kept on the device),
+# beside the sinusoid bench's pipelined step above
+section "train: mamlc train graphs/sinusoid.yaml --backend $BACKEND, 3000 steps"
+timeout 120 "$MAMLC" train graphs/sinusoid.yaml --backend "$BACKEND" --steps 3000 --val-every 0 \
+    --out "$WORK/train_sinusoid" --progress lines >"$WORK/train.txt" 2>&1
+rc=$?
+tail -n 3 "$WORK/train.txt"
+if [ $rc = 0 ]; then
+    result "train sinusoid" "$(grep -o '[0-9.]* steps/s' "$WORK/train.txt" | tail -n 1)"
+else
+    result "train sinusoid" "FAIL: mamlc train exit status $rc"
+fi
+
 if [ "$BACKEND" = cuda ] && [ -n "$PYTHON" ]; then
     section "pytorch: examples/pytorch_seed_maml.py --device cuda, the seed's step side by side"
     for q in 1 15; do
