@@ -28,7 +28,7 @@ struct Backend {
     const Graph *graph; /* not owned: must outlive the backend */
     Precision prec;
     void *impl;
-    /* backend.c's bookkeeping for synchronous backends */
+    /* backend.c's bookkeeping; staged, running and held serve the synchronous backends only */
     bool launched;              /* between backend_launch and backend_finish */
     const TensorSet *inputs;    /* the launched run's */
     TensorSet staged, running;  /* batches for the next launch and for the launched run */
