@@ -589,6 +589,9 @@ static void cuda_destroy(Backend *b) {
         CudaDriver *d = &c->drv;
         if (d->ctx_retained) {
             d->cuCtxSetCurrent(d->ctx);
+            /* a staged batch may still be in flight: nothing it uses goes before it is done */
+            if (c->copy_stream) d->cuStreamSynchronize(c->copy_stream);
+            if (c->stream) d->cuStreamSynchronize(c->stream);
             destroy_graphs(c);
             cuda_conv_close(c->convs); /* before the stream its handle issues work on */
             for (int i = 0; i < 2; i++) {

@@ -113,6 +113,18 @@ static void check_staging_misuse_is_refused(Backend *b, const GraphSpec *spec, c
     tensorset_free(&partial);
 }
 
+/* Stages a batch and leaves it in flight: closing the backend next must still be clean. */
+static void stage_and_leave(Backend *b, const GraphSpec *spec, const Graph *g) {
+    MamlError err;
+    TensorSet in, full, batch;
+    cr_assert_eq(bench_inputs(spec, g, 11, &in, &err), 0, "%s", err.message);
+    with_batch_of(g, &in, &in, &full, &batch);
+    cr_assert_eq(backend_stage(b, &batch, &err), 0, "%s", err.message);
+    tensorset_free(&in);
+    tensorset_free(&full);
+    tensorset_free(&batch);
+}
+
 /* Three steps fed back by hand (each output bearing an input's name replaces that input) against
  * the same steps with the state kept on a fresh backend b (backend_keep_state) while the inputs
  * keep the first step's values: the other outputs and, at the end, backend_get_state give the

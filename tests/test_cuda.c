@@ -1639,6 +1639,7 @@ Test(fake_driver, staged_batches_and_kept_state_give_the_bits_of_plain_runs_and_
     Backend *kept = fake_cuda_open(&r);
     check_kept_state_matches_feedback_by_hand(kept, b, &r.spec, &r.raw);
     backend_close(kept);
+    stage_and_leave(b, &r.spec, &r.raw);
     backend_close(b);
     setenv("MAMLC_CUDA_SYNC", "1", 1);
     b = fake_cuda_open(&r);

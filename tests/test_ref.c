@@ -223,6 +223,7 @@ Test(ref, staged_batches_and_kept_state_give_the_bits_of_plain_runs_and_misuse_i
     cr_assert_eq(backend_open("ref", &g, PREC_F32, &kept, NULL, 0, &err), 0, "%s", err.message);
     check_kept_state_matches_feedback_by_hand(kept, b, &spec, &g);
     backend_close(kept);
+    stage_and_leave(b, &spec, &g);
     backend_close(b);
     graph_free(&g);
     spec_free(&spec);
