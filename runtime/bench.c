@@ -245,7 +245,10 @@ static int time_pipelined(Backend *b, const TensorSet *inputs, int n, double *ms
     int rc = batch_of(b->graph, inputs, &batch, err);
     double t0 = bench_now_ms();
     for (int i = 0; rc == 0 && i < n; i++) {
-        if (backend_launch(b, inputs, err)) return -1;
+        if (backend_launch(b, inputs, err)) {
+            rc = -1;
+            break;
+        }
         if (i + 1 < n) rc = backend_stage(b, &batch, err);
         MamlError finish_err; /* a launched step is always finished */
         int finished = backend_finish(b, &outputs, rc ? &finish_err : err);
