@@ -12,7 +12,7 @@ int cli_take_backend_flag(int argc, char **argv, int *i, BackendFlags *f) {
     }
     if (strcmp(argv[*i], "--conv") != 0) return 0;
     if (*i + 1 >= argc) {
-        cli_error("--conv needs a value: generated, cudnn or auto");
+        cli_error("--conv needs a value: generated, cudnn, auto or tensor");
         return -1;
     }
     f->conv = argv[++*i];
@@ -30,8 +30,8 @@ int cli_apply_backend_flags(const char *cmd, const BackendFlags *f, const char *
     }
     bool cuda_possible = !backend || strcmp(backend, "cuda") == 0 || strcmp(backend, "auto") == 0;
     if (!cuda_possible && mode != CUDA_CONV_GENERATED) {
-        cli_error("%s: --conv %s needs --backend cuda or auto (backend %s runs no cuDNN)", cmd,
-                  f->conv, backend);
+        cli_error("%s: --conv %s needs --backend cuda or auto (backend %s has no such lowering)",
+                  cmd, f->conv, backend);
         return -1;
     }
     if (!cuda_possible && f->require_cache) {

@@ -23,9 +23,9 @@ typedef struct {
 } BenchArgs;
 
 #define USAGE                                                                                      \
-    "usage: mamlc bench GRAPH.yaml [--backend cpu|ref|cuda|auto] [--conv generated|cudnn|auto] "   \
-    "[--require-cache] [--json] [--no-fuse] [--reps N] [--warmup N] [--kernel-reps N] [--top N] "  \
-    "[--seed S] [--set K=V]"
+    "usage: mamlc bench GRAPH.yaml [--backend cpu|ref|cuda|auto] "                                 \
+    "[--conv generated|cudnn|auto|tensor] [--require-cache] [--json] [--no-fuse] [--reps N] "      \
+    "[--warmup N] [--kernel-reps N] [--top N] [--seed S] [--set K=V]"
 
 /* Parses the value of an integer option into *v (>= lo). */
 static int int_value(const char *opt, const char *text, int lo, int *v) {

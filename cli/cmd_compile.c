@@ -13,14 +13,14 @@
 #include "pipeline.h"
 
 typedef struct {
-    const char *graph, *out_dir, *backend;
+    const char *graph, *out_dir, *backend, *conv;
     bool dot, json, no_fuse, no_cc;
     Overrides overrides;
 } CompileArgs;
 
 #define USAGE                                                                                      \
-    "usage: mamlc compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--json] [--no-fuse] [--no-cc] "  \
-    "[--dot] [--set K=V]"
+    "usage: mamlc compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--conv generated|tensor] "       \
+    "[--json] [--no-fuse] [--no-cc] [--dot] [--set K=V]"
 
 static int parse_flag(const char *arg, CompileArgs *a) {
     if (strcmp(arg, "--dot") == 0)
@@ -47,6 +47,8 @@ static int parse_args(int argc, char **argv, CompileArgs *a) {
             a->out_dir = argv[++i];
         else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc)
             a->backend = argv[++i];
+        else if (strcmp(argv[i], "--conv") == 0 && i + 1 < argc)
+            a->conv = argv[++i];
         else if (argv[i][0] != '-' && !a->graph)
             a->graph = argv[i];
         else {
@@ -60,6 +62,13 @@ static int parse_args(int argc, char **argv, CompileArgs *a) {
     }
     if (strcmp(a->backend, "cpu") != 0 && strcmp(a->backend, "cuda") != 0) {
         cli_error("compile: unknown backend '%s' (expected cpu or cuda)", a->backend);
+        return -1;
+    }
+    /* cudnn and auto choose at run time, so the rendered kernels.cu is generated's */
+    if (a->conv && strcmp(a->conv, "generated") != 0 &&
+        (strcmp(a->conv, "tensor") != 0 || strcmp(a->backend, "cuda") != 0)) {
+        cli_error("compile: --conv must be generated or tensor, with --backend cuda (not '%s')",
+                  a->conv);
         return -1;
     }
     return 0;
@@ -132,8 +141,9 @@ static int compile_kernels(const CompileArgs *a, const GraphSpec *spec, const Gr
     MamlError cc_err;
     int cc_rc = cpu && !a->no_cc ? build_object(raw, cg, &info, &b, &cc_err) : 0;
     const CompiledGraph *c = b ? cpu_backend_compiled(b) : cg;
+    CodegenOptions co = {.source = a->graph, .tensor_convs = a->conv && !strcmp(a->conv, "tensor")};
     int rc = cpu ? pipeline_write_dir(c, &info, a->out_dir, err)
-                 : codegen_write_cuda_dir(&c->graph, a->out_dir, a->graph, false, NULL, err);
+                 : codegen_write_cuda_dir(&c->graph, a->out_dir, &co, NULL, err);
     if (rc == 0) print_summary(a, c, &info, true);
     backend_close(b);
     if (rc == 0 && cc_rc) {

@@ -15,7 +15,8 @@
 
 #define EVAL_USAGE                                                                                 \
     "usage: mamlc eval GRAPH.yaml --checkpoint C.safetensors [--data DIR] [--tasks N]\n"           \
-    "        [--backend auto|cuda|cpu|ref] [--conv generated|cudnn|auto] [--require-cache]\n"      \
+    "        [--backend auto|cuda|cpu|ref] [--conv generated|cudnn|auto|tensor]\n"                 \
+    "        [--require-cache]\n"                                                                  \
     "        [--tasks-per-run N] [--seed S] [--set KEY=VALUE ...]"
 
 typedef struct {

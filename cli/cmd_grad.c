@@ -48,8 +48,9 @@ static int parse_args(int argc, char **argv, GradArgs *a) {
     }
     if (!a->graph || !a->params || !a->batch || !a->out) {
         cli_error("usage: mamlc grad GRAPH.yaml --params P.safetensors --batch B.safetensors "
-                  "--out G.safetensors [--backend ref|cpu|cuda|auto] [--conv generated|cudnn|auto] "
-                  "[--require-cache] [--dtype f32|f64] [--set K=V]");
+                  "--out G.safetensors [--backend ref|cpu|cuda|auto] "
+                  "[--conv generated|cudnn|auto|tensor] [--require-cache] [--dtype f32|f64] "
+                  "[--set K=V]");
         return -1;
     }
     if (strcmp(a->dtype, "f32") != 0 && strcmp(a->dtype, "f64") != 0) {

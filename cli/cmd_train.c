@@ -10,8 +10,8 @@
 
 #define TRAIN_USAGE                                                                                \
     "usage: mamlc train GRAPH.yaml [--data DIR] [--steps N] [--backend auto|cuda|cpu|ref]\n"       \
-    "        [--conv generated|cudnn|auto] [--require-cache] [--out RUN_DIR] [--resume] "          \
-    "[--val-every N] [--val-tasks N] [--ckpt-every N]\n"                                           \
+    "        [--conv generated|cudnn|auto|tensor] [--require-cache] [--out RUN_DIR] [--resume]\n"  \
+    "        [--val-every N] [--val-tasks N] [--ckpt-every N]\n"                                   \
     "        [--seed S] [--time-limit SECONDS] [--progress auto|bar|lines|quiet]\n"                \
     "        [--set KEY=VALUE ...]"
 

@@ -14,24 +14,24 @@ typedef struct {
 static const Command commands[] = {
     {"check", cmd_check, "check GRAPH.yaml [--set KEY=VALUE ...]"},
     {"compile", cmd_compile,
-     "compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--json] [--no-fuse] [--no-cc] [--dot]\n"
-     "        [--set KEY=VALUE ...]"},
+     "compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--conv generated|tensor] [--json]\n"
+     "        [--no-fuse] [--no-cc] [--dot] [--set KEY=VALUE ...]"},
     {"grad", cmd_grad,
      "grad GRAPH.yaml --params P.safetensors --batch B.safetensors --out G.safetensors\n"
-     "        [--backend ref|cpu|cuda|auto] [--conv generated|cudnn|auto] [--require-cache]\n"
-     "        [--dtype f32|f64] [--set KEY=VALUE ...]"},
+     "        [--backend ref|cpu|cuda|auto] [--conv generated|cudnn|auto|tensor]\n"
+     "        [--require-cache] [--dtype f32|f64] [--set KEY=VALUE ...]"},
     {"train", cmd_train,
      "train GRAPH.yaml [--data DIR] [--steps N] [--backend auto|cuda|cpu|ref] [--out RUN_DIR]\n"
-     "        [--conv generated|cudnn|auto] [--require-cache]\n"
+     "        [--conv generated|cudnn|auto|tensor] [--require-cache]\n"
      "        [--resume] [--val-every N] [--val-tasks N] [--ckpt-every N] [--seed S]\n"
      "        [--time-limit SECONDS] [--progress auto|bar|lines|quiet] [--set KEY=VALUE ...]"},
     {"eval", cmd_eval,
      "eval GRAPH.yaml --checkpoint C.safetensors [--data DIR] [--tasks N] [--backend ...]\n"
-     "        [--conv generated|cudnn|auto] [--require-cache]\n"
+     "        [--conv generated|cudnn|auto|tensor] [--require-cache]\n"
      "        [--tasks-per-run N] [--seed S] [--set KEY=VALUE ...]"},
     {"plot", cmd_plot, "plot RUN_DIR [-o FILE.svg]"},
     {"bench", cmd_bench,
-     "bench GRAPH.yaml [--backend cpu|ref|cuda|auto] [--conv generated|cudnn|auto] "
+     "bench GRAPH.yaml [--backend cpu|ref|cuda|auto] [--conv generated|cudnn|auto|tensor] "
      "[--require-cache]\n"
      "        [--json] [--no-fuse] [--reps N] [--warmup N]\n"
      "        [--kernel-reps N] [--top N] [--seed S] [--set KEY=VALUE ...]"},

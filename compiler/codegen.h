@@ -14,6 +14,10 @@
 typedef struct {
     bool f64;           /* typedef double real (else float); must match the plan's elem_size */
     const char *source; /* what the program was compiled from, for the header comment */
+    /* CUDA only (--conv tensor): float32 convolution-family kernels large enough to pay run as
+     * implicit GEMMs on tensor cores in 3xTF32 (templates/cuda/conv_mma.cu.tmpl; compute
+     * capability 8.0 or newer); the others keep the direct templates. */
+    bool tensor_convs;
 } CodegenOptions;
 
 /* Renders p to one C file (templates/c/): a static function per kernel taking the arena base,
@@ -52,7 +56,8 @@ typedef struct {
 } CudaFunction;
 
 /* The layout of a rendered program: text [0, header_end) describes the program, [header_end,
- * prelude_end) is the prelude every function needs (it depends only on the real type), then the
+ * prelude_end) is the prelude every function needs (it depends only on the real type and on
+ * CodegenOptions.tensor_convs), then the
  * functions. A piece made of the prelude and any subset of the functions compiles on its own. */
 typedef struct {
     CudaLaunch *launches;    /* p->n_kernels entries */
@@ -78,10 +83,10 @@ typedef struct {
     double seconds; /* lowering, planning and rendering (not NVRTC) */
 } CudaCompileSummary;
 
-/* `mamlc compile --backend cuda`: lowers g with fusion, plans it for f32 (or f64) and writes
- * DIR/kernels.cu, DIR/plan.json and DIR/report.txt (with each kernel's launch). summary may be
- * NULL. */
-int codegen_write_cuda_dir(const Graph *g, const char *dir, const char *source, bool f64,
+/* `mamlc compile --backend cuda`: lowers g with fusion, plans it for f32 (or f64, opt->f64) and
+ * writes DIR/kernels.cu (rendered with opt), DIR/plan.json and DIR/report.txt (with each kernel's
+ * launch). summary may be NULL. */
+int codegen_write_cuda_dir(const Graph *g, const char *dir, const CodegenOptions *opt,
                            CudaCompileSummary *summary, MamlError *err);
 
 #endif

@@ -12,6 +12,7 @@
 #define PROGRAM "cuda/program.cu.tmpl"
 #define LOOP "cuda/loop.cu.tmpl"
 #define OPS "cuda/ops.cu.tmpl"
+#define CONV_MMA "cuda/conv_mma.cu.tmpl"
 #define THREADS 256 /* every kernel's block (the templates' __launch_bounds__) */
 /* Blocks of a grid-stride launch: about 30 per SM of an H100, enough to fill it and to hide
  * memory latency, without launching millions of one-element blocks. */
@@ -596,9 +597,56 @@ static void pool_vars(const Kernel *k, Vars *vs, CudaLaunch *l) {
     set_launch(l, min64(ceil_div(points, THREADS), GRID_CAP), 1, 1);
 }
 
+/* ---- --conv tensor: the conv family as implicit GEMMs (conv_mma.cu.tmpl) ---- */
+
+#define MMA_BM 64 /* the GEMM rows of a block: every output (or input) channel of the seed */
+
+/* A conv kernel's per-task GEMM: rows, columns and depth. */
+static void conv_gemm(const KTemplate *t, KernelKind kind, int64_t *m, int64_t *n, int64_t *k) {
+    int64_t k2 = t->KH * t->KW;
+    if (kind == KERNEL_CONV2D)
+        *m = t->O, *n = t->N * t->HO * t->WO, *k = t->C * k2;
+    else if (kind == KERNEL_CONV2D_GRAD_INPUT)
+        *m = t->C, *n = t->N * t->H * t->W, *k = t->O * k2;
+    else
+        *m = t->O, *n = t->C * k2, *k = t->N * t->HO * t->WO;
+}
+
+/* Whether kernel k runs on tensor cores: float32, --conv tensor, and a GEMM whose tiles are not
+ * mostly padding (16 rows, 32 columns and 16 deep at least: the first layer's 3x3 single-channel
+ * taps stay direct). On success the columns per block (BN: 128, 64 or 32, the widest that still
+ * gives the GPU MIN_BLOCKS blocks) and the grid's x. */
+static bool plan_mma(const Cg *c, const Kernel *k, int64_t *bn, int64_t *gx) {
+    int64_t m, n, depth;
+    bool conv = k->kind == KERNEL_CONV2D || k->kind == KERNEL_CONV2D_GRAD_INPUT ||
+                k->kind == KERNEL_CONV2D_GRAD_WEIGHT;
+    if (!c->tensor_convs || c->m->elem_size != 4 || !conv) return false;
+    conv_gemm(&k->t, k->kind, &m, &n, &depth);
+    if (m < 16 || n < 32 || depth < 16 || m * n > INT32_MAX || m * depth > INT32_MAX ||
+        n * depth > INT32_MAX)
+        return false;
+    for (*bn = 128; *bn > 32; *bn /= 2)
+        if (ceil_div(m, MMA_BM) * ceil_div(n, *bn) * k->t.T >= MIN_BLOCKS) break;
+    *gx = ceil_div(m, MMA_BM) * ceil_div(n, *bn);
+    return true;
+}
+
+static int mma_vars(Cg *c, const Kernel *k, int64_t bn, int64_t gx, Vars *vs, CudaLaunch *l) {
+    conv_vars(k, vs);
+    var_i(vs, "BM", MMA_BM), var_i(vs, "BN", bn);
+    set_launch(l, gx, 1, k->t.T);
+    return grid_ok(c, k, gx, 1, k->t.T);
+}
+
 static int template_vars(Cg *c, const Kernel *k, Vars *vs, CudaLaunch *l, const char **file,
                          const char **section) {
     *section = "kernel";
+    int64_t bn, gx;
+    if (plan_mma(c, k, &bn, &gx)) {
+        *file = CONV_MMA;
+        *section = kernel_kind_name(k->kind);
+        return mma_vars(c, k, bn, gx, vs, l);
+    }
     switch (k->kind) {
     case KERNEL_CONV2D:
         *file = "cuda/conv2d.cu.tmpl";
@@ -753,6 +801,7 @@ static int render_program(Cg *c, const CodegenOptions *opt, StrBuf *out) {
     if (rc == 0) rc = render(c, PROGRAM, "header", &vs, false, out);
     c->code->header_end = out->len;
     if (rc == 0) rc = render(c, PROGRAM, "prelude", &vs, false, out);
+    if (rc == 0 && c->tensor_convs && !opt->f64) rc = render(c, CONV_MMA, "core", &vs, false, out);
     c->code->prelude_end = out->len;
     if (rc == 0) rc = emit_functions(c, &d, out);
     if (rc == 0) rc = render(c, PROGRAM, "epilogue", &vs, false, out);
@@ -788,7 +837,7 @@ int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m,
         return maml_fail(err, "CudaCode holds %d kernels, the program has %d", code->n_kernels,
                          p->n_kernels);
     code->n_functions = 0;
-    Cg c = {.g = g, .p = p, .m = m, .code = code, .err = err};
+    Cg c = {.g = g, .p = p, .m = m, .code = code, .tensor_convs = opt->tensor_convs, .err = err};
     templates_init(&c.tp);
     int rc = render_program(&c, opt, out);
     templates_free(&c.tp);
@@ -851,7 +900,7 @@ static int write_cuda_files(const char *dir, const Graph *g, const KernelProgram
     return close_checked(f, path, rc, err);
 }
 
-int codegen_write_cuda_dir(const Graph *g, const char *dir, const char *source, bool f64,
+int codegen_write_cuda_dir(const Graph *g, const char *dir, const CodegenOptions *opt,
                            CudaCompileSummary *summary, MamlError *err) {
     double t0 = seconds();
     KernelProgram p = {0}, unfused = {0};
@@ -859,12 +908,11 @@ int codegen_write_cuda_dir(const Graph *g, const char *dir, const char *source, 
     StrBuf src;
     sb_init(&src);
     CudaCode code = {0};
-    CodegenOptions opt = {.f64 = f64, .source = source};
     CudaCompileSummary s = {0};
     int rc = kernels_lower(g, true, &p, err);
-    if (rc == 0) rc = memplan_build(&p, f64 ? 8 : 4, &m, err);
+    if (rc == 0) rc = memplan_build(&p, opt->f64 ? 8 : 4, &m, err);
     if (rc == 0) rc = cuda_code_alloc(&code, p.n_kernels, err);
-    if (rc == 0) rc = codegen_cuda(g, &p, &m, &opt, &src, &code, err);
+    if (rc == 0) rc = codegen_cuda(g, &p, &m, opt, &src, &code, err);
     s.seconds = seconds() - t0;
     if (rc == 0) rc = kernels_lower(g, false, &unfused, err);
     if (rc == 0) {

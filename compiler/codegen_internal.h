@@ -37,6 +37,7 @@ typedef struct {
     const KernelProgram *p;
     const MemPlan *m;
     CudaCode *code;
+    bool tensor_convs; /* CodegenOptions.tensor_convs (CUDA) */
     MamlError *err;
 } Cg;
 

@@ -645,7 +645,9 @@ static int render(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precision
     po.f64 = prec == PREC_F64;
     if (compile_pipeline(g, &po, &c->cg, err)) return -1;
     if (cuda_code_alloc(&c->code, c->cg.prog.n_kernels, err)) return -1;
-    CodegenOptions co = {.f64 = po.f64, .source = "a graph (cuda backend)"};
+    CodegenOptions co = {.f64 = po.f64,
+                         .source = "a graph (cuda backend)",
+                         .tensor_convs = opt->conv == CUDA_CONV_TENSOR};
     return codegen_cuda(&c->cg.graph, &c->cg.prog, &c->cg.plan, &co, text, &c->code, err);
 }
 
@@ -658,7 +660,7 @@ static int launch_generated(void *ctx, int i, MamlError *err) {
  * auto times the generated kernels against cuDNN's calls). */
 static int open_convs(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
     c->info.conv = opt->conv;
-    if (opt->conv == CUDA_CONV_GENERATED) return 0;
+    if (!cuda_conv_uses_cudnn(opt->conv)) return 0;
     int n = c->code.n_kernels;
     c->function_of = maml_calloc((size_t)n + 1, sizeof *c->function_of, err);
     if (!c->function_of) return -1;
@@ -686,6 +688,11 @@ static int prepare(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precisio
     if (cuda_driver_open(d, device_ordinal(opt), err)) return -1;
     cuda_driver_describe(d, c->info.device, sizeof c->info.device);
     c->info.arch = cuda_driver_arch(d);
+    if (opt->conv == CUDA_CONV_TENSOR && c->info.arch < 80)
+        return maml_fail(err,
+                         "--conv tensor needs compute capability 8.0 or newer (tensor cores with "
+                         "TF32); %s is sm_%d",
+                         c->info.device, c->info.arch);
     device_peaks(d, &c->info);
     StrBuf text;
     sb_init(&text);

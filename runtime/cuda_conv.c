@@ -12,19 +12,24 @@
 #include "cuda_nvrtc.h"
 #include "template.h"
 
-static const char *const MODE_NAMES[] = {"generated", "cudnn", "auto"};
+static const char *const MODE_NAMES[] = {"generated", "cudnn", "auto", "tensor"};
 
 int cuda_conv_mode_parse(const char *s, CudaConvMode *mode, MamlError *err) {
-    for (int m = 0; m < 3; m++)
+    for (int m = 0; m <= CUDA_CONV_TENSOR; m++)
         if (s && strcmp(s, MODE_NAMES[m]) == 0) {
             *mode = (CudaConvMode)m;
             return 0;
         }
-    return maml_fail(err, "--conv must be generated, cudnn or auto, not '%.64s'", s ? s : "");
+    return maml_fail(err, "--conv must be generated, cudnn, auto or tensor, not '%.64s'",
+                     s ? s : "");
 }
 
 const char *cuda_conv_mode_name(CudaConvMode mode) {
-    return mode >= CUDA_CONV_GENERATED && mode <= CUDA_CONV_AUTO ? MODE_NAMES[mode] : "?";
+    return mode >= CUDA_CONV_GENERATED && mode <= CUDA_CONV_TENSOR ? MODE_NAMES[mode] : "?";
+}
+
+bool cuda_conv_uses_cudnn(CudaConvMode mode) {
+    return mode == CUDA_CONV_CUDNN || mode == CUDA_CONV_AUTO;
 }
 
 /* ---- the plan ---- */
@@ -567,7 +572,7 @@ static int open_cache(CudaConvLowering *l, MamlError *err) {
 
 int cuda_conv_open(const CudaConvSetup *s, CudaConvLowering **out, MamlError *err) {
     *out = NULL;
-    if (s->mode == CUDA_CONV_GENERATED) return 0;
+    if (!cuda_conv_uses_cudnn(s->mode)) return 0;
     CudaConvLowering *l = maml_calloc(1, sizeof *l, err);
     if (!l) return -1;
     l->s = *s;
@@ -621,7 +626,7 @@ int cuda_conv_enqueue(CudaConvLowering *l, int kernel, MamlError *err) {
 
 int cuda_conv_open(const CudaConvSetup *s, CudaConvLowering **out, MamlError *err) {
     *out = NULL;
-    if (s->mode == CUDA_CONV_GENERATED) return 0;
+    if (!cuda_conv_uses_cudnn(s->mode)) return 0;
     return maml_fail(err, "--conv %s: mamlc was built without the CUDA headers",
                      cuda_conv_mode_name(s->mode));
 }

@@ -31,11 +31,16 @@ typedef enum {
     CUDA_CONV_GENERATED, /* the generated kernels (the default) */
     CUDA_CONV_CUDNN,     /* cuDNN for every pure conv kernel; no loadable cuDNN is an error */
     CUDA_CONV_AUTO,      /* per kernel, the faster of the two, measured once and remembered */
+    CUDA_CONV_TENSOR,    /* the generated kernels, the conv family on tensor cores in 3xTF32
+                            (CodegenOptions.tensor_convs; compute capability 8.0 or newer) */
 } CudaConvMode;
 
-/* "generated", "cudnn" or "auto" -> mode; anything else fails with one line naming --conv. */
+/* "generated", "cudnn", "auto" or "tensor" -> mode; anything else fails with one line naming
+ * --conv. */
 int cuda_conv_mode_parse(const char *s, CudaConvMode *mode, MamlError *err);
 const char *cuda_conv_mode_name(CudaConvMode mode);
+/* Whether mode hands kernels to cuDNN (cudnn, auto); generated and tensor run only mamlc's own. */
+bool cuda_conv_uses_cudnn(CudaConvMode mode);
 
 /* ---- the plan (no device needed) ---- */
 

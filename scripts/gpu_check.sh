@@ -6,7 +6,8 @@
 #               1e-4 relative (or 3x the float32 reference's own error where that is larger)
 #   steps       10 training steps of every shipped graph, cuda against ref (build/gpu_compare steps;
 #               the 20-way graph, whose 5 second-order inner steps take ref minutes, against the cpu
-#               backend in float64, which the test suite holds to ref within 1e-12)
+#               backend in float64, which the test suite holds to ref within 1e-12); the seed also
+#               with --conv cudnn and --conv tensor, 5w1s with --conv tensor
 #   sanitizer   compute-sanitizer memcheck, synccheck and racecheck on one meta-gradient
 #   bench       `mamlc bench --backend cuda` on the shipped graphs, and the seed's slowest kernels
 #   pytorch     examples/pytorch_seed_maml.py --device cuda (q 1 and 15) against the bench figures
@@ -106,14 +107,18 @@ for gto in $STEP_GRAPHS; do
     ) &
     STEP_PIDS+=($!)
 done
-if [ "$BACKEND" = cuda ]; then # the seed's trajectory with the convolutions on cuDNN
+# the seed's trajectory with the convolutions on cuDNN, and on tensor cores (3xTF32)
+CONV_STEPS="cudnn:omniglot_seed tensor:omniglot_seed tensor:omniglot_5w1s"
+for cg in $CONV_STEPS; do
+    [ "$BACKEND" = cuda ] || break
+    IFS=: read -r conv g <<<"$cg"
     (
-        timeout 300 "$CMP" steps graphs/omniglot_seed.yaml --backend cuda --oracle ref \
-            --steps "$STEPS" --tasks 2 --conv cudnn >"$WORK/steps_seed_cudnn.txt" 2>&1
-        echo $? >"$WORK/steps_seed_cudnn.rc"
+        timeout 300 "$CMP" steps "graphs/$g.yaml" --backend cuda --oracle ref --steps "$STEPS" \
+            --tasks 2 --conv "$conv" >"$WORK/steps_${g}_$conv.txt" 2>&1
+        echo $? >"$WORK/steps_${g}_$conv.rc"
     ) &
     STEP_PIDS+=($!)
-fi
+done
 if [ "$BACKEND" = cuda ]; then # an experiment: the 5w1s trajectory without FMA contraction
     (
         MAMLC_NVRTC_FMAD=0 timeout 300 "$CMP" steps graphs/omniglot_5w1s.yaml --backend cuda \
@@ -184,9 +189,9 @@ else
 fi
 
 if [ "$BACKEND" = cuda ] && [ -n "$FIX" ]; then
-    section "conv: fixture so_T2_5w1s_q5_in1 with --conv cudnn and --conv auto"
+    section "conv: fixture so_T2_5w1s_q5_in1 with --conv cudnn, auto and tensor"
     n=so_T2_5w1s_q5_in1
-    for conv in cudnn auto; do
+    for conv in cudnn auto tensor; do
         if run_grad "$WORK/conv_$conv.safetensors" cuda params_p5_default $n --set maml.q_query=5 \
             --conv $conv && "$CMP" tensors "$WORK/conv_$conv.safetensors" \
             "$FIX/expected64_$n.safetensors" "$WORK/$n.ref32.safetensors" >"$WORK/conv_$conv.cmp"; then
@@ -265,14 +270,16 @@ for gto in $STEP_GRAPHS; do
     *) result "$STEPS steps $g" "FAIL: exit status $rc" ;;
     esac
 done
-if [ -f "$WORK/steps_seed_cudnn.rc" ]; then
-    echo "-- omniglot_seed with --conv cudnn"
-    grep -v " ok$" "$WORK/steps_seed_cudnn.txt"
-    worst=$(sed -n 's/.*worst error\/bound \(.*\)/\1/p' "$WORK/steps_seed_cudnn.txt")
-    if [ "$(cat "$WORK/steps_seed_cudnn.rc")" = 0 ]; then
-        result "$STEPS steps seed --conv cudnn" "ok (worst error/bound $worst)"
-    else result "$STEPS steps seed --conv cudnn" "FAIL (worst error/bound ${worst:-?})"; fi
-fi
+for cg in $CONV_STEPS; do
+    IFS=: read -r conv g <<<"$cg"
+    f=$WORK/steps_${g}_$conv
+    [ -f "$f.rc" ] || continue
+    echo "-- $g with --conv $conv"
+    grep -v " ok$" "$f.txt"
+    worst=$(sed -n 's/.*worst error\/bound \(.*\)/\1/p' "$f.txt")
+    if [ "$(cat "$f.rc")" = 0 ]; then result "$STEPS steps $g --conv $conv" "ok (worst error/bound $worst)"
+    else result "$STEPS steps $g --conv $conv" "FAIL (worst error/bound ${worst:-?})"; fi
+done
 if [ -f "$WORK/steps_5w1s_nofma.rc" ]; then
     echo "-- omniglot_5w1s with MAMLC_NVRTC_FMAD=0 (experiment: no FMA contraction)"
     grep -v " ok$" "$WORK/steps_5w1s_nofma.txt"
@@ -294,6 +301,10 @@ BENCHES=(
     "seed_q1_cudnn graphs/omniglot_seed.yaml --conv cudnn"
     "seed_q1_auto graphs/omniglot_seed.yaml --conv auto"
     "seed_q15_cudnn graphs/omniglot_seed.yaml --set maml.q_query=15 --conv cudnn"
+    "seed_q1_tensor graphs/omniglot_seed.yaml --conv tensor"
+    "seed_q15_tensor graphs/omniglot_seed.yaml --set maml.q_query=15 --conv tensor"
+    "5w1s_tensor graphs/omniglot_5w1s.yaml --conv tensor"
+    "20w1s_tensor graphs/omniglot_20w1s.yaml --conv tensor"
 )
 field() { sed -n "s/.*\"$2\": \([-0-9.e+]*\).*/\1/p" "$1" | head -n 1; }
 printf '%-16s %8s %10s %10s %10s %11s %12s\n' bench kernels "step ms" "piped ms" "GFLOP/s" "arena MiB" "images/s" >"$WORK/bench_table.txt"
@@ -350,9 +361,11 @@ fi
 if [ "$BACKEND" = cuda ]; then
     section "profile: the seed's slowest kernels"
     timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --top 20 || result profile "FAIL: gpu_compare profile failed"
-    section "profile: the seed with --conv cudnn"
-    timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --conv cudnn --top 10 ||
-        result "profile --conv cudnn" "FAIL: gpu_compare profile failed"
+    for conv in cudnn tensor; do
+        section "profile: the seed with --conv $conv"
+        timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --conv $conv --top 10 ||
+            result "profile --conv $conv" "FAIL: gpu_compare profile failed"
+    done
 fi
 
 finish

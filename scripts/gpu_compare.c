@@ -216,7 +216,7 @@ static int cmd_steps(int argc, char **argv) {
         fprintf(
             stderr,
             "usage: gpu_compare steps GRAPH.yaml [--backend cuda] [--oracle ref|cpu] [--steps 10] "
-            "[--tasks 2] [--conv generated|cudnn|auto] [--set K=V ...]\n");
+            "[--tasks 2] [--conv generated|cudnn|auto|tensor] [--set K=V ...]\n");
         return 2;
     }
     char batch[64];

@@ -240,6 +240,47 @@ template <class T> static inline T __shfl_xor_sync(unsigned mask, T v, int lane_
     return r;
 }
 
+static inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+namespace emu {
+static float mma_a[MAX_THREADS][4], mma_b[MAX_THREADS][2];
+}
+
+/* mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 as the PTX ISA lays its fragments out over
+ * the warp (g = lane / 4, q = lane % 4): a = A[g][q], A[g+8][q], A[g][q+4], A[g+8][q+4];
+ * b = B[q][g], B[q+4][g]; d = D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1]. Every lane posts
+ * its fragments, then each sums its own four results over k in float (products of TF32 values
+ * are exact in float; the hardware's summation order is unspecified). The low 13 bits of each
+ * operand are ignored, as the tensor cores ignore them. */
+static inline void mma_tf32(float d[4], const float a[4], const float b[2]) {
+    using namespace emu;
+    const int me = current, base = me & ~31, g = (me & 31) / 4, q = me % 4;
+    for (int r = 0; r < 4; r++) mma_a[me][r] = __uint_as_float(__float_as_uint(a[r]) & 0xffffe000u);
+    for (int r = 0; r < 2; r++) mma_b[me][r] = __uint_as_float(__float_as_uint(b[r]) & 0xffffe000u);
+    wait(WAIT_WARP);
+    for (int r = 0; r < 4; r++) {
+        const int row = g + r / 2 * 8, col = 2 * q + r % 2;
+        float s = d[r];
+        for (int k = 0; k < 8; k++) {
+            const float av = mma_a[base + row % 8 * 4 + k % 4][row / 8 + 2 * (k / 4)];
+            const float bv = mma_b[base + col * 4 + k % 4][k / 4];
+            s += av * bv;
+        }
+        d[r] = s;
+    }
+    wait(WAIT_WARP); /* every lane has read the fragments before any posts its next ones */
+}
+
 /* Round-to-nearest arithmetic that the GPU never contracts into an FMA; g++ in ISO mode
  * (-std=c++17) contracts nothing either. */
 static inline float __fadd_rn(float a, float b) { return a + b; }

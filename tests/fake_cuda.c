@@ -14,7 +14,8 @@
  * synchronisation, as a GPU's faults are. Async host copies must use pinned memory
  * (cuMemHostAlloc), and waits or synchronisations during a capture are refused.
  *
- * $MAMLC_FAKE_CUDA_MIB sets the device's memory (default 4096). Single-threaded, like mamlc's use.
+ * $MAMLC_FAKE_CUDA_MIB sets the device's memory (default 4096), $MAMLC_FAKE_CUDA_ARCH its compute
+ * capability (default 90: an H200's). Single-threaded, like mamlc's use.
  */
 #include <cuda.h>
 #include <dlfcn.h>
@@ -230,14 +231,19 @@ CUresult cuDeviceGet(CUdevice *device, int ordinal) {
     return ordinal == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
+static int fake_arch(void) {
+    const char *arch = getenv("MAMLC_FAKE_CUDA_ARCH");
+    return arch && *arch ? atoi(arch) : 90;
+}
+
 CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev) {
     (void)dev;
     switch (attrib) { /* an H200's figures */
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR:
-        *pi = 9;
+        *pi = fake_arch() / 10;
         break;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR:
-        *pi = 0;
+        *pi = fake_arch() % 10;
         break;
     case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT:
         *pi = 132;

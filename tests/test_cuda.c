@@ -889,6 +889,7 @@ typedef struct {
     CompiledGraph cg;
     CudaCode code;
     StrBuf text;
+    bool tensor_convs; /* rendered with --conv tensor */
 } Rendered;
 
 static void render_graph(Rendered *r, bool fuse, bool f64) {
@@ -899,16 +900,18 @@ static void render_graph(Rendered *r, bool fuse, bool f64) {
     cr_assert_eq(compile_pipeline(&r->raw, &po, &r->cg, &err), 0, "%s", err.message);
     cr_assert_eq(cuda_code_alloc(&r->code, r->cg.prog.n_kernels, &err), 0, "%s", err.message);
     sb_init(&r->text);
-    CodegenOptions co = {.f64 = f64, .source = "a test"};
+    CodegenOptions co = {.f64 = f64, .source = "a test", .tensor_convs = r->tensor_convs};
     cr_assert_eq(
         codegen_cuda(&r->cg.graph, &r->cg.prog, &r->cg.plan, &co, &r->text, &r->code, &err), 0,
         "%s", err.message);
 }
 
-/* A shipped graph of the given kind for `tasks` tasks (maml.meta_batch set to match). */
-static void render_shipped(Rendered *r, const char *path, MamlGraphKind kind, int tasks, bool fuse,
-                           bool f64) {
+/* A shipped graph of the given kind for `tasks` tasks (maml.meta_batch set to match), its
+ * convolutions on tensor cores when tensor_convs. */
+static void render_shipped_as(Rendered *r, const char *path, MamlGraphKind kind, int tasks,
+                              bool fuse, bool f64, bool tensor_convs) {
     memset(r, 0, sizeof *r);
+    r->tensor_convs = tensor_convs;
     char set[64];
     snprintf(set, sizeof set, "maml.meta_batch=%d", tasks);
     const char *ov[1] = {set};
@@ -917,6 +920,22 @@ static void render_shipped(Rendered *r, const char *path, MamlGraphKind kind, in
     graph_init(&r->raw);
     cr_assert_eq(maml_build(&r->spec, kind, tasks, &r->raw, NULL, &err), 0, "%s", err.message);
     render_graph(r, fuse, f64);
+}
+
+static void render_shipped(Rendered *r, const char *path, MamlGraphKind kind, int tasks, bool fuse,
+                           bool f64) {
+    render_shipped_as(r, path, kind, tasks, fuse, f64, false);
+}
+
+/* Whether function fn of r was rendered from the tensor-core template (conv_mma.cu.tmpl). */
+static bool uses_tensor_cores(const Rendered *r, const CudaFunction *fn) {
+    return memmem(r->text.data + fn->begin, fn->end - fn->begin, "mma_gemm_tile<", 14) != NULL;
+}
+
+static int tensor_functions(const Rendered *r) {
+    int n = 0;
+    for (int f = 0; f < r->code.n_functions; f++) n += uses_tensor_cores(r, &r->code.functions[f]);
+    return n;
 }
 
 static void rendered_free(Rendered *r) {
@@ -997,8 +1016,8 @@ Test(cuda_codegen, compile_dir_writes_kernels_cu_plan_and_report) {
     const char *dir = temp_dir(0);
     MamlError err;
     CudaCompileSummary s;
-    cr_assert_eq(codegen_write_cuda_dir(&r.raw, dir, "graphs/sinusoid.yaml", false, &s, &err), 0,
-                 "%s", err.message);
+    CodegenOptions co = {.source = "graphs/sinusoid.yaml"};
+    cr_assert_eq(codegen_write_cuda_dir(&r.raw, dir, &co, &s, &err), 0, "%s", err.message);
     cr_assert(s.kernels > 0 && s.functions > 0 && s.functions <= s.kernels && s.source_bytes > 0);
     const char *files[] = {"kernels.cu", "plan.json", "report.txt"};
     for (int i = 0; i < 3; i++) {
@@ -1115,6 +1134,62 @@ Test(cuda_codegen, every_kernel_of_every_shipped_graph_compiles_for_sm90_and_sm8
             "from the cache, %d threads)",
             u.programs, u.kernels, u.code.n_functions, archs[a], im.ms, im.n_pieces, im.cached,
             im.threads);
+        cuda_images_free(&im);
+    }
+    nvrtc_close(n);
+    free(u.code.functions);
+    sb_free(&u.text);
+}
+
+/* --conv tensor: the tensor-core functions of every shipped graph (training step and evaluation at
+ * the shipped meta-batch, fused), with their prelude, for sm_90 and sm_80. */
+Test(cuda_codegen, tensor_core_kernels_of_every_shipped_graph_compile_without_warnings,
+     .timeout = 1200) {
+    FunctionUnion u;
+    memset(&u, 0, sizeof u);
+    sb_init(&u.text);
+    int tensor = 0;
+    for (int g = 0; g < 4; g++)
+        for (int kind = 0; kind < 2; kind++) {
+            GraphSpec spec;
+            memset(&spec, 0, sizeof spec);
+            MamlError err;
+            cr_assert_eq(spec_load(SHIPPED[g], NULL, 0, &spec, &err), 0, "%s", err.message);
+            int tasks = spec.maml.meta_batch;
+            spec_free(&spec);
+            Rendered r;
+            render_shipped_as(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP, tasks, true,
+                              false, true);
+            check_layout(&r, SHIPPED[g]);
+            /* keep only the tensor-core functions: the others are compiled by the test above */
+            int kept = 0;
+            for (int f = 0; f < r.code.n_functions; f++) {
+                const CudaFunction *fn = &r.code.functions[f];
+                if (uses_tensor_cores(&r, fn)) r.code.functions[kept++] = *fn;
+            }
+            r.code.n_functions = kept;
+            tensor += kept;
+            union_add(&u, &r);
+            rendered_free(&r);
+        }
+    cr_assert_gt(tensor, 0, "no shipped graph has a tensor-core kernel");
+    cr_assert(strstr(u.text.data, "mma.sync.aligned.m16n8k8"), "the prelude lacks the mma core");
+    Nvrtc *n = open_nvrtc_or_fail();
+    MamlError err;
+    KernelCache cache;
+    cr_assert_eq(kernel_cache_open(&cache, cuda_test_cache(), "cuda", false, &err), 0, "%s",
+                 err.message);
+    int archs[] = {90, 80};
+    for (int a = 0; a < 2; a++) {
+        NvrtcOptions o = {.arch = archs[a], .cache = &cache, .warnings_are_errors = true};
+        CudaImages im;
+        cr_assert_eq(cuda_compile_code(n, u.text.data, &u.code, &o, 0, &im, &err), 0, "sm_%d: %s",
+                     archs[a], err.message);
+        for (int p = 0; p < im.n_pieces; p++)
+            cr_assert_null(strstr(im.images[p].log, "warning"), "sm_%d: %s", archs[a],
+                           im.images[p].log);
+        cr_log_info("%d tensor-core functions: sm_%d in %.0f ms (%d pieces, %d from the cache)",
+                    u.code.n_functions, archs[a], im.ms, im.n_pieces, im.cached);
         cuda_images_free(&im);
     }
     nvrtc_close(n);
@@ -1471,9 +1546,10 @@ static void emu_compare_kernels(Rendered *r, const TensorSet *in, const char *la
 }
 
 static void emu_kernels_match_c(const char *path, MamlGraphKind kind, int tasks, bool fuse,
-                                bool f64) {
+                                bool f64, bool tensor_convs) {
     Rendered r;
-    render_shipped(&r, path, kind, tasks, fuse, f64);
+    render_shipped_as(&r, path, kind, tasks, fuse, f64, tensor_convs);
+    if (tensor_convs) cr_assert_gt(tensor_functions(&r), 0, "%s: no tensor-core kernel", path);
     TensorSet in;
     MamlError err;
     cr_assert_eq(bench_inputs(&r.spec, &r.raw, 7, &in, &err), 0, "%s", err.message);
@@ -1482,7 +1558,10 @@ static void emu_kernels_match_c(const char *path, MamlGraphKind kind, int tasks,
              kind == MAML_EVAL        ? "eval"
              : kind == MAML_META_GRAD ? "grad"
                                       : "train",
-             tasks, fuse ? "fused" : "unfused", f64 ? "f64" : "f32");
+             tasks, fuse ? "fused" : "unfused",
+             tensor_convs ? "f32 3xTF32"
+             : f64        ? "f64"
+                          : "f32");
     emu_compare_kernels(&r, &in, label);
     tensorset_free(&in);
     rendered_free(&r);
@@ -1511,6 +1590,7 @@ static void use_fake_driver(Rendered *const *rs, int n) {
 static Backend *fake_cuda_open(Rendered *r) {
     CudaOptions opt = cuda_default_options();
     opt.quiet = true;
+    opt.conv = r->tensor_convs ? CUDA_CONV_TENSOR : CUDA_CONV_GENERATED; /* renders r's kernels */
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/cuda", cuda_test_cache());
     opt.cache_dir = dir;
@@ -1886,25 +1966,31 @@ Test(cuda_emu, every_primitive_and_loop_strategy_matches_c_and_ref, .timeout = 6
 }
 
 Test(cuda_emu, seed_kernels_match_the_c_kernels, .timeout = 900) {
-    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 2, true, false);
-    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_EVAL, 2, true, false);
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 2, true, false, false);
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_EVAL, 2, true, false, false);
 }
 
 Test(cuda_emu, seed_unfused_and_f64_kernels_match_the_c_kernels, .timeout = 900) {
-    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 2, false, false);
-    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 1, true, true);
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 2, false, false, false);
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 1, true, true, false);
 }
 
 Test(cuda_emu, strided_and_wide_graph_kernels_match_the_c_kernels, .timeout = 900) {
     skip_under_sanitizers();
-    emu_kernels_match_c("graphs/omniglot_5w1s.yaml", MAML_TRAIN_STEP, 2, true, false);
-    emu_kernels_match_c("graphs/omniglot_20w1s.yaml", MAML_TRAIN_STEP, 1, true, false);
+    emu_kernels_match_c("graphs/omniglot_5w1s.yaml", MAML_TRAIN_STEP, 2, true, false, false);
+    emu_kernels_match_c("graphs/omniglot_20w1s.yaml", MAML_TRAIN_STEP, 1, true, false, false);
+}
+
+Test(cuda_emu, tensor_core_conv_kernels_match_the_c_kernels, .timeout = 900) {
+    skip_under_sanitizers();
+    emu_kernels_match_c("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, 2, true, false, true);
+    emu_kernels_match_c("graphs/omniglot_5w1s.yaml", MAML_TRAIN_STEP, 2, true, false, true);
 }
 
 Test(cuda_emu, sinusoid_kernels_match_the_c_kernels, .timeout = 600) {
-    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, true, false);
-    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, false, false);
-    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_EVAL, 4, true, false);
+    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, true, false, false);
+    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_TRAIN_STEP, 4, false, false, false);
+    emu_kernels_match_c("graphs/sinusoid.yaml", MAML_EVAL, 4, true, false, false);
 }
 
 /* Fills a float or double arena with values in [-1, 1) from a fixed sequence. */
@@ -2014,39 +2100,90 @@ static void read_fixture_set(const char *file, TensorSet *set) {
 /* The whole meta-gradient of the seed on PyTorch's fixtures, as gpu-check compares it on a GPU:
  * every tensor within 1e-4 of float64's result (the cuda backend's bound), or 3x the float32
  * reference's own error where that is larger. */
-static void emu_fixture(const char *params, const char *batch, int tasks, int q_query,
-                        const char *label) {
-    Rendered r;
-    memset(&r, 0, sizeof r);
+/* The seed's meta-gradient as PyTorch's fixtures computed it (inner lr 0.4), rendered for float32,
+ * and the fixture's parameters and batch as its inputs. */
+static void render_fixture(Rendered *r, TensorSet *in, const char *params, const char *batch,
+                           int tasks, int q_query, bool tensor_convs) {
+    memset(r, 0, sizeof *r);
+    r->tensor_convs = tensor_convs;
     char q[64];
     snprintf(q, sizeof q, "maml.q_query=%d", q_query);
     const char *ov[2] = {"maml.inner.lr=0.4", q};
     MamlError err;
-    cr_assert_eq(spec_load("graphs/omniglot_seed.yaml", ov, 2, &r.spec, &err), 0, "%s",
+    cr_assert_eq(spec_load("graphs/omniglot_seed.yaml", ov, 2, &r->spec, &err), 0, "%s",
                  err.message);
-    graph_init(&r.raw);
-    cr_assert_eq(maml_build(&r.spec, MAML_META_GRAD, tasks, &r.raw, NULL, &err), 0, "%s",
+    graph_init(&r->raw);
+    cr_assert_eq(maml_build(&r->spec, MAML_META_GRAD, tasks, &r->raw, NULL, &err), 0, "%s",
                  err.message);
-    render_graph(&r, true, false);
-    TensorSet in, b;
-    read_fixture_set(params, &in);
+    render_graph(r, true, false);
+    if (tensor_convs) cr_assert_gt(tensor_functions(r), 0, "%s: no tensor-core kernel", batch);
+    TensorSet b;
+    read_fixture_set(params, in);
     read_fixture_set(batch, &b);
     for (int i = 0; i < b.n; i++)
-        cr_assert(tensorset_add(&in, b.items[i].name, b.items[i].dtype, b.items[i].shape,
+        cr_assert(tensorset_add(in, b.items[i].name, b.items[i].dtype, b.items[i].shape,
                                 b.items[i].data, &err));
-    emu_matches_ref(&r, &in, label);
     tensorset_free(&b);
+}
+
+static void emu_fixture(const char *params, const char *batch, int tasks, int q_query,
+                        bool tensor_convs, const char *label) {
+    Rendered r;
+    TensorSet in;
+    render_fixture(&r, &in, params, batch, tasks, q_query, tensor_convs);
+    emu_matches_ref(&r, &in, label);
     tensorset_free(&in);
     rendered_free(&r);
 }
 
 Test(cuda_emu, seed_meta_gradient_on_pytorch_fixtures_matches_ref, .timeout = 900) {
     skip_under_sanitizers();
-    emu_fixture("params_p5_default.safetensors", "batch_so_T2_5w1s_q1_in1.safetensors", 2, 1,
+    emu_fixture("params_p5_default.safetensors", "batch_so_T2_5w1s_q1_in1.safetensors", 2, 1, false,
                 "fixture so_T2_5w1s_q1_in1");
-    emu_fixture("params_p5_default.safetensors", "batch_so_T2_5w1s_q5_in1.safetensors", 2, 5,
+    emu_fixture("params_p5_default.safetensors", "batch_so_T2_5w1s_q5_in1.safetensors", 2, 5, false,
                 "fixture so_T2_5w1s_q5_in1");
 }
+
+Test(cuda_emu, tensor_core_meta_gradient_on_pytorch_fixtures_matches_ref, .timeout = 900) {
+    skip_under_sanitizers();
+    emu_fixture("params_p5_default.safetensors", "batch_so_T2_5w1s_q5_in1.safetensors", 2, 5, true,
+                "fixture so_T2_5w1s_q5_in1, 3xTF32");
+}
+
+#if MAMLC_HAVE_CUDA
+/* --conv tensor through the cuda backend (it renders its own kernels.cu with tensor_convs, whose
+ * functions the fake driver finds in the emulation of the test's rendering), and its refusal on a
+ * device without TF32 tensor cores. */
+Test(fake_driver, tensor_core_convs_give_the_fixture_meta_gradient_and_need_sm80, .timeout = 900) {
+    skip_under_sanitizers();
+    Rendered r;
+    TensorSet in, got;
+    render_fixture(&r, &in, "params_p5_default.safetensors", "batch_so_T2_5w1s_q1_in1.safetensors",
+                   2, 1, true);
+    Rendered *rs[1] = {&r};
+    use_fake_driver(rs, 1);
+    Backend *b = fake_cuda_open(&r);
+    fake_run(b, &in, &got);
+    expect_matches_ref(&r, &in, &got,
+                       "fixture so_T2_5w1s_q1_in1, --conv tensor on the fake driver");
+    backend_close(b);
+    setenv("MAMLC_FAKE_CUDA_ARCH", "75", 1);
+    CudaOptions opt = cuda_default_options();
+    opt.quiet = true;
+    opt.conv = CUDA_CONV_TENSOR;
+    MamlError err;
+    b = NULL;
+    cr_assert_eq(cuda_backend_open(&r.raw, PREC_F32, &opt, &b, &err), -1);
+    unsetenv("MAMLC_FAKE_CUDA_ARCH");
+    cr_assert_null(b);
+    cr_assert(strstr(err.message, "--conv tensor needs compute capability 8.0") &&
+                  strstr(err.message, "sm_75") && !strchr(err.message, '\n'),
+              "%s", err.message);
+    tensorset_free(&got);
+    tensorset_free(&in);
+    rendered_free(&r);
+}
+#endif
 
 /* ---- the conv lowering (--conv, runtime/cuda_conv.h) ---- */
 
@@ -2077,9 +2214,9 @@ static void assert_usage_error(const char *args, const char *want) {
 }
 
 Test(cuda_conv, modes_parse_and_bad_flags_are_one_line_errors) {
-    const char *names[] = {"generated", "cudnn", "auto"};
+    const char *names[] = {"generated", "cudnn", "auto", "tensor"};
     MamlError err;
-    for (int m = 0; m < 3; m++) {
+    for (int m = 0; m < 4; m++) {
         CudaConvMode mode;
         cr_assert_eq(cuda_conv_mode_parse(names[m], &mode, &err), 0, "%s", err.message);
         cr_assert_eq((int)mode, m);
@@ -2098,13 +2235,15 @@ Test(cuda_conv, modes_parse_and_bad_flags_are_one_line_errors) {
                           "--out o --conv bogus"};
     for (int i = 0; i < 4; i++) {
         snprintf(args, sizeof args, cmds[i], g);
-        assert_usage_error(args, "--conv must be generated, cudnn or auto, not 'bogus'");
+        assert_usage_error(args, "--conv must be generated, cudnn, auto or tensor, not 'bogus'");
     }
     /* the flags change only the cuda backend: with cpu or ref they are refused, not ignored */
     snprintf(args, sizeof args, "bench %s --conv cudnn --backend cpu", g);
     assert_usage_error(args, "--conv cudnn needs --backend cuda or auto");
     snprintf(args, sizeof args, "train %s --backend ref --conv auto", g);
     assert_usage_error(args, "--conv auto needs --backend cuda or auto");
+    snprintf(args, sizeof args, "eval %s --checkpoint x --backend cpu --conv tensor", g);
+    assert_usage_error(args, "--conv tensor needs --backend cuda or auto");
     snprintf(args, sizeof args, "bench %s --backend cpu --require-cache", g);
     assert_usage_error(args, "--require-cache needs --backend cuda or auto");
     snprintf(args, sizeof args, "bench %s --conv", g);
