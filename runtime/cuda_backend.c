@@ -283,11 +283,12 @@ static int alloc_arena(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
         fprintf(stderr,
                 "mamlc: cuda: %s; memory plan: arena %.1f MiB (liveness bound %.1f MiB) + "
                 "%.1f MiB for two staged batches, %.1f MiB free on the device; %d kernels as %d "
-                "functions, NVRTC %.0f ms (%d of %d pieces from the cache)\n",
+                "functions%s, NVRTC %.0f ms (%d of %d pieces from the cache)\n",
                 c->info.device, mib(bytes), mib(c->cg.plan.lower_bound),
-                mib(2 * c->cg.plan.data_bytes), mib((long long)free_b),
-                c->code.n_kernels, c->code.n_functions, c->info.compile_ms, c->info.pieces_cached,
-                c->info.n_pieces);
+                mib(2 * c->cg.plan.data_bytes), mib((long long)free_b), c->code.n_kernels,
+                c->code.n_functions,
+                opt->conv == CUDA_CONV_TENSOR ? " (convolutions on tensor cores, 3xTF32)" : "",
+                c->info.compile_ms, c->info.pieces_cached, c->info.n_pieces);
     CUresult rc = d->cuMemAlloc(&c->arena, (size_t)bytes);
     if (rc == CUDA_SUCCESS) return 0;
     c->arena = 0;

@@ -128,7 +128,7 @@ typedef struct {
     int n_sets;
 } StepArgs;
 
-/* --conv MODE (generated, cudnn, auto): how the cuda backend runs the convolutions. */
+/* --conv MODE (generated, cudnn, auto, tensor): how the cuda backend runs the convolutions. */
 static int take_conv(const char *v, CudaConvMode *mode) {
     MamlError err;
     if (cuda_conv_mode_parse(v, mode, &err) == 0) return 0;

@@ -927,6 +927,17 @@ static void render_shipped(Rendered *r, const char *path, MamlGraphKind kind, in
     render_shipped_as(r, path, kind, tasks, fuse, f64, false);
 }
 
+/* maml.meta_batch of a shipped graph: the size its kernels are tiled for in a real step. */
+static int shipped_meta_batch(const char *path) {
+    GraphSpec spec;
+    memset(&spec, 0, sizeof spec);
+    MamlError err;
+    cr_assert_eq(spec_load(path, NULL, 0, &spec, &err), 0, "%s", err.message);
+    int tasks = spec.maml.meta_batch;
+    spec_free(&spec);
+    return tasks;
+}
+
 /* Whether function fn of r was rendered from the tensor-core template (conv_mma.cu.tmpl). */
 static bool uses_tensor_cores(const Rendered *r, const CudaFunction *fn) {
     return memmem(r->text.data + fn->begin, fn->end - fn->begin, "mma_gemm_tile<", 14) != NULL;
@@ -1087,27 +1098,9 @@ static Nvrtc *open_nvrtc_or_fail(void) {
     return n;
 }
 
-Test(cuda_codegen, every_kernel_of_every_shipped_graph_compiles_for_sm90_and_sm80_without_warnings,
-     .timeout = 1800) {
-    FunctionUnion u;
-    memset(&u, 0, sizeof u);
-    sb_init(&u.text);
-    for (int g = 0; g < 4; g++)
-        for (int kind = 0; kind < 2; kind++)
-            for (int fuse = 1; fuse >= 0; fuse--) {
-                Rendered r;
-                /* at the shipped meta-batch: the tilings depend on the sizes */
-                GraphSpec spec;
-                memset(&spec, 0, sizeof spec);
-                MamlError err;
-                cr_assert_eq(spec_load(SHIPPED[g], NULL, 0, &spec, &err), 0, "%s", err.message);
-                int tasks = spec.maml.meta_batch;
-                spec_free(&spec);
-                render_shipped(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP, tasks, fuse,
-                               false);
-                union_add(&u, &r);
-                rendered_free(&r);
-            }
+/* Compiles u's functions for sm_90 and sm_80 (through the test cache): CUBINs, no warnings. Frees
+ * u. */
+static void union_compiles_without_warnings(FunctionUnion *u, const char *what) {
     Nvrtc *n = open_nvrtc_or_fail();
     MamlError err;
     KernelCache cache;
@@ -1117,7 +1110,7 @@ Test(cuda_codegen, every_kernel_of_every_shipped_graph_compiles_for_sm90_and_sm8
     for (int a = 0; a < 2; a++) {
         NvrtcOptions o = {.arch = archs[a], .cache = &cache, .warnings_are_errors = true};
         CudaImages im;
-        int rc = cuda_compile_code(n, u.text.data, &u.code, &o, 0, &im, &err);
+        int rc = cuda_compile_code(n, u->text.data, &u->code, &o, 0, &im, &err);
         cr_assert_eq(rc, 0, "sm_%d: %s", archs[a], err.message);
         for (int p = 0; p < im.n_pieces; p++) {
             cr_assert(!im.images[p].ptx && im.images[p].size > 4 &&
@@ -1129,16 +1122,32 @@ Test(cuda_codegen, every_kernel_of_every_shipped_graph_compiles_for_sm90_and_sm8
             cr_assert_null(strstr(im.images[p].log, "warning"), "sm_%d: %s", archs[a],
                            im.images[p].log);
         }
-        cr_log_info(
-            "%d programs, %d kernels, %d distinct functions: sm_%d in %.0f ms (%d pieces, %d "
-            "from the cache, %d threads)",
-            u.programs, u.kernels, u.code.n_functions, archs[a], im.ms, im.n_pieces, im.cached,
-            im.threads);
+        cr_log_info("%s: %d programs, %d kernels, %d distinct functions: sm_%d in %.0f ms (%d "
+                    "pieces, %d from the cache, %d threads)",
+                    what, u->programs, u->kernels, u->code.n_functions, archs[a], im.ms,
+                    im.n_pieces, im.cached, im.threads);
         cuda_images_free(&im);
     }
     nvrtc_close(n);
-    free(u.code.functions);
-    sb_free(&u.text);
+    free(u->code.functions);
+    sb_free(&u->text);
+}
+
+Test(cuda_codegen, every_kernel_of_every_shipped_graph_compiles_for_sm90_and_sm80_without_warnings,
+     .timeout = 1800) {
+    FunctionUnion u;
+    memset(&u, 0, sizeof u);
+    sb_init(&u.text);
+    for (int g = 0; g < 4; g++)
+        for (int kind = 0; kind < 2; kind++)
+            for (int fuse = 1; fuse >= 0; fuse--) {
+                Rendered r;
+                render_shipped(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP,
+                               shipped_meta_batch(SHIPPED[g]), fuse, false);
+                union_add(&u, &r);
+                rendered_free(&r);
+            }
+    union_compiles_without_warnings(&u, "every shipped graph");
 }
 
 /* --conv tensor: the tensor-core functions of every shipped graph (training step and evaluation at
@@ -1148,53 +1157,24 @@ Test(cuda_codegen, tensor_core_kernels_of_every_shipped_graph_compile_without_wa
     FunctionUnion u;
     memset(&u, 0, sizeof u);
     sb_init(&u.text);
-    int tensor = 0;
     for (int g = 0; g < 4; g++)
         for (int kind = 0; kind < 2; kind++) {
-            GraphSpec spec;
-            memset(&spec, 0, sizeof spec);
-            MamlError err;
-            cr_assert_eq(spec_load(SHIPPED[g], NULL, 0, &spec, &err), 0, "%s", err.message);
-            int tasks = spec.maml.meta_batch;
-            spec_free(&spec);
             Rendered r;
-            render_shipped_as(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP, tasks, true,
-                              false, true);
+            render_shipped_as(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP,
+                              shipped_meta_batch(SHIPPED[g]), true, false, true);
             check_layout(&r, SHIPPED[g]);
             /* keep only the tensor-core functions: the others are compiled by the test above */
             int kept = 0;
-            for (int f = 0; f < r.code.n_functions; f++) {
-                const CudaFunction *fn = &r.code.functions[f];
-                if (uses_tensor_cores(&r, fn)) r.code.functions[kept++] = *fn;
-            }
+            for (int f = 0; f < r.code.n_functions; f++)
+                if (uses_tensor_cores(&r, &r.code.functions[f]))
+                    r.code.functions[kept++] = r.code.functions[f];
             r.code.n_functions = kept;
-            tensor += kept;
             union_add(&u, &r);
             rendered_free(&r);
         }
-    cr_assert_gt(tensor, 0, "no shipped graph has a tensor-core kernel");
+    cr_assert_gt(u.code.n_functions, 0, "no shipped graph has a tensor-core kernel");
     cr_assert(strstr(u.text.data, "mma.sync.aligned.m16n8k8"), "the prelude lacks the mma core");
-    Nvrtc *n = open_nvrtc_or_fail();
-    MamlError err;
-    KernelCache cache;
-    cr_assert_eq(kernel_cache_open(&cache, cuda_test_cache(), "cuda", false, &err), 0, "%s",
-                 err.message);
-    int archs[] = {90, 80};
-    for (int a = 0; a < 2; a++) {
-        NvrtcOptions o = {.arch = archs[a], .cache = &cache, .warnings_are_errors = true};
-        CudaImages im;
-        cr_assert_eq(cuda_compile_code(n, u.text.data, &u.code, &o, 0, &im, &err), 0, "sm_%d: %s",
-                     archs[a], err.message);
-        for (int p = 0; p < im.n_pieces; p++)
-            cr_assert_null(strstr(im.images[p].log, "warning"), "sm_%d: %s", archs[a],
-                           im.images[p].log);
-        cr_log_info("%d tensor-core functions: sm_%d in %.0f ms (%d pieces, %d from the cache)",
-                    u.code.n_functions, archs[a], im.ms, im.n_pieces, im.cached);
-        cuda_images_free(&im);
-    }
-    nvrtc_close(n);
-    free(u.code.functions);
-    sb_free(&u.text);
+    union_compiles_without_warnings(&u, "tensor-core functions");
 }
 
 /* The seed's training step as the backend compiles it: pieces in parallel, each through the cache.
@@ -2011,12 +1991,7 @@ static void fill_random(char *arena, size_t bytes, bool f64) {
  * uses), launched once by its first kernel on an arena of random values, against the C kernel on
  * the same arena. */
 static void emu_functions_match_c_at_size(const char *path, MamlGraphKind kind) {
-    GraphSpec spec;
-    memset(&spec, 0, sizeof spec);
-    MamlError err;
-    cr_assert_eq(spec_load(path, NULL, 0, &spec, &err), 0, "%s", err.message);
-    int tasks = spec.maml.meta_batch;
-    spec_free(&spec);
+    int tasks = shipped_meta_batch(path);
     Rendered r;
     render_shipped(&r, path, kind, tasks, true, false);
     char cu_path[1200], c_path[1200];
