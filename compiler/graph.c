@@ -472,3 +472,8 @@ int graph_find_input(const Graph *g, const char *name) {
         if (g->nodes[i].op == OP_INPUT && strcmp(g->nodes[i].name, name) == 0) return i;
     return -1;
 }
+
+bool graph_is_data_input(const Graph *g, const char *name) {
+    int node = graph_find_input(g, name);
+    return node >= 0 && g->nodes[node].input_kind == INPUT_DATA;
+}

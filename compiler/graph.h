@@ -159,6 +159,8 @@ int graph_add_output(Graph *g, const char *name, int node);
 int graph_find_output(const Graph *g, const char *name);
 /* Index of the INPUT node with this name, or -1. */
 int graph_find_input(const Graph *g, const char *name);
+/* Whether name is a data input (the task batch, INPUT_DATA) of g. */
+bool graph_is_data_input(const Graph *g, const char *name);
 
 /* Shape helpers. */
 Shape shape_make(int rank, const int64_t *dims);

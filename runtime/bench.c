@@ -229,8 +229,7 @@ static int batch_of(const Graph *g, const TensorSet *inputs, TensorSet *batch, M
     tensorset_init(batch);
     for (int i = 0; i < inputs->n; i++) {
         const Tensor *t = &inputs->items[i];
-        int node = graph_find_input(g, t->name);
-        if (node >= 0 && g->nodes[node].input_kind == INPUT_DATA &&
+        if (graph_is_data_input(g, t->name) &&
             !tensorset_add(batch, t->name, t->dtype, t->shape, t->data, err))
             return -1;
     }
