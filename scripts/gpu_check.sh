@@ -26,7 +26,7 @@
 # GPU_CHECK_SANITIZERS (default "memcheck synccheck racecheck") picks compute-sanitizer's tools
 # ("" for none); GPU_CHECK_PYTHON (default python3) runs the PyTorch side ("" to skip it).
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 LOG_DIR=${1:-${OUT:-build/gpu-check}}
 BACKEND=${GPU_CHECK_BACKEND:-cuda}
 STEPS=${GPU_CHECK_STEPS:-10}
