@@ -8,7 +8,8 @@
 #               the 20-way graph, whose 5 second-order inner steps take ref minutes, against the cpu
 #               backend in float64, which the test suite holds to ref within 1e-12); the seed also
 #               with --conv cudnn and --conv tensor, 5w1s with --conv tensor
-#   sanitizer   compute-sanitizer memcheck, synccheck and racecheck on one meta-gradient
+#   sanitizer   compute-sanitizer memcheck, synccheck and racecheck on one meta-gradient, and
+#               memcheck and racecheck on one omniglot_5w1s training step
 #   bench       `mamlc bench --backend cuda` on the shipped graphs, and the seed's slowest kernels
 #   pytorch     examples/pytorch_seed_maml.py --device cuda (q 1 and 15) against the bench figures
 # then a short table. Usage:
@@ -252,6 +253,24 @@ if [ "$BACKEND" = cuda ] && [ -n "$CS" ] && [ -n "$FIX" ]; then
     done
 elif [ "$BACKEND" = cuda ] && [ -n "$SANITIZERS" ]; then
     result sanitizers "skipped (no compute-sanitizer or no fixtures)"
+fi
+# omniglot_5w1s leaves ref's trajectory on the GPU only (see README): its own kernels (stride-2
+# convolutions, global average pooling, batch norm without scale), one training step under the
+# sanitizers that find races and bad accesses
+if [ "$BACKEND" = cuda ] && [ -n "$CS" ]; then
+    for tool in $SANITIZERS; do
+        [ "$tool" = synccheck ] && continue
+        section "compute-sanitizer --tool $tool on one omniglot_5w1s training step (at most 120s)"
+        MAMLC_CUDA_SYNC=1 timeout 120 "$CS" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+            "$CMP" steps graphs/omniglot_5w1s.yaml --backend cuda --oracle ref --steps 1 \
+            --tasks 2 2>&1 | tail -n 25
+        rc=${PIPESTATUS[0]}
+        case $rc in
+        0 | 1) result "sanitizer $tool 5w1s" "ok (no report; comparison exit $rc)" ;;
+        124) result "sanitizer $tool 5w1s" "not finished in 120s" ;;
+        *) result "sanitizer $tool 5w1s" "FAIL: exit status $rc (see the log)" ;;
+        esac
+    done
 fi
 
 # ---- steps: results -------------------------------------------------------------------------------
