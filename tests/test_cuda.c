@@ -949,6 +949,16 @@ static int tensor_functions(const Rendered *r) {
     return n;
 }
 
+/* Drops r's functions but the tensor-core ones (r's launches then name dropped functions: only
+ * for compiling the rest). */
+static void keep_tensor_functions(Rendered *r) {
+    int kept = 0;
+    for (int f = 0; f < r->code.n_functions; f++)
+        if (uses_tensor_cores(r, &r->code.functions[f]))
+            r->code.functions[kept++] = r->code.functions[f];
+    r->code.n_functions = kept;
+}
+
 static void rendered_free(Rendered *r) {
     sb_free(&r->text);
     cuda_code_free(&r->code);
@@ -1148,33 +1158,6 @@ Test(cuda_codegen, every_kernel_of_every_shipped_graph_compiles_for_sm90_and_sm8
                 rendered_free(&r);
             }
     union_compiles_without_warnings(&u, "every shipped graph");
-}
-
-/* --conv tensor: the tensor-core functions of every shipped graph (training step and evaluation at
- * the shipped meta-batch, fused), with their prelude, for sm_90 and sm_80. */
-Test(cuda_codegen, tensor_core_kernels_of_every_shipped_graph_compile_without_warnings,
-     .timeout = 1200) {
-    FunctionUnion u;
-    memset(&u, 0, sizeof u);
-    sb_init(&u.text);
-    for (int g = 0; g < 4; g++)
-        for (int kind = 0; kind < 2; kind++) {
-            Rendered r;
-            render_shipped_as(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP,
-                              shipped_meta_batch(SHIPPED[g]), true, false, true);
-            check_layout(&r, SHIPPED[g]);
-            /* keep only the tensor-core functions: the others are compiled by the test above */
-            int kept = 0;
-            for (int f = 0; f < r.code.n_functions; f++)
-                if (uses_tensor_cores(&r, &r.code.functions[f]))
-                    r.code.functions[kept++] = r.code.functions[f];
-            r.code.n_functions = kept;
-            union_add(&u, &r);
-            rendered_free(&r);
-        }
-    cr_assert_gt(u.code.n_functions, 0, "no shipped graph has a tensor-core kernel");
-    cr_assert(strstr(u.text.data, "mma.sync.aligned.m16n8k8"), "the prelude lacks the mma core");
-    union_compiles_without_warnings(&u, "tensor-core functions");
 }
 
 /* The seed's training step as the backend compiles it: pieces in parallel, each through the cache.
@@ -1838,6 +1821,32 @@ static void add_reductions(Graph *g) {
     out_node(g, "col_centered", g_sub(g, cols, g_broadcast(g, mean, cs)));
 }
 
+/* The convolution family at five kernel, stride and padding settings over 2 tasks of 3 images of
+ * c x 9 x 11, with o output channels; names carry `prefix`. */
+static void add_conv_ops(Graph *g, const char *prefix, int c, int o) {
+    static const int cfg[5][3] = {
+        {3, 1, 1}, {3, 2, 0}, {3, 2, 1}, {5, 1, 2}, {1, 1, 0}}; /* k, s, p */
+    Shape xs = SH(2, 3, c, 9, 11);
+    char name[64];
+    snprintf(name, sizeof name, "%sconv_x", prefix);
+    int x = g_input(g, name, INPUT_DATA, DT_REAL, xs);
+    for (int i = 0; i < 5; i++) {
+        int k = cfg[i][0], st = cfg[i][1], p = cfg[i][2];
+        Shape ws = SH(2, o, c, k, k);
+        int64_t ho = (9 + 2 * p - k) / st + 1, wo = (11 + 2 * p - k) / st + 1;
+        snprintf(name, sizeof name, "%sconv_w%d", prefix, i);
+        int w = g_input(g, name, INPUT_DATA, DT_REAL, ws);
+        snprintf(name, sizeof name, "%sconv_dy%d", prefix, i);
+        int dy = g_input(g, name, INPUT_DATA, DT_REAL, SH(2, 3, o, ho, wo));
+        snprintf(name, sizeof name, "%sconv2d_k%ds%dp%d", prefix, k, st, p);
+        out_node(g, name, g_conv2d(g, x, w, st, p));
+        snprintf(name, sizeof name, "%sconv2d_grad_input_k%ds%dp%d", prefix, k, st, p);
+        out_node(g, name, g_conv2d_grad_input(g, dy, w, xs, st, p));
+        snprintf(name, sizeof name, "%sconv2d_grad_weight_k%ds%dp%d", prefix, k, st, p);
+        out_node(g, name, g_conv2d_grad_weight(g, x, dy, ws, st, p));
+    }
+}
+
 static void add_template_ops(Graph *g) {
     int a = g_input(g, "mm_a", INPUT_DATA, DT_REAL, SH(3, 20, 37));
     int at = g_input(g, "mm_at", INPUT_DATA, DT_REAL, SH(3, 37, 20));
@@ -1847,26 +1856,7 @@ static void add_template_ops(Graph *g) {
     out_node(g, "matmul_ta", g_matmul(g, at, b, true, false));
     out_node(g, "matmul_tb", g_matmul(g, a, bt, false, true));
     out_node(g, "matmul_tab", g_matmul(g, at, bt, true, true));
-    static const int cfg[5][3] = {
-        {3, 1, 1}, {3, 2, 0}, {3, 2, 1}, {5, 1, 2}, {1, 1, 0}}; /* k, s, p */
-    Shape xs = SH(2, 3, 6, 9, 11);
-    int x = g_input(g, "conv_x", INPUT_DATA, DT_REAL, xs);
-    for (int i = 0; i < 5; i++) {
-        int k = cfg[i][0], st = cfg[i][1], p = cfg[i][2];
-        Shape ws = SH(2, 5, 6, k, k);
-        int64_t ho = (9 + 2 * p - k) / st + 1, wo = (11 + 2 * p - k) / st + 1;
-        char name[64];
-        snprintf(name, sizeof name, "conv_w%d", i);
-        int w = g_input(g, name, INPUT_DATA, DT_REAL, ws);
-        snprintf(name, sizeof name, "conv_dy%d", i);
-        int dy = g_input(g, name, INPUT_DATA, DT_REAL, SH(2, 3, 5, ho, wo));
-        snprintf(name, sizeof name, "conv2d_k%ds%dp%d", k, st, p);
-        out_node(g, name, g_conv2d(g, x, w, st, p));
-        snprintf(name, sizeof name, "conv2d_grad_input_k%ds%dp%d", k, st, p);
-        out_node(g, name, g_conv2d_grad_input(g, dy, w, xs, st, p));
-        snprintf(name, sizeof name, "conv2d_grad_weight_k%ds%dp%d", k, st, p);
-        out_node(g, name, g_conv2d_grad_weight(g, x, dy, ws, st, p));
-    }
+    add_conv_ops(g, "", 6, 5);
     static const int pools[2][2] = {{2, 2}, {3, 2}}; /* kernel, stride (3/2 overlaps) */
     int px = g_input(g, "pool_x", INPUT_DATA, DT_REAL, SH(2, 3, 7, 7));
     int pt = g_input(g, "pool_tie", INPUT_DATA, DT_REAL, SH(2, 3, 7, 7));
@@ -1938,6 +1928,61 @@ static void emu_primitives(bool fuse, bool f64) {
     tensorset_free(&in);
     rendered_free(&r);
 }
+
+/* --conv tensor on the convolution family at every kernel, stride and padding setting, with channel
+ * counts (20 in, 24 out) that fill tensor-core tiles only partly: every tile edge is exercised. */
+Test(cuda_emu, tensor_core_convolutions_at_every_setting_match_c_and_ref, .timeout = 600) {
+    Rendered r;
+    memset(&r, 0, sizeof r);
+    r.tensor_convs = true;
+    graph_init(&r.raw);
+    add_conv_ops(&r.raw, "tc_", 20, 24);
+    MamlError err;
+    cr_assert_eq(graph_status(&r.raw, &err), 0, "%s", err.message);
+    render_graph(&r, true, false);
+    /* all 15 but the 1x1 grad_weight, whose 20 columns would be mostly padding */
+    cr_assert_eq(tensor_functions(&r), 14, "%d tensor-core functions", tensor_functions(&r));
+    TensorSet in;
+    primitive_inputs(&r.raw, &in);
+    emu_compare_kernels(&r, &in, "convolutions, 3xTF32");
+    emu_matches_ref(&r, &in, "convolutions, 3xTF32");
+    tensorset_free(&in);
+    rendered_free(&r);
+}
+
+#if MAMLC_HAVE_CUDA
+/* --conv tensor: the tensor-core functions of every shipped graph (training step and evaluation at
+ * the shipped meta-batch, fused) and of the convolution settings above, with their prelude, for
+ * sm_90 and sm_80. */
+Test(cuda_codegen, tensor_core_kernels_of_every_shipped_graph_compile_without_warnings,
+     .timeout = 1200) {
+    FunctionUnion u;
+    memset(&u, 0, sizeof u);
+    sb_init(&u.text);
+    for (int g = 0; g < 4; g++)
+        for (int kind = 0; kind < 2; kind++) {
+            Rendered r;
+            render_shipped_as(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP,
+                              shipped_meta_batch(SHIPPED[g]), true, false, true);
+            check_layout(&r, SHIPPED[g]);
+            keep_tensor_functions(&r); /* the others are compiled by the test above */
+            union_add(&u, &r);
+            rendered_free(&r);
+        }
+    Rendered convs; /* and every kernel, stride and padding setting */
+    memset(&convs, 0, sizeof convs);
+    convs.tensor_convs = true;
+    graph_init(&convs.raw);
+    add_conv_ops(&convs.raw, "tc_", 20, 24);
+    render_graph(&convs, true, false);
+    keep_tensor_functions(&convs);
+    union_add(&u, &convs);
+    rendered_free(&convs);
+    cr_assert_gt(u.code.n_functions, 0, "no shipped graph has a tensor-core kernel");
+    cr_assert(strstr(u.text.data, "mma.sync.aligned.m16n8k8"), "the prelude lacks the mma core");
+    union_compiles_without_warnings(&u, "tensor-core functions");
+}
+#endif
 
 Test(cuda_emu, every_primitive_and_loop_strategy_matches_c_and_ref, .timeout = 600) {
     emu_primitives(true, false);
