@@ -600,6 +600,11 @@ static void pool_vars(const Kernel *k, Vars *vs, CudaLaunch *l) {
 /* ---- --conv tensor: the conv family as implicit GEMMs (conv_mma.cu.tmpl) ---- */
 
 #define MMA_BM 64 /* the GEMM rows of a block: every output (or input) channel of the seed */
+/* Blocks a tensor-core launch aims for: one per SM of an H100/H200. A wider tile issues fewer
+ * operand loads and index computations per tensor-core product (the kernels are issue-bound
+ * rather than math-bound), which is worth more than the second wave MIN_BLOCKS asks of the
+ * direct templates; 8 warps per block and two or more blocks per SM still hide latency. */
+#define MMA_MIN_BLOCKS 132
 
 /* A conv kernel's per-task GEMM: rows, columns and depth. */
 static void conv_gemm(const KTemplate *t, KernelKind kind, int64_t *m, int64_t *n, int64_t *k) {
@@ -615,7 +620,7 @@ static void conv_gemm(const KTemplate *t, KernelKind kind, int64_t *m, int64_t *
 /* Whether kernel k runs on tensor cores: float32, --conv tensor, and a GEMM whose tiles are not
  * mostly padding (16 rows, 32 columns and 16 deep at least: the first layer's 3x3 single-channel
  * taps stay direct). On success the columns per block (BN: 128, 64 or 32, the widest that still
- * gives the GPU MIN_BLOCKS blocks) and the grid's x. */
+ * gives the GPU MMA_MIN_BLOCKS blocks) and the grid's x. */
 static bool plan_mma(const Cg *c, const Kernel *k, int64_t *bn, int64_t *gx) {
     int64_t m, n, depth;
     bool conv = k->kind == KERNEL_CONV2D || k->kind == KERNEL_CONV2D_GRAD_INPUT ||
@@ -626,7 +631,7 @@ static bool plan_mma(const Cg *c, const Kernel *k, int64_t *bn, int64_t *gx) {
         n * depth > INT32_MAX)
         return false;
     for (*bn = 128; *bn > 32; *bn /= 2)
-        if (ceil_div(m, MMA_BM) * ceil_div(n, *bn) * k->t.T >= MIN_BLOCKS) break;
+        if (ceil_div(m, MMA_BM) * ceil_div(n, *bn) * k->t.T >= MMA_MIN_BLOCKS) break;
     *gx = ceil_div(m, MMA_BM) * ceil_div(n, *bn);
     return true;
 }

@@ -2035,10 +2035,13 @@ static void fill_random(char *arena, size_t bytes, bool f64) {
 /* Every function of a shipped graph at its shipped meta-batch (so with the tilings a real step
  * uses), launched once by its first kernel on an arena of random values, against the C kernel on
  * the same arena. */
-static void emu_functions_match_c_at_size(const char *path, MamlGraphKind kind) {
+static void emu_functions_match_c_at_size(const char *path, MamlGraphKind kind, bool tensor_convs) {
     int tasks = shipped_meta_batch(path);
     Rendered r;
-    render_shipped(&r, path, kind, tasks, true, false);
+    render_shipped_as(&r, path, kind, tasks, true, false, tensor_convs);
+    if (tensor_convs)
+        cr_assert(tensor_functions(&r) > 0 && strstr(r.text.data, "BN = 128"),
+                  "%s: no 128-column tensor-core tile at the shipped size", path);
     char cu_path[1200], c_path[1200];
     emu_build(&r, cu_path, sizeof cu_path);
     void *cu = dlopen(cu_path, RTLD_NOW | RTLD_LOCAL),
@@ -2101,12 +2104,18 @@ static void emu_functions_match_c_at_size(const char *path, MamlGraphKind kind) 
 
 Test(cuda_emu, seed_functions_at_the_shipped_size_match_the_c_kernels, .timeout = 1200) {
     skip_under_sanitizers();
-    emu_functions_match_c_at_size("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP);
+    emu_functions_match_c_at_size("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, false);
+}
+
+/* At the shipped meta-batch the tensor-core tiles are 128 and 32 columns wide (at 2 tasks, 32). */
+Test(cuda_emu, seed_tensor_core_functions_at_the_shipped_size_match_the_c_kernels, .timeout = 1200) {
+    skip_under_sanitizers();
+    emu_functions_match_c_at_size("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, true);
 }
 
 Test(cuda_emu, strided_functions_at_the_shipped_size_match_the_c_kernels, .timeout = 1200) {
     skip_under_sanitizers();
-    emu_functions_match_c_at_size("graphs/omniglot_5w1s.yaml", MAML_TRAIN_STEP);
+    emu_functions_match_c_at_size("graphs/omniglot_5w1s.yaml", MAML_TRAIN_STEP, false);
 }
 
 static void read_fixture_set(const char *file, TensorSet *set) {
