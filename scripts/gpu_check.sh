@@ -375,6 +375,9 @@ if [ "$BACKEND" = cuda ] && [ -n "$PYTHON" ]; then
         if [ $rc != 0 ]; then result "pytorch $name" "FAIL: exit status $rc"; continue; fi
         { echo "== pytorch $name"; cat "$WORK/torch_$name.json"; } >>"$LOG_DIR/bench.txt"
         result "pytorch $name" "$(field "$WORK/torch_$name.json" step_ms_median) ms per step; mamlc $(field "$WORK/torch_$name.json" speedup_mamlc_over_torch)x faster"
+        tensor=$WORK/bench_${name}_tensor.json
+        [ -f "$tensor" ] && result "pytorch $name, --conv tensor" "mamlc $(awk -v t="$(field "$WORK/torch_$name.json" step_ms_median)" \
+            -v m="$(field "$tensor" step_ms_median)" 'BEGIN { printf "%.1f", t / m }')x faster"
     done
 fi
 if [ "$BACKEND" = cuda ]; then
