@@ -722,17 +722,27 @@ static void lower_free(Lower *L) {
  * pass several maps read one activation: each pair reads the buffer twice and pays two launches.
  * A later kernel j joins an earlier kernel i (its body is appended, loads shared by local CSE,
  * its stores placed before i's root store) when both have the same loop space and reduce axes,
- * share a read, and j can run at i's place: no kernel from i up to j writes what j reads. */
+ * share a read or are both small, and j can run at i's place: no kernel from i up to j writes
+ * what j reads. Small kernels (the inner SGD step of each per-task batch-norm parameter and conv
+ * bias, their sums over tasks) cost a launch each and almost no memory traffic, so joining them
+ * saves launches even without a common read. */
 
 #define MERGE_MAX_REDUCES 4 /* accumulators of one kernel (registers; CUDA shared memory) */
 #define MERGE_MAX_OPS 256   /* keeps a merged body about the size of the larger fused ones */
 #define MERGE_MAX_BUFS 32   /* buffers of one kernel, well below the CUDA renderer's limit */
 #define MERGE_WINDOW 8      /* kernels j may move up: a longer move keeps its results live longer */
+#define MERGE_SMALL 65536   /* loop points of a launch-bound kernel (a GPU streams 256 KB in ~1 us) */
 
 static bool same_space(const Kernel *a, const Kernel *b) {
     if (a->kind != KERNEL_LOOP || b->kind != KERNEL_LOOP || a->rank != b->rank) return false;
     if (a->reduce_axes != b->reduce_axes) return false;
     return memcmp(a->dims, b->dims, (size_t)a->rank * sizeof a->dims[0]) == 0;
+}
+
+static bool small(const Kernel *k) {
+    int64_t points = 1;
+    for (int a = 0; a < k->rank; a++) points *= k->dims[a];
+    return points <= MERGE_SMALL;
 }
 
 static int count_reduces(const Kernel *k) {
@@ -777,7 +787,9 @@ static int merge_target(const KernelProgram *p, int j) {
     for (int i = j - 1; i >= 0 && i >= j - MERGE_WINDOW; i--) {
         const Kernel *ki = &p->kernels[i];
         if (feeds(ki, kj)) return -1;
-        if (same_space(ki, kj) && shares_read(ki, kj) && fits(ki, kj)) return i;
+        if (same_space(ki, kj) && (shares_read(ki, kj) || (small(ki) && small(kj))) &&
+            fits(ki, kj))
+            return i;
     }
     return -1;
 }

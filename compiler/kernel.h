@@ -146,7 +146,8 @@ typedef struct {
  * reductions take their elementwise prologue and epilogue; an elementwise graph output whose
  * consumers are all in one loop kernel is stored by that kernel too, and a loop kernel joins an
  * earlier one over the same loop space that reads a common buffer (sibling reductions, maps of
- * one input) when it may run there, and a reduction takes in the map just before it when it
+ * one input), or any earlier one over the same small loop space (launches that move almost no
+ * memory), when it may run there, and a reduction takes in the map just before it when it
  * reads the map's results only where the map writes them. Dead nodes are dropped. */
 int kernels_lower(const Graph *g, bool fuse, KernelProgram *out, MamlError *err);
 

@@ -739,6 +739,34 @@ Test(codegen, multi_output_kernels_keep_the_order) {
     }
 }
 
+/* Independent maps over one loop space, without a common read: small ones (each a launch that
+ * moves almost no memory, like the inner SGD step of every per-task batch-norm parameter) share a
+ * kernel; large ones keep their own, since joining them saves no memory traffic. */
+Test(codegen, small_independent_maps_share_a_kernel_and_large_ones_do_not) {
+    static const int64_t rows[2] = {32, 512}; /* 32 x 64 and 512 x 1024 points */
+    static const int64_t cols[2] = {64, 1024};
+    for (int size = 0; size < 2; size++) {
+        Graph g;
+        graph_init(&g);
+        Shape s = SHAPE(rows[size], cols[size]);
+        for (int i = 0; i < 3; i++) {
+            char name[16];
+            snprintf(name, sizeof name, "in%d", i);
+            int x = g_input(&g, name, INPUT_DATA, DT_REAL, s);
+            snprintf(name, sizeof name, "out%d", i);
+            out(&g, name, g_unary(&g, OP_EXP, x));
+        }
+        KernelProgram p;
+        MamlError err;
+        cr_assert_eq(kernels_lower(&g, true, &p, &err), 0, "%s", err.message);
+        cr_expect_eq(p.n_kernels, size == 0 ? 1 : 3, "%lld x %lld: %d kernels",
+                     (long long)rows[size], (long long)cols[size], p.n_kernels);
+        if (size == 0) cr_expect_eq(p.kernels[0].n_stores, 3, "one kernel stores all three");
+        kernel_program_free(&p);
+        graph_free(&g);
+    }
+}
+
 Test(codegen, generated_c_comes_from_templates) {
     Graph g;
     build_primitives(&g);
