@@ -731,7 +731,7 @@ static void lower_free(Lower *L) {
 #define MERGE_MAX_OPS 256   /* keeps a merged body about the size of the larger fused ones */
 #define MERGE_MAX_BUFS 32   /* buffers of one kernel, well below the CUDA renderer's limit */
 #define MERGE_WINDOW 8      /* kernels j may move up: a longer move keeps its results live longer */
-#define MERGE_SMALL 65536   /* loop points of a launch-bound kernel (a GPU streams 256 KB in ~1 us) */
+#define MERGE_SMALL 65536   /* loop points of a launch-bound kernel: 256 KB of floats */
 
 static bool same_space(const Kernel *a, const Kernel *b) {
     if (a->kind != KERNEL_LOOP || b->kind != KERNEL_LOOP || a->rank != b->rank) return false;
@@ -787,8 +787,7 @@ static int merge_target(const KernelProgram *p, int j) {
     for (int i = j - 1; i >= 0 && i >= j - MERGE_WINDOW; i--) {
         const Kernel *ki = &p->kernels[i];
         if (feeds(ki, kj)) return -1;
-        if (same_space(ki, kj) && (shares_read(ki, kj) || (small(ki) && small(kj))) &&
-            fits(ki, kj))
+        if (same_space(ki, kj) && (shares_read(ki, kj) || (small(ki) && small(kj))) && fits(ki, kj))
             return i;
     }
     return -1;
