@@ -43,7 +43,7 @@ $(BUILD)/libmamlc.a: $(LIB_OBJ)
 mamlc: $(CLI_OBJ) $(BUILD)/libmamlc.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libmamlc.a tests/test_util.h
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libmamlc.a $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libmamlc.a -lcriterion -lyaml -lminizip -lpng -lz $(LDLIBS)
 

@@ -510,9 +510,7 @@ static int render_program(Cg *c, const CodegenOptions *opt, StrBuf *out) {
     /* the convolution kernels share their register block, packing and Winograd code, rendered
      * once */
     for (int i = 0; i < p->n_kernels; i++) {
-        KernelKind kind = p->kernels[i].kind;
-        if (kind == KERNEL_CONV2D || kind == KERNEL_CONV2D_GRAD_INPUT ||
-            kind == KERNEL_CONV2D_GRAD_WEIGHT) {
+        if (kernel_is_conv(p->kernels[i].kind)) {
             if (render(c, "c/conv2d.c.tmpl", "support", NULL, false, out) ||
                 render(c, "c/winograd.c.tmpl", "support", NULL, false, out))
                 return -1;

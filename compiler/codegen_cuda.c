@@ -623,9 +623,7 @@ static void conv_gemm(const KTemplate *t, KernelKind kind, int64_t *m, int64_t *
  * gives the GPU MMA_MIN_BLOCKS blocks) and the grid's x. */
 static bool plan_mma(const Cg *c, const Kernel *k, int64_t *bn, int64_t *gx) {
     int64_t m, n, depth;
-    bool conv = k->kind == KERNEL_CONV2D || k->kind == KERNEL_CONV2D_GRAD_INPUT ||
-                k->kind == KERNEL_CONV2D_GRAD_WEIGHT;
-    if (!c->tensor_convs || c->m->elem_size != 4 || !conv) return false;
+    if (!c->tensor_convs || c->m->elem_size != 4 || !kernel_is_conv(k->kind)) return false;
     conv_gemm(&k->t, k->kind, &m, &n, &depth);
     if (m < 16 || n < 32 || depth < 16 || m * n > INT32_MAX || m * depth > INT32_MAX ||
         n * depth > INT32_MAX)

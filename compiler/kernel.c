@@ -1113,6 +1113,11 @@ void kernel_describe(const Graph *g, const Kernel *k, char *buf, int size) {
     }
 }
 
+bool kernel_is_conv(KernelKind kind) {
+    return kind == KERNEL_CONV2D || kind == KERNEL_CONV2D_GRAD_INPUT ||
+           kind == KERNEL_CONV2D_GRAD_WEIGHT;
+}
+
 const char *kernel_kind_name(KernelKind kind) {
     static const char *names[KERNEL_KIND_COUNT] = {
         "loop", "conv2d", "conv2d_grad_input", "conv2d_grad_weight",

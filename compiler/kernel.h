@@ -175,6 +175,9 @@ double kernel_bytes(const KernelProgram *p, const Kernel *k, int elem_size);
 /* A short description of the fused nodes, e.g. "mul+exp+reduce_sum" (truncated to size). */
 void kernel_describe(const Graph *g, const Kernel *k, char *buf, int size);
 
+/* Whether kind is one of the convolution family (forward, grad-input, grad-weight). */
+bool kernel_is_conv(KernelKind kind);
+
 const char *kernel_kind_name(KernelKind kind);
 const char *kop_name(KOpKind op);
 

@@ -34,10 +34,6 @@ bool cuda_conv_uses_cudnn(CudaConvMode mode) {
 
 /* ---- the plan ---- */
 
-static bool is_conv(KernelKind k) {
-    return k == KERNEL_CONV2D || k == KERNEL_CONV2D_GRAD_INPUT || k == KERNEL_CONV2D_GRAD_WEIGHT;
-}
-
 static bool refuse(char *why, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -68,7 +64,7 @@ bool conv_kernel_lowerable(const CompiledGraph *cg, int kernel, ConvShape *s, ch
                            size_t why_size) {
     const Kernel *k = &cg->prog.kernels[kernel];
     MamlError e;
-    if (!is_conv(k->kind)) return refuse(why, why_size, "%s is not a convolution", k->name);
+    if (!kernel_is_conv(k->kind)) return refuse(why, why_size, "%s is not a convolution", k->name);
     if (k->n_nodes != 1 || k->n_in != 2)
         return refuse(why, why_size, "%s fuses %d graph nodes (cuDNN computes a bare convolution)",
                       k->name, k->n_nodes);
@@ -100,7 +96,7 @@ int conv_plan_build(const CompiledGraph *cg, ConvPlan *out, MamlError *err) {
     out->items = maml_calloc((size_t)p->n_kernels + 1, sizeof *out->items, err);
     if (!out->items) return -1;
     for (int i = 0; i < p->n_kernels; i++) {
-        if (!is_conv(p->kernels[i].kind)) continue;
+        if (!kernel_is_conv(p->kernels[i].kind)) continue;
         out->n_conv++;
         ConvShape s;
         char why[sizeof out->first_refusal];

@@ -26,6 +26,7 @@
 #include "ref.h"
 #include "safetensors.h"
 #include "spec.h"
+#include "test_graphs.h"
 #include "test_util.h"
 
 /* ---- helpers ---- */
@@ -124,114 +125,60 @@ static void cpu_matches_ref(const Graph *g, const TensorSet *inputs, int fuse_on
 /* ---- every primitive on its own (each result is a graph output, so it has its own kernel),
  * plus a few chains that exercise fusion: softmax, a batch-norm style epilogue ---- */
 
-static void out(Graph *g, const char *name, int node) {
-    graph_add_output(g, name, node);
-}
-
 static void add_elementwise(Graph *g) {
     Shape s = SHAPE(2, 3, 4, 5);
     int x = g_input(g, "x", INPUT_DATA, DT_REAL, s), y = g_input(g, "y", INPUT_DATA, DT_REAL, s);
     int pos = g_input(g, "pos", INPUT_DATA, DT_REAL, s);
     int ta = g_input(g, "tie_a", INPUT_DATA, DT_REAL, s),
         tb = g_input(g, "tie_b", INPUT_DATA, DT_REAL, s);
-    out(g, "add", g_add(g, x, y));
-    out(g, "sub", g_sub(g, x, y));
-    out(g, "mul", g_mul(g, x, y));
-    out(g, "div", g_div(g, x, pos));
-    out(g, "neg", g_unary(g, OP_NEG, x));
-    out(g, "exp", g_unary(g, OP_EXP, x));
-    out(g, "log", g_unary(g, OP_LOG, pos));
-    out(g, "rsqrt", g_unary(g, OP_RSQRT, pos));
-    out(g, "sqrt", g_unary(g, OP_SQRT, pos));
-    out(g, "gt", g_gt(g, x, y));
-    out(g, "eq", g_eq(g, ta, tb));
-    out(g, "select", g_select(g, g_gt(g, x, y), x, y));
-    out(g, "reduce_sum_13", g_reduce(g, OP_REDUCE_SUM, x, 0xa));
-    out(g, "reduce_sum_all", g_reduce(g, OP_REDUCE_SUM, x, 0xf));
-    out(g, "reduce_max_02", g_reduce(g, OP_REDUCE_MAX, x, 0x5));
-    out(g, "reduce_max_3", g_reduce(g, OP_REDUCE_MAX, ta, 0x8));
+    out_node(g, "add", g_add(g, x, y));
+    out_node(g, "sub", g_sub(g, x, y));
+    out_node(g, "mul", g_mul(g, x, y));
+    out_node(g, "div", g_div(g, x, pos));
+    out_node(g, "neg", g_unary(g, OP_NEG, x));
+    out_node(g, "exp", g_unary(g, OP_EXP, x));
+    out_node(g, "log", g_unary(g, OP_LOG, pos));
+    out_node(g, "rsqrt", g_unary(g, OP_RSQRT, pos));
+    out_node(g, "sqrt", g_unary(g, OP_SQRT, pos));
+    out_node(g, "gt", g_gt(g, x, y));
+    out_node(g, "eq", g_eq(g, ta, tb));
+    out_node(g, "select", g_select(g, g_gt(g, x, y), x, y));
+    out_node(g, "reduce_sum_13", g_reduce(g, OP_REDUCE_SUM, x, 0xa));
+    out_node(g, "reduce_sum_all", g_reduce(g, OP_REDUCE_SUM, x, 0xf));
+    out_node(g, "reduce_max_02", g_reduce(g, OP_REDUCE_MAX, x, 0x5));
+    out_node(g, "reduce_max_3", g_reduce(g, OP_REDUCE_MAX, ta, 0x8));
     /* kept axes between reduced ones (the C renderer's interleaved loops): innermost reduced
      * (partial sums per run) and innermost kept (the accumulator array updated directly) */
-    out(g, "reduce_max_13", g_reduce(g, OP_REDUCE_MAX, ta, 0xa));
-    out(g, "reduce_sum_1", g_reduce(g, OP_REDUCE_SUM, x, 0x2));
-    out(g, "reduce_max_1", g_reduce(g, OP_REDUCE_MAX, ta, 0x2));
+    out_node(g, "reduce_max_13", g_reduce(g, OP_REDUCE_MAX, ta, 0xa));
+    out_node(g, "reduce_sum_1", g_reduce(g, OP_REDUCE_SUM, x, 0x2));
+    out_node(g, "reduce_max_1", g_reduce(g, OP_REDUCE_MAX, ta, 0x2));
     /* a sum over the leading axis that keeps a long innermost one: in blocks (the last short) */
     int cols = g_input(g, "cols", INPUT_DATA, DT_REAL, SHAPE(3, 1100));
-    out(g, "reduce_sum_columns", g_reduce(g, OP_REDUCE_SUM, cols, 0x1));
+    out_node(g, "reduce_sum_columns", g_reduce(g, OP_REDUCE_SUM, cols, 0x1));
     int b = g_input(g, "b", INPUT_DATA, DT_REAL, SHAPE(2, 1, 4, 1));
-    out(g, "broadcast", g_broadcast(g, b, s));
-    out(g, "reshape", g_reshape(g, x, SHAPE(6, 20)));
-    out(g, "permute", g_permute(g, x, (int[]){2, 0, 3, 1}));
-    out(g, "stop_grad", g_stop_grad(g, x));
-    out(g, "const", g_const(g, 1.5, SHAPE(2, 3)));
+    out_node(g, "broadcast", g_broadcast(g, b, s));
+    out_node(g, "reshape", g_reshape(g, x, SHAPE(6, 20)));
+    out_node(g, "permute", g_permute(g, x, (int[]){2, 0, 3, 1}));
+    out_node(g, "stop_grad", g_stop_grad(g, x));
+    out_node(g, "const", g_const(g, 1.5, SHAPE(2, 3)));
     int labels = g_input(g, "labels", INPUT_DATA, DT_INT, SHAPE(2, 3));
-    out(g, "one_hot", g_one_hot(g, labels, 4));
+    out_node(g, "one_hot", g_one_hot(g, labels, 4));
     /* chains: softmax over the last axis, and rsqrt(mean(x^2) + eps) * x */
     Shape r = SHAPE(2, 3, 4, 1);
     int m = g_broadcast(g, g_reduce(g, OP_REDUCE_MAX, x, 0x8), s);
     int e = g_unary(g, OP_EXP, g_sub(g, x, m));
-    out(g, "softmax", g_div(g, e, g_broadcast(g, g_reduce(g, OP_REDUCE_SUM, e, 0x8), s)));
+    out_node(g, "softmax", g_div(g, e, g_broadcast(g, g_reduce(g, OP_REDUCE_SUM, e, 0x8), s)));
     int ms = g_scale(g, g_reduce(g, OP_REDUCE_SUM, g_mul(g, x, x), 0x8), 0.2);
     int rs = g_unary(g, OP_RSQRT, g_add(g, ms, g_const(g, 1e-5, r)));
-    out(g, "rms_norm", g_mul(g, x, g_broadcast(g, rs, s)));
-}
-
-static void add_matmuls(Graph *g) {
-    int a = g_input(g, "mm_a", INPUT_DATA, DT_REAL, SHAPE(2, 3, 4));
-    int at = g_input(g, "mm_at", INPUT_DATA, DT_REAL, SHAPE(2, 4, 3));
-    int b = g_input(g, "mm_b", INPUT_DATA, DT_REAL, SHAPE(2, 4, 5));
-    int bt = g_input(g, "mm_bt", INPUT_DATA, DT_REAL, SHAPE(2, 5, 4));
-    out(g, "matmul", g_matmul(g, a, b, false, false));
-    out(g, "matmul_ta", g_matmul(g, at, b, true, false));
-    out(g, "matmul_tb", g_matmul(g, a, bt, false, true));
-    out(g, "matmul_tab", g_matmul(g, at, bt, true, true));
-}
-
-static void add_convs(Graph *g) {
-    static const int cfg[3][2] = {{1, 1}, {2, 0}, {2, 1}}; /* stride, padding */
-    Shape xs = SHAPE(2, 3, 2, 7, 7), ws = SHAPE(2, 4, 2, 3, 3);
-    int x = g_input(g, "conv_x", INPUT_DATA, DT_REAL, xs);
-    int w = g_input(g, "conv_w", INPUT_DATA, DT_REAL, ws);
-    for (int i = 0; i < 3; i++) {
-        int s = cfg[i][0], p = cfg[i][1];
-        int64_t ho = (7 + 2 * p - 3) / s + 1;
-        char name[64];
-        snprintf(name, sizeof name, "conv_dy%d", i);
-        int dy = g_input(g, name, INPUT_DATA, DT_REAL, SHAPE(2, 3, 4, ho, ho));
-        snprintf(name, sizeof name, "conv2d_s%dp%d", s, p);
-        out(g, name, g_conv2d(g, x, w, s, p));
-        snprintf(name, sizeof name, "conv2d_grad_input_s%dp%d", s, p);
-        out(g, name, g_conv2d_grad_input(g, dy, w, xs, s, p));
-        snprintf(name, sizeof name, "conv2d_grad_weight_s%dp%d", s, p);
-        out(g, name, g_conv2d_grad_weight(g, x, dy, ws, s, p));
-    }
-}
-
-static void add_pools(Graph *g) {
-    static const int cfg[2][2] = {{2, 2}, {3, 2}}; /* kernel, stride (3/2 overlaps) */
-    int x = g_input(g, "pool_x", INPUT_DATA, DT_REAL, SHAPE(2, 3, 7, 7));
-    int t = g_input(g, "pool_tie", INPUT_DATA, DT_REAL, SHAPE(2, 3, 7, 7));
-    int dy = g_input(g, "pool_dy", INPUT_DATA, DT_REAL, SHAPE(2, 3, 3, 3));
-    for (int i = 0; i < 2; i++) {
-        int k = cfg[i][0], s = cfg[i][1];
-        char name[64];
-        snprintf(name, sizeof name, "max_pool2d_k%d", k);
-        out(g, name, g_max_pool2d(g, x, k, s));
-        snprintf(name, sizeof name, "pool_scatter_k%d", k);
-        out(g, name, g_pool_scatter(g, x, dy, k, s));
-        snprintf(name, sizeof name, "pool_scatter_ties_k%d", k);
-        out(g, name, g_pool_scatter(g, t, dy, k, s));
-        snprintf(name, sizeof name, "pool_gather_k%d", k);
-        out(g, name, g_pool_gather(g, t, x, k, s));
-    }
+    out_node(g, "rms_norm", g_mul(g, x, g_broadcast(g, rs, s)));
 }
 
 static void build_primitives(Graph *g) {
     graph_init(g);
     add_elementwise(g);
-    add_matmuls(g);
-    add_convs(g);
-    add_pools(g);
+    add_matmul_ops(g, 2, 3, 4, 5);
+    add_conv_ops(g, "", 2, 4);
+    add_pool_ops(g);
     MamlError err;
     cr_assert_eq(graph_status(g, &err), 0, "%s", err.message);
 }
@@ -754,7 +701,7 @@ Test(codegen, small_independent_maps_share_a_kernel_and_large_ones_do_not) {
             snprintf(name, sizeof name, "in%d", i);
             int x = g_input(&g, name, INPUT_DATA, DT_REAL, s);
             snprintf(name, sizeof name, "out%d", i);
-            out(&g, name, g_unary(&g, OP_EXP, x));
+            out_node(&g, name, g_unary(&g, OP_EXP, x));
         }
         KernelProgram p;
         MamlError err;

@@ -23,6 +23,7 @@
 #include "safetensors.h"
 #include "spec.h"
 #include "staging_check.h"
+#include "test_graphs.h"
 #include "test_util.h"
 #include "train.h"
 
@@ -1763,15 +1764,8 @@ Test(fake_driver, a_failing_kernel_is_reported_at_the_sync_and_named_under_mamlc
 
 /* ---- every primitive, and every loop strategy, on its own ---- */
 
-#define SH(...)                                                                                    \
-    shape_make((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
-
-static void out_node(Graph *g, const char *name, int node) {
-    graph_add_output(g, name, node);
-}
-
 static void add_elementwise_ops(Graph *g) {
-    Shape s = SH(2, 3, 4, 5);
+    Shape s = SHAPE(2, 3, 4, 5);
     int x = g_input(g, "x", INPUT_DATA, DT_REAL, s), y = g_input(g, "y", INPUT_DATA, DT_REAL, s);
     int pos = g_input(g, "pos", INPUT_DATA, DT_REAL, s);
     int ta = g_input(g, "tie_a", INPUT_DATA, DT_REAL, s),
@@ -1786,20 +1780,20 @@ static void add_elementwise_ops(Graph *g) {
     out_node(g, "sqrt", g_unary(g, OP_SQRT, pos));
     out_node(g, "eq", g_eq(g, ta, tb));
     out_node(g, "select", g_select(g, g_gt(g, x, y), x, g_mul(g, x, y)));
-    int b = g_input(g, "b", INPUT_DATA, DT_REAL, SH(2, 1, 4, 1));
+    int b = g_input(g, "b", INPUT_DATA, DT_REAL, SHAPE(2, 1, 4, 1));
     out_node(g, "broadcast", g_broadcast(g, b, s));
     out_node(g, "permute", g_permute(g, g_unary(g, OP_EXP, x), (int[]){2, 0, 3, 1}));
-    int labels = g_input(g, "labels", INPUT_DATA, DT_INT, SH(2, 3));
+    int labels = g_input(g, "labels", INPUT_DATA, DT_INT, SHAPE(2, 3));
     out_node(g, "one_hot", g_one_hot(g, labels, 4));
 }
 
 /* Reductions shaped to take each strategy of loop.cu.tmpl: thread, warp, block and cols. */
 static void add_reductions(Graph *g) {
-    int rows = g_input(g, "rows_x", INPUT_DATA, DT_REAL, SH(300, 100));     /* warp */
-    int wide = g_input(g, "wide_x", INPUT_DATA, DT_REAL, SH(4, 5000));      /* block */
-    int cols = g_input(g, "cols_x", INPUT_DATA, DT_REAL, SH(100, 300));     /* cols */
-    int tall = g_input(g, "tall_x", INPUT_DATA, DT_REAL, SH(40, 9000));     /* thread, long rows */
-    int small = g_input(g, "small_x", INPUT_DATA, DT_REAL, SH(2, 3, 4, 5)); /* thread */
+    int rows = g_input(g, "rows_x", INPUT_DATA, DT_REAL, SHAPE(300, 100)); /* warp */
+    int wide = g_input(g, "wide_x", INPUT_DATA, DT_REAL, SHAPE(4, 5000));  /* block */
+    int cols = g_input(g, "cols_x", INPUT_DATA, DT_REAL, SHAPE(100, 300)); /* cols */
+    int tall = g_input(g, "tall_x", INPUT_DATA, DT_REAL, SHAPE(40, 9000)); /* thread, long rows */
+    int small = g_input(g, "small_x", INPUT_DATA, DT_REAL, SHAPE(2, 3, 4, 5)); /* thread */
     out_node(g, "warp_sum", g_reduce(g, OP_REDUCE_SUM, rows, 0x2));
     out_node(g, "warp_max", g_reduce(g, OP_REDUCE_MAX, rows, 0x2));
     out_node(g, "block_sum", g_reduce(g, OP_REDUCE_SUM, wide, 0x2));
@@ -1811,68 +1805,20 @@ static void add_reductions(Graph *g) {
     out_node(g, "small_sum_13", g_reduce(g, OP_REDUCE_SUM, small, 0xa));
     out_node(g, "small_max_02", g_reduce(g, OP_REDUCE_MAX, small, 0x5));
     /* softmax over rows: reductions with prologues and epilogues when fused */
-    Shape rs = SH(300, 100);
+    Shape rs = SHAPE(300, 100);
     int m = g_broadcast(g, g_reduce(g, OP_REDUCE_MAX, rows, 0x2), rs);
     int e = g_unary(g, OP_EXP, g_sub(g, rows, m));
     out_node(g, "softmax", g_div(g, e, g_broadcast(g, g_reduce(g, OP_REDUCE_SUM, e, 0x2), rs)));
     /* a column normalisation: a cols reduction with a fused epilogue */
-    Shape cs = SH(100, 300);
+    Shape cs = SHAPE(100, 300);
     int mean = g_scale(g, g_reduce(g, OP_REDUCE_SUM, cols, 0x1), 0.01);
     out_node(g, "col_centered", g_sub(g, cols, g_broadcast(g, mean, cs)));
 }
 
-/* The convolution family at five kernel, stride and padding settings over 2 tasks of 3 images of
- * c x 9 x 11, with o output channels; names carry `prefix`. */
-static void add_conv_ops(Graph *g, const char *prefix, int c, int o) {
-    static const int cfg[5][3] = {
-        {3, 1, 1}, {3, 2, 0}, {3, 2, 1}, {5, 1, 2}, {1, 1, 0}}; /* k, s, p */
-    Shape xs = SH(2, 3, c, 9, 11);
-    char name[64];
-    snprintf(name, sizeof name, "%sconv_x", prefix);
-    int x = g_input(g, name, INPUT_DATA, DT_REAL, xs);
-    for (int i = 0; i < 5; i++) {
-        int k = cfg[i][0], st = cfg[i][1], p = cfg[i][2];
-        Shape ws = SH(2, o, c, k, k);
-        int64_t ho = (9 + 2 * p - k) / st + 1, wo = (11 + 2 * p - k) / st + 1;
-        snprintf(name, sizeof name, "%sconv_w%d", prefix, i);
-        int w = g_input(g, name, INPUT_DATA, DT_REAL, ws);
-        snprintf(name, sizeof name, "%sconv_dy%d", prefix, i);
-        int dy = g_input(g, name, INPUT_DATA, DT_REAL, SH(2, 3, o, ho, wo));
-        snprintf(name, sizeof name, "%sconv2d_k%ds%dp%d", prefix, k, st, p);
-        out_node(g, name, g_conv2d(g, x, w, st, p));
-        snprintf(name, sizeof name, "%sconv2d_grad_input_k%ds%dp%d", prefix, k, st, p);
-        out_node(g, name, g_conv2d_grad_input(g, dy, w, xs, st, p));
-        snprintf(name, sizeof name, "%sconv2d_grad_weight_k%ds%dp%d", prefix, k, st, p);
-        out_node(g, name, g_conv2d_grad_weight(g, x, dy, ws, st, p));
-    }
-}
-
 static void add_template_ops(Graph *g) {
-    int a = g_input(g, "mm_a", INPUT_DATA, DT_REAL, SH(3, 20, 37));
-    int at = g_input(g, "mm_at", INPUT_DATA, DT_REAL, SH(3, 37, 20));
-    int b = g_input(g, "mm_b", INPUT_DATA, DT_REAL, SH(3, 37, 19));
-    int bt = g_input(g, "mm_bt", INPUT_DATA, DT_REAL, SH(3, 19, 37));
-    out_node(g, "matmul", g_matmul(g, a, b, false, false));
-    out_node(g, "matmul_ta", g_matmul(g, at, b, true, false));
-    out_node(g, "matmul_tb", g_matmul(g, a, bt, false, true));
-    out_node(g, "matmul_tab", g_matmul(g, at, bt, true, true));
+    add_matmul_ops(g, 3, 20, 37, 19);
     add_conv_ops(g, "", 6, 5);
-    static const int pools[2][2] = {{2, 2}, {3, 2}}; /* kernel, stride (3/2 overlaps) */
-    int px = g_input(g, "pool_x", INPUT_DATA, DT_REAL, SH(2, 3, 7, 7));
-    int pt = g_input(g, "pool_tie", INPUT_DATA, DT_REAL, SH(2, 3, 7, 7));
-    int pdy = g_input(g, "pool_dy", INPUT_DATA, DT_REAL, SH(2, 3, 3, 3));
-    for (int i = 0; i < 2; i++) {
-        int k = pools[i][0], st = pools[i][1];
-        char name[64];
-        snprintf(name, sizeof name, "max_pool2d_k%d", k);
-        out_node(g, name, g_max_pool2d(g, px, k, st));
-        snprintf(name, sizeof name, "pool_scatter_k%d", k);
-        out_node(g, name, g_pool_scatter(g, px, pdy, k, st));
-        snprintf(name, sizeof name, "pool_scatter_ties_k%d", k);
-        out_node(g, name, g_pool_scatter(g, pt, pdy, k, st));
-        snprintf(name, sizeof name, "pool_gather_k%d", k);
-        out_node(g, name, g_pool_gather(g, pt, px, k, st));
-    }
+    add_pool_ops(g);
 }
 
 /* Deterministic inputs that suit their names: positive "pos", small integers for "tie" (exact
