@@ -72,8 +72,16 @@ int backend_open(const char *name, const Graph *g, Precision prec, Backend **out
 }
 
 int backend_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err) {
+    return backend_run_overlapped(b, inputs, NULL, NULL, outputs, err);
+}
+
+int backend_run_overlapped(Backend *b, const TensorSet *inputs, BackendOverlap overlap, void *ctx,
+                           TensorSet *outputs, MamlError *err) {
     if (backend_launch(b, inputs, err)) return -1;
-    return backend_finish(b, outputs, err);
+    int rc = overlap ? overlap(ctx, err) : 0;
+    MamlError finish_err;
+    int finished = backend_finish(b, outputs, rc ? &finish_err : err);
+    return rc ? rc : finished;
 }
 
 int backend_launch(Backend *b, const TensorSet *inputs, MamlError *err) {

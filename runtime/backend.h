@@ -47,6 +47,15 @@ int backend_open(const char *name, const Graph *g, Precision prec, Backend **out
 /* Runs b once: backend_launch, then backend_finish. */
 int backend_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err);
 
+/* Work done while a run computes: the callers fetch the next batch and backend_stage it. */
+typedef int (*BackendOverlap)(void *ctx, MamlError *err);
+
+/* Runs b once with overlap(ctx) between backend_launch and backend_finish (NULL: nothing). A
+ * launched run is always finished, even when overlap fails, so b is ready for the next run; the
+ * first error is the one reported. */
+int backend_run_overlapped(Backend *b, const TensorSet *inputs, BackendOverlap overlap, void *ctx,
+                           TensorSet *outputs, MamlError *err);
+
 /* Runs in two halves, so that the next step's batch can travel to the device while this step
  * computes (the trainer: launch step k, stage batch k+1, finish step k):
  *   backend_launch starts a run on inputs, which must stay unchanged until backend_finish; data

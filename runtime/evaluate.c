@@ -111,27 +111,36 @@ static int next_batch(Producer *p, TensorSet *batch, MamlError *err) {
     return b ? task_batch_to_tensors(&b->batch, batch, err) : -1;
 }
 
+/* The next run's batch, staged while a run computes. */
+typedef struct {
+    Backend *backend;
+    Producer *producer;
+    TensorSet batch;
+} NextRun;
+
+static int stage_next_run(void *ctx, MamlError *err) {
+    NextRun *n = ctx;
+    if (next_batch(n->producer, &n->batch, err)) return -1;
+    return backend_stage(n->backend, &n->batch, err);
+}
+
 /* Runs every batch the producer hands out, n_runs of them, each staged on the backend while the
  * run before it computes (inputs keep the first batch, stale afterwards, as backend_launch
- * allows). A launched run is always finished, so the backend is ready for the next evaluation. */
+ * allows). */
 static int run_all(Evaluator *ev, Producer *p, int n_runs, TensorSet *inputs, Moments *loss,
                    Moments *acc, MamlError *err) {
-    TensorSet out, staged;
+    TensorSet out;
     tensorset_init(&out);
-    tensorset_init(&staged);
+    NextRun next = {.backend = ev->backend, .producer = p};
+    tensorset_init(&next.batch);
     int rc = next_batch(p, inputs, err);
     for (int r = 0; r < n_runs && rc == 0; r++) {
-        rc = backend_launch(ev->backend, inputs, err);
-        if (rc) break;
-        if (r + 1 < n_runs) rc = next_batch(p, &staged, err);
-        if (rc == 0 && r + 1 < n_runs) rc = backend_stage(ev->backend, &staged, err);
-        MamlError finish_err;
-        int finished = backend_finish(ev->backend, &out, rc ? &finish_err : err);
-        if (rc == 0) rc = finished;
+        BackendOverlap overlap = r + 1 < n_runs ? stage_next_run : NULL;
+        rc = backend_run_overlapped(ev->backend, inputs, overlap, &next, &out, err);
         if (rc == 0) rc = record(ev, &out, loss, acc, err);
     }
     tensorset_free(&out);
-    tensorset_free(&staged);
+    tensorset_free(&next.batch);
     return rc;
 }
 

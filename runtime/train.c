@@ -464,7 +464,8 @@ static double output_scalar(const TensorSet *s, const char *name) {
 
 /* The next step's batch goes to the backend while this step computes (backend_stage). The
  * batch already in state stays there, stale but well shaped, as backend_launch allows. */
-static int stage_next(Trainer *t, MamlError *err) {
+static int stage_next(void *trainer, MamlError *err) {
+    Trainer *t = trainer;
     const ProducedBatch *n = producer_next(t->producer, err);
     if (!n || task_batch_to_tensors(&n->batch, &t->next_batch, err) ||
         backend_stage(t->backend, &t->next_batch, err))
@@ -476,12 +477,12 @@ static int stage_next(Trainer *t, MamlError *err) {
 static int run_step(Trainer *t, MamlError *err) {
     const ProducedBatch *b = t->staged ? t->staged : producer_next(t->producer, err);
     if (!b || (!t->staged && task_batch_to_tensors(&b->batch, &t->state, err)) ||
-        set_step_input(t, err) || backend_launch(t->backend, &t->state, err))
+        set_step_input(t, err))
         return -1;
     Rng rng_after = b->rng_after; /* b goes back to the producer in stage_next */
     t->staged = NULL;
-    bool more = t->step + 1 < t->o->steps;
-    if ((more && stage_next(t, err)) || backend_finish(t->backend, &t->outputs, err)) return -1;
+    BackendOverlap overlap = t->step + 1 < t->o->steps ? stage_next : NULL;
+    if (backend_run_overlapped(t->backend, &t->state, overlap, t, &t->outputs, err)) return -1;
     double loss = output_scalar(&t->outputs, "meta_loss");
     if (!isfinite(loss)) {
         char what[64];
