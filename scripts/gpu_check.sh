@@ -120,14 +120,6 @@ for cg in $CONV_STEPS; do
     ) &
     STEP_PIDS+=($!)
 done
-if [ "$BACKEND" = cuda ]; then # an experiment: the 5w1s trajectory without FMA contraction
-    (
-        MAMLC_NVRTC_FMAD=0 timeout 300 "$CMP" steps graphs/omniglot_5w1s.yaml --backend cuda \
-            --oracle ref --steps "$STEPS" --tasks 2 >"$WORK/steps_5w1s_nofma.txt" 2>&1
-        echo $? >"$WORK/steps_5w1s_nofma.rc"
-    ) &
-    STEP_PIDS+=($!)
-fi
 
 # ---- compile --------------------------------------------------------------------------------------
 [ "$BACKEND" = cuda ] && section "compile: the seed's training step, cold then warm"
@@ -299,12 +291,6 @@ for cg in $CONV_STEPS; do
     if [ "$(cat "$f.rc")" = 0 ]; then result "$STEPS steps $g --conv $conv" "ok (worst error/bound $worst)"
     else result "$STEPS steps $g --conv $conv" "FAIL (worst error/bound ${worst:-?})"; fi
 done
-if [ -f "$WORK/steps_5w1s_nofma.rc" ]; then
-    echo "-- omniglot_5w1s with MAMLC_NVRTC_FMAD=0 (experiment: no FMA contraction)"
-    grep -v " ok$" "$WORK/steps_5w1s_nofma.txt"
-    worst=$(sed -n 's/.*worst error\/bound \(.*\)/\1/p' "$WORK/steps_5w1s_nofma.txt")
-    result "$STEPS steps 5w1s, no FMA" "experiment: exit $(cat "$WORK/steps_5w1s_nofma.rc"), worst error/bound $worst"
-fi
 
 # ---- bench ----------------------------------------------------------------------------------------
 section "bench: mamlc bench --backend $BACKEND"
