@@ -562,19 +562,25 @@ static int deref(const Ctx *c, const Scope *s, const YNode *n, const char *key, 
 }
 
 /* Errors about a value point at the value, which is where the user has to change something;
- * when the value came through a reference, the message names the reference too. */
-static int value_error(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...)
+ * when the value came through a reference, the message names the reference too. Like maml_fail,
+ * value_error is a macro whose value, -1, is in sight (compiler/error.h says why). */
+#define value_error(...) (value_error_set(__VA_ARGS__), maml_failure())
+
+static void value_error_set(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-static int value_error(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...) {
+static void value_error_set(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...) {
     char msg[MAML_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (raw == v) return maml_fail_at(c->err, v->loc, "%s", msg);
-    if (raw->loc.line == 0) return maml_fail_at(c->err, v->loc, "%s (via %s)", msg, raw->text);
-    return maml_fail_at(c->err, v->loc, "%s (via %s at line %d)", msg, raw->text, raw->loc.line);
+    if (raw == v)
+        maml_error_set_at(c->err, v->loc, "%s", msg);
+    else if (raw->loc.line == 0)
+        maml_error_set_at(c->err, v->loc, "%s (via %s)", msg, raw->text);
+    else
+        maml_error_set_at(c->err, v->loc, "%s (via %s at line %d)", msg, raw->text, raw->loc.line);
 }
 
 static int type_error(const Ctx *c, const YNode *raw, const YNode *v, const char *key,
@@ -1065,7 +1071,7 @@ static int expand_item(Ctx *c, const Scope *s, const YNode *item, const char *pr
     if (item->kind != Y_MAP || item->n == 0)
         return maml_fail_at(c->err, item->loc,
                             "a layer must be a kind name, {KIND: {settings}} or {block: NAME}");
-    if (map_find(item, "block")) return expand_block(c, s, item, prefix, depth);
+    if (map_index(item, "block") >= 0) return expand_block(c, s, item, prefix, depth);
     int kind = find_kind(item->keys[0]->text);
     if (kind < 0) return unknown_kind(c, item->keys[0], item->keys[0]->text);
     if (item->n > 1)
