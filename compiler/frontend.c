@@ -1121,7 +1121,7 @@ static int check_block_def(const Ctx *c, const YNode *name, const YNode *def) {
 /* path[0..depth] is the chain of blocks being visited; use names one of them again. */
 static int cycle_error(const Ctx *c, const YNode *use, const char **path, int depth) {
     int from = 0;
-    while (strcmp(path[from], use->text) != 0) from++;
+    while (from < depth && strcmp(path[from], use->text) != 0) from++;
     char cycle[512] = "";
     for (int k = from; k <= depth; k++)
         snprintf(cycle + strlen(cycle), sizeof cycle - strlen(cycle), "%s -> ", path[k]);
