@@ -488,11 +488,12 @@ static bool is_reference(const YNode *n) {
 
 static bool is_ref_path(const char *p) {
     char buf[SPEC_NAME_MAX];
-    if (strlen(p) >= sizeof buf) return false;
-    strcpy(buf, p);
+    size_t len = strlen(p);
+    if (len >= sizeof buf) return false;
+    memcpy(buf, p, len + 1);
     for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok; tok = strtok_r(NULL, ".", &save))
         if (!is_identifier(tok)) return false;
-    return *p && p[0] != '.' && p[strlen(p) - 1] != '.' && !strstr(p, "..");
+    return len && p[0] != '.' && p[len - 1] != '.' && !strstr(p, "..");
 }
 
 /* Looks up a dotted path ("maml.n_way") from the document root. */
@@ -828,7 +829,7 @@ static int apply_override(YNode *root, const char *setting, const char *label, M
     if (parse_override_value(eq + 1, label, &value, err)) return -1;
     YNode *map = root;
     char walk[SPEC_NAME_MAX];
-    strcpy(walk, path);
+    snprintf(walk, sizeof walk, "%s", path);
     char *key = walk;
     for (char *dot = strchr(key, '.'); dot; dot = strchr(key, '.')) {
         *dot = '\0';
