@@ -128,9 +128,9 @@ static int open_backend(const BenchArgs *a, BenchState *s, MamlError *err) {
     if (backend_open(a->backend, &s->raw, PREC_F32, &s->backend, s->why, sizeof s->why, err))
         return -1;
     if (cpu_backend_compiled(s->backend) && a->no_fuse) {
-        /* auto picked cpu, which compiled with fusion: reopen unfused as asked */
+        /* auto picked cpu, which compiled with fusion: reopen unfused as asked (cpu_backend_open
+         * sets s->backend, to NULL when it fails) */
         backend_close(s->backend);
-        s->backend = NULL;
         CpuOptions co = {.no_fuse = true};
         return cpu_backend_open(&s->raw, PREC_F32, &co, &s->backend, err);
     }

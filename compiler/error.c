@@ -39,17 +39,16 @@ static void set_message(MamlError *err, const char *prefix, const char *fmt, va_
     maml_error_escape(err->message, sizeof err->message, raw);
 }
 
-int maml_fail(MamlError *err, const char *fmt, ...) {
-    if (!err) return -1;
+void maml_error_set(MamlError *err, const char *fmt, ...) {
+    if (!err) return;
     va_list ap;
     va_start(ap, fmt);
     set_message(err, "", fmt, ap);
     va_end(ap);
-    return -1;
 }
 
-int maml_fail_at(MamlError *err, SourceLoc loc, const char *fmt, ...) {
-    if (!err) return -1;
+void maml_error_set_at(MamlError *err, SourceLoc loc, const char *fmt, ...) {
+    if (!err) return;
     char prefix[MAML_ERROR_MAX] = "";
     if (loc.file && loc.line > 0 && loc.column > 0)
         snprintf(prefix, sizeof prefix, "%s:%d:%d: ", loc.file, loc.line, loc.column);
@@ -61,7 +60,6 @@ int maml_fail_at(MamlError *err, SourceLoc loc, const char *fmt, ...) {
     va_start(ap, fmt);
     set_message(err, prefix, fmt, ap);
     va_end(ap);
-    return -1;
 }
 
 void *maml_alloc(size_t size, MamlError *err) {

@@ -488,11 +488,12 @@ static bool is_reference(const YNode *n) {
 
 static bool is_ref_path(const char *p) {
     char buf[SPEC_NAME_MAX];
-    if (strlen(p) >= sizeof buf) return false;
-    strcpy(buf, p);
+    size_t len = strlen(p);
+    if (len >= sizeof buf) return false;
+    memcpy(buf, p, len + 1);
     for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok; tok = strtok_r(NULL, ".", &save))
         if (!is_identifier(tok)) return false;
-    return *p && p[0] != '.' && p[strlen(p) - 1] != '.' && !strstr(p, "..");
+    return len && p[0] != '.' && p[len - 1] != '.' && !strstr(p, "..");
 }
 
 /* Looks up a dotted path ("maml.n_way") from the document root. */
@@ -562,19 +563,25 @@ static int deref(const Ctx *c, const Scope *s, const YNode *n, const char *key, 
 }
 
 /* Errors about a value point at the value, which is where the user has to change something;
- * when the value came through a reference, the message names the reference too. */
-static int value_error(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...)
+ * when the value came through a reference, the message names the reference too. Like maml_fail,
+ * value_error is a macro whose value, -1, is in sight (compiler/error.h says why). */
+#define value_error(...) (value_error_set(__VA_ARGS__), maml_failure())
+
+static void value_error_set(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-static int value_error(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...) {
+static void value_error_set(const Ctx *c, const YNode *raw, const YNode *v, const char *fmt, ...) {
     char msg[MAML_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (raw == v) return maml_fail_at(c->err, v->loc, "%s", msg);
-    if (raw->loc.line == 0) return maml_fail_at(c->err, v->loc, "%s (via %s)", msg, raw->text);
-    return maml_fail_at(c->err, v->loc, "%s (via %s at line %d)", msg, raw->text, raw->loc.line);
+    if (raw == v)
+        maml_error_set_at(c->err, v->loc, "%s", msg);
+    else if (raw->loc.line == 0)
+        maml_error_set_at(c->err, v->loc, "%s (via %s)", msg, raw->text);
+    else
+        maml_error_set_at(c->err, v->loc, "%s (via %s at line %d)", msg, raw->text, raw->loc.line);
 }
 
 static int type_error(const Ctx *c, const YNode *raw, const YNode *v, const char *key,
@@ -822,7 +829,7 @@ static int apply_override(YNode *root, const char *setting, const char *label, M
     if (parse_override_value(eq + 1, label, &value, err)) return -1;
     YNode *map = root;
     char walk[SPEC_NAME_MAX];
-    strcpy(walk, path);
+    snprintf(walk, sizeof walk, "%s", path);
     char *key = walk;
     for (char *dot = strchr(key, '.'); dot; dot = strchr(key, '.')) {
         *dot = '\0';
@@ -1065,7 +1072,7 @@ static int expand_item(Ctx *c, const Scope *s, const YNode *item, const char *pr
     if (item->kind != Y_MAP || item->n == 0)
         return maml_fail_at(c->err, item->loc,
                             "a layer must be a kind name, {KIND: {settings}} or {block: NAME}");
-    if (map_find(item, "block")) return expand_block(c, s, item, prefix, depth);
+    if (map_index(item, "block") >= 0) return expand_block(c, s, item, prefix, depth);
     int kind = find_kind(item->keys[0]->text);
     if (kind < 0) return unknown_kind(c, item->keys[0], item->keys[0]->text);
     if (item->n > 1)
@@ -1115,7 +1122,7 @@ static int check_block_def(const Ctx *c, const YNode *name, const YNode *def) {
 /* path[0..depth] is the chain of blocks being visited; use names one of them again. */
 static int cycle_error(const Ctx *c, const YNode *use, const char **path, int depth) {
     int from = 0;
-    while (strcmp(path[from], use->text) != 0) from++;
+    while (from < depth && strcmp(path[from], use->text) != 0) from++;
     char cycle[512] = "";
     for (int k = from; k <= depth; k++)
         snprintf(cycle + strlen(cycle), sizeof cycle - strlen(cycle), "%s -> ", path[k]);

@@ -25,6 +25,7 @@
  *    parameter updates become one kernel instead of three launches). */
 #include "kernel.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -667,6 +668,7 @@ static bool mergeable(const Kernel *k, int a) {
 }
 
 static void simplify_dims(Kernel *k) {
+    assert(k->rank >= 0 && k->rank <= MAX_RANK); /* a node's shape: 0 to MAX_RANK axes */
     for (int a = k->rank - 1; a >= 0; a--)
         if (k->dims[a] == 1) drop_axis(k, a);
     for (int a = k->rank - 2; a >= 0; a--)

@@ -24,7 +24,7 @@ typedef struct {
 
 /* Opens the cpu backend for g (which must outlive it); opt may be NULL for the defaults. g goes
  * through compile_pipeline (compiler/pipeline.h): the backend runs the optimized graph, which
- * keeps g's inputs and outputs. */
+ * keeps g's inputs and outputs. *out is NULL on failure. */
 int cpu_backend_open(const Graph *g, Precision prec, const CpuOptions *opt, Backend **out,
                      MamlError *err);
 

@@ -518,8 +518,9 @@ static int cuda_stage(Backend *b, const TensorSet *data, MamlError *err) {
         return -1;
     bool f64 = b->prec == PREC_F64;
     const KernelProgram *p = &c->cg.prog;
+    /* no staging slot: the graph has no data inputs */
     char *host = c->slot_bytes ? c->slot_host + slot * c->slot_bytes : NULL;
-    for (int i = 0; i < p->n_bufs; i++)
+    for (int i = 0; host && i < p->n_bufs; i++)
         if (p->bufs[i].kind == BUF_INPUT && p->bufs[i].is_data)
             copy_in(tensorset_find(data, p->bufs[i].name), host + c->cg.plan.offset[i], f64);
     if (CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->copy_stream, c->slot_read[slot], 0))

@@ -98,7 +98,7 @@ int conv_plan_build(const CompiledGraph *cg, ConvPlan *out, MamlError *err) {
     for (int i = 0; i < p->n_kernels; i++) {
         if (!kernel_is_conv(p->kernels[i].kind)) continue;
         out->n_conv++;
-        ConvShape s;
+        ConvShape s = {0};
         char why[sizeof out->first_refusal];
         if (!conv_kernel_lowerable(cg, i, &s, why, sizeof why)) {
             if (!out->first_refusal[0]) snprintf(out->first_refusal, sizeof why, "%s", why);

@@ -192,9 +192,11 @@ static double nice_step(double range, int target) {
 static void axis_ticks(const Panel *p, bool vertical) {
     double lo = vertical ? p->y0 : p->x0, hi = vertical ? p->y1 : p->x1;
     double step = nice_step(hi - lo, vertical ? 5 : 8);
-    double bottom = py(p, p->y0), right = px(p, p->x1);
-    for (double v = ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
-        double c = vertical ? py(p, v) : px(p, v);
+    double bottom = py(p, p->y0), right = px(p, p->x1), first = ceil(lo / step - 1e-9) * step;
+    /* an integer counter: v += step leaves v as it is where step is below v's precision (a log
+     * with steps near 1e16 drew ticks forever) */
+    for (int i = 0; first + i * step <= hi + step * 1e-9; i++) {
+        double v = first + i * step, c = vertical ? py(p, v) : px(p, v);
         if (vertical)
             fprintf(p->f,
                     "<line x1='%d' y1='%.1f' x2='%.1f' y2='%.1f' class='grid'/>"

@@ -5,6 +5,7 @@
 
 #include "inputs.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,7 @@ typedef struct {
 } Walk;
 
 static Walk walk_start(Shape s, const int64_t *st) {
+    assert(s.rank >= 0 && s.rank <= MAX_RANK); /* a node's shape: 0 to MAX_RANK axes */
     Walk w = {.s = s, .st = st, .off = 0};
     memset(w.idx, 0, sizeof w.idx);
     return w;
@@ -228,7 +230,7 @@ static void run_conv_family(Interp *in, const Node *n, double *out) {
  * row-major order, as PyTorch picks it. */
 static void run_pool_family(Interp *in, const Node *n, double *out) {
     Shape xs = in_node(in, n, 0)->shape;
-    const double *x = in_val(in, n, 0), *z = n->n_in > 1 ? in_val(in, n, 1) : NULL;
+    const double *x = in_val(in, n, 0), *z = n->op == OP_MAX_POOL2D ? NULL : in_val(in, n, 1);
     int64_t H = xs.dims[xs.rank - 2], W = xs.dims[xs.rank - 1];
     int64_t HO = (H - n->attr.kernel) / n->attr.stride + 1;
     int64_t WO = (W - n->attr.kernel) / n->attr.stride + 1;

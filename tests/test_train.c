@@ -548,6 +548,21 @@ Test(train, plot_writes_an_svg_of_the_logged_curves) {
               err.message);
 }
 
+/* Near 1e16 the tick spacing (0.5 for steps, 1 for the loss) is below a double's precision: the
+ * axes used to add ticks without end, growing the .svg.tmp by 100 MB a second. */
+Test(train, plot_of_values_beyond_double_precision_finishes, .timeout = 5) {
+    const char *dir = scratch();
+    const char *csv = "step,meta_loss\n1e16,1e16\n1.0000000000000004e16,1.0000000000000004e16\n";
+    write_bytes(path_in(dir, "big.csv"), csv, (long)strlen(csv));
+    MamlError err = {{0}};
+    const char *svg = path_in(dir, "big.svg");
+    cr_assert_eq(plot_log(path_in(dir, "big.csv"), svg, "big", &err), 0, "%s", err.message);
+    long size;
+    char *text = slurp(svg, &size);
+    cr_assert(strstr(text, "</svg>") && size < 100000, "%ld bytes", size);
+    free(text);
+}
+
 /* Exit statuses: 0 done, 1 NaN loss, 2 bad input, 128+signal when interrupted. */
 Test(train, command_line_exit_statuses) {
     const char *dir = scratch();
