@@ -12,6 +12,31 @@ static inline void out_node(Graph *g, const char *name, int node) {
     graph_add_output(g, name, node);
 }
 
+/* Every elementwise operation over [2, 3, 4, 5]: inputs x and y, pos (positive: div, log, rsqrt,
+ * sqrt), tie_a and tie_b (exact ties for eq when the inputs put small integers in names containing
+ * "tie"), and b [2, 1, 4, 1] broadcast. Callers find the inputs again with graph_find_input. */
+static inline void add_elementwise_ops(Graph *g) {
+    Shape s = SHAPE(2, 3, 4, 5);
+    int x = g_input(g, "x", INPUT_DATA, DT_REAL, s), y = g_input(g, "y", INPUT_DATA, DT_REAL, s);
+    int pos = g_input(g, "pos", INPUT_DATA, DT_REAL, s);
+    int ta = g_input(g, "tie_a", INPUT_DATA, DT_REAL, s),
+        tb = g_input(g, "tie_b", INPUT_DATA, DT_REAL, s);
+    out_node(g, "add", g_add(g, x, y));
+    out_node(g, "sub", g_sub(g, x, y));
+    out_node(g, "mul", g_mul(g, x, y));
+    out_node(g, "div", g_div(g, x, pos));
+    out_node(g, "neg", g_unary(g, OP_NEG, x));
+    out_node(g, "exp", g_unary(g, OP_EXP, x));
+    out_node(g, "log", g_unary(g, OP_LOG, pos));
+    out_node(g, "rsqrt", g_unary(g, OP_RSQRT, pos));
+    out_node(g, "sqrt", g_unary(g, OP_SQRT, pos));
+    out_node(g, "gt", g_gt(g, x, y));
+    out_node(g, "eq", g_eq(g, ta, tb));
+    out_node(g, "select", g_select(g, g_gt(g, x, y), x, g_mul(g, x, y)));
+    int b = g_input(g, "b", INPUT_DATA, DT_REAL, SHAPE(2, 1, 4, 1));
+    out_node(g, "broadcast", g_broadcast(g, b, s));
+}
+
 /* The four transpose settings of a batch of `batch` [m, k] x [k, n] products. */
 static inline void add_matmul_ops(Graph *g, int64_t batch, int64_t m, int64_t k, int64_t n) {
     int a = g_input(g, "mm_a", INPUT_DATA, DT_REAL, SHAPE(batch, m, k));
