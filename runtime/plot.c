@@ -174,13 +174,19 @@ typedef struct {
     double top;            /* panel's top edge in the SVG */
 } Panel;
 
+/* A coordinate far outside the canvas (a value far outside a fixed [0, 1] accuracy axis can
+ * overflow to infinity) is held at a finite one: the SVG needs numbers. */
+static double on_canvas(double c) {
+    return fmin(fmax(c, -1e6), 1e6);
+}
+
 static double px(const Panel *p, double x) {
-    return LEFT + (x - p->x0) / (p->x1 - p->x0) * (WIDTH - LEFT - RIGHT);
+    return on_canvas(LEFT + (x - p->x0) / (p->x1 - p->x0) * (WIDTH - LEFT - RIGHT));
 }
 
 static double py(const Panel *p, double y) {
     double h = PANEL_H - TOP - BOTTOM;
-    return p->top + TOP + h - (y - p->y0) / (p->y1 - p->y0) * h;
+    return on_canvas(p->top + TOP + h - (y - p->y0) / (p->y1 - p->y0) * h);
 }
 
 /* A round tick spacing (1, 2 or 5 times a power of ten) giving about `target` ticks. */
@@ -247,6 +253,17 @@ static void legend(const Panel *p, int slot, const char *color, const char *labe
             x, y, x + 22, y, color, x + 28, y + 4, label);
 }
 
+/* Makes [lo, hi] a range the axes can divide: [0, 1] when empty (lo > hi: no finite values),
+ * within +-1e300 so that its width is a finite double, and widened around a single value by
+ * enough to show at that magnitude (near 1e16, +-0.5 would round away). */
+static void drawable_range(double *lo, double *hi) {
+    if (!(*lo <= *hi)) *lo = 0, *hi = 1;
+    *lo = fmax(*lo, -1e300), *hi = fmin(*hi, 1e300);
+    if (*hi > *lo) return;
+    double d = fmax(0.5, fabs(*lo) * 1e-3);
+    *lo -= d, *hi += d;
+}
+
 /* The y range of the finite values of up to three series, padded a little. */
 static void y_range(const Series *const *s, int n, double *lo, double *hi) {
     *lo = INFINITY, *hi = -INFINITY;
@@ -255,7 +272,7 @@ static void y_range(const Series *const *s, int n, double *lo, double *hi) {
             if (s[k]->y[i] < *lo) *lo = s[k]->y[i];
             if (s[k]->y[i] > *hi) *hi = s[k]->y[i];
         }
-    if (!(*hi > *lo)) *lo -= 0.5, *hi += 0.5;
+    drawable_range(lo, hi);
     double pad = 0.04 * (*hi - *lo);
     *lo -= pad, *hi += pad;
 }
@@ -315,8 +332,11 @@ static int write_svg(FILE *f, const Log *l, const char *title, MamlError *err) {
             WIDTH, PANEL_H * panels + 10, WIDTH / 2);
     xml_text(f, title);
     fputs("</text>\n", f);
-    Panel p = {.f = f, .x0 = l->v[COL_STEP][0], .x1 = l->v[COL_STEP][l->n - 1], .top = 0};
-    if (!(p.x1 > p.x0)) p.x1 = p.x0 + 1;
+    Panel p = {.f = f, .x0 = INFINITY, .x1 = -INFINITY, .top = 0};
+    for (int i = 0; i < l->n; i++)
+        if (isfinite(l->v[COL_STEP][i]))
+            p.x0 = fmin(p.x0, l->v[COL_STEP][i]), p.x1 = fmax(p.x1, l->v[COL_STEP][i]);
+    drawable_range(&p.x0, &p.x1);
     if (panel(&p, l, COL_LOSS, COL_VAL_LOSS, "loss", err)) return -1;
     p.top = PANEL_H;
     if (acc && panel(&p, l, COL_ACC, COL_VAL_ACC, "accuracy", err)) return -1;

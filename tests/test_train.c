@@ -563,6 +563,30 @@ Test(train, plot_of_values_beyond_double_precision_finishes, .timeout = 5) {
     free(text);
 }
 
+/* Logs whose values give no range (none finite, one step) or one too wide for a double (+-1e308):
+ * the plot still has axes, and every coordinate is a number (it printed "-nan" and "inf"). */
+Test(train, plot_of_non_finite_single_and_huge_values_has_only_numeric_coordinates) {
+    const char *logs[] = {
+        "step,meta_loss,meta_acc\n1,nan,inf\n2,-inf,0.5\ninf,1,0.5\n",
+        "step,meta_loss\n7,2.5\n",
+        "step,meta_loss,meta_acc,val_acc\n1,1e308,1e308,1e308\n2,-1e308,-1e308,\n",
+        "step,meta_loss\n1e16,1e16\n",
+    };
+    const char *dir = scratch();
+    for (int i = 0; i < 4; i++) {
+        write_bytes(path_in(dir, "odd.csv"), logs[i], (long)strlen(logs[i]));
+        MamlError err = {{0}};
+        const char *svg = path_in(dir, "odd.svg");
+        cr_assert_eq(plot_log(path_in(dir, "odd.csv"), svg, "odd", &err), 0, "%s", err.message);
+        long size;
+        char *text = slurp(svg, &size);
+        cr_assert(strstr(text, "</svg>") && strstr(text, "class='xt'"), "log %d", i);
+        const char *bad = strstr(text, "nan") ? strstr(text, "nan") : strstr(text, "inf");
+        cr_expect_null(bad, "log %d: '%.60s'", i, bad);
+        free(text);
+    }
+}
+
 /* Exit statuses: 0 done, 1 NaN loss, 2 bad input, 128+signal when interrupted. */
 Test(train, command_line_exit_statuses) {
     const char *dir = scratch();
