@@ -256,12 +256,22 @@ namespace emu {
 static float mma_a[MAX_THREADS][4], mma_b[MAX_THREADS][2];
 }
 
+/* The float nearest to x toward zero. */
+static inline float emu_round_toward_zero(double x) {
+    float f = (float)x;
+    return fabs((double)f) > fabs(x) ? nextafterf(f, 0.0f) : f;
+}
+
 /* mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 as the PTX ISA lays its fragments out over
  * the warp (g = lane / 4, q = lane % 4): a = A[g][q], A[g+8][q], A[g][q+4], A[g+8][q+4];
  * b = B[q][g], B[q+4][g]; d = D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1]. Every lane posts
- * its fragments, then each sums its own four results over k in float (products of TF32 values
- * are exact in float; the hardware's summation order is unspecified). The low 13 bits of each
- * operand are ignored, as the tensor cores ignore them. */
+ * its fragments, then each computes its own four results. The low 13 bits of each operand are
+ * ignored, as the tensor cores ignore them. The summation follows what has been measured of the
+ * tensor cores (Fasi et al., "Numerical behavior of NVIDIA tensor cores", 2021): products exact,
+ * each group of four added to the accumulator at once and the sum truncated (rounded toward zero)
+ * to float, not rounded to nearest. That is the pessimistic case: truncation errors all lean one
+ * way and add up along a convolution's depth, so kernels that pass here keep their bound on a GPU
+ * whose tensor cores round more carefully. */
 static inline void mma_tf32(float d[4], const float a[4], const float b[2]) {
     using namespace emu;
     const int me = current, base = me & ~31, g = (me & 31) / 4, q = me % 4;
@@ -271,10 +281,14 @@ static inline void mma_tf32(float d[4], const float a[4], const float b[2]) {
     for (int r = 0; r < 4; r++) {
         const int row = g + r / 2 * 8, col = 2 * q + r % 2;
         float s = d[r];
-        for (int k = 0; k < 8; k++) {
-            const float av = mma_a[base + row % 8 * 4 + k % 4][row / 8 + 2 * (k / 4)];
-            const float bv = mma_b[base + col * 4 + k % 4][k / 4];
-            s += av * bv;
+        for (int k0 = 0; k0 < 8; k0 += 4) {
+            double sum = s; /* the products are exact; a double holds their sum all but exactly */
+            for (int k = k0; k < k0 + 4; k++) {
+                const float av = mma_a[base + row % 8 * 4 + k % 4][row / 8 + 2 * (k / 4)];
+                const float bv = mma_b[base + col * 4 + k % 4][k / 4];
+                sum += (double)av * bv;
+            }
+            s = emu_round_toward_zero(sum);
         }
         d[r] = s;
     }
