@@ -267,9 +267,9 @@ static inline float emu_round_toward_zero(double x) {
  * b = B[q][g], B[q+4][g]; d = D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1]. Every lane posts
  * its fragments, then each computes its own four results. The low 13 bits of each operand are
  * ignored, as the tensor cores ignore them. The summation follows what has been measured of the
- * tensor cores (Fasi et al., "Numerical behavior of NVIDIA tensor cores", 2021): products exact,
- * each group of four added to the accumulator at once and the sum truncated (rounded toward zero)
- * to float, not rounded to nearest. That is the pessimistic case: truncation errors all lean one
+ * tensor cores up to the A100 (Fasi et al., "Numerical behavior of NVIDIA tensor cores", 2021):
+ * products exact, each group of four added to the accumulator at once and the sum truncated
+ * (rounded toward zero) to float, not rounded to nearest. That is the pessimistic case: truncation errors all lean one
  * way and add up along a convolution's depth, so kernels that pass here keep their bound on a GPU
  * whose tensor cores round more carefully. */
 static inline void mma_tf32(float d[4], const float a[4], const float b[2]) {
