@@ -19,7 +19,7 @@ typedef struct {
 } CompileArgs;
 
 #define USAGE                                                                                      \
-    "usage: mamlc compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--conv generated|tensor] "       \
+    "usage: mamlc compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--conv generated|tensor|auto] "  \
     "[--json] [--no-fuse] [--no-cc] [--dot] [--set K=V]"
 
 static int parse_flag(const char *arg, CompileArgs *a) {
@@ -64,10 +64,12 @@ static int parse_args(int argc, char **argv, CompileArgs *a) {
         cli_error("compile: unknown backend '%s' (expected cpu or cuda)", a->backend);
         return -1;
     }
-    /* cudnn and auto choose at run time, so the rendered kernels.cu is generated's */
+    /* cudnn is chosen at run time, so its kernels.cu is generated's; auto's holds both forms */
     if (a->conv && strcmp(a->conv, "generated") != 0 &&
-        (strcmp(a->conv, "tensor") != 0 || strcmp(a->backend, "cuda") != 0)) {
-        cli_error("compile: --conv must be generated or tensor, with --backend cuda (not '%s')",
+        ((strcmp(a->conv, "tensor") != 0 && strcmp(a->conv, "auto") != 0) ||
+         strcmp(a->backend, "cuda") != 0)) {
+        cli_error("compile: --conv must be generated, tensor or auto, with --backend cuda (not "
+                  "'%s')",
                   a->conv);
         return -1;
     }
@@ -141,7 +143,9 @@ static int compile_kernels(const CompileArgs *a, const GraphSpec *spec, const Gr
     MamlError cc_err;
     int cc_rc = cpu && !a->no_cc ? build_object(raw, cg, &info, &b, &cc_err) : 0;
     const CompiledGraph *c = b ? cpu_backend_compiled(b) : cg;
-    CodegenOptions co = {.source = a->graph, .tensor_convs = a->conv && !strcmp(a->conv, "tensor")};
+    CodegenOptions co = {.source = a->graph,
+                         .tensor_convs = a->conv && !strcmp(a->conv, "tensor"),
+                         .tensor_variants = a->conv && !strcmp(a->conv, "auto")};
     int rc = cpu ? pipeline_write_dir(c, &info, a->out_dir, err)
                  : codegen_write_cuda_dir(&c->graph, a->out_dir, &co, NULL, err);
     if (rc == 0) print_summary(a, c, &info, true);

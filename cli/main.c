@@ -14,7 +14,7 @@ typedef struct {
 static const Command commands[] = {
     {"check", cmd_check, "check GRAPH.yaml [--set KEY=VALUE ...]"},
     {"compile", cmd_compile,
-     "compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--conv generated|tensor] [--json]\n"
+     "compile GRAPH.yaml -o DIR [--backend cuda|cpu] [--conv generated|tensor|auto] [--json]\n"
      "        [--no-fuse] [--no-cc] [--dot] [--set KEY=VALUE ...]"},
     {"grad", cmd_grad,
      "grad GRAPH.yaml --params P.safetensors --batch B.safetensors --out G.safetensors\n"

@@ -18,6 +18,10 @@ typedef struct {
      * implicit GEMMs on tensor cores in 3xTF32 (templates/cuda/conv_mma.cu.tmpl; compute
      * capability 8.0 or newer); the others keep the direct templates. */
     bool tensor_convs;
+    /* CUDA only (--conv auto): the kernels as without tensor_convs, and besides, every kernel
+     * that has a tensor-core form also in that form, as a second function (CudaCode.tensor), so
+     * that the backend can measure both and launch the faster. */
+    bool tensor_variants;
 } CodegenOptions;
 
 /* Renders p to one C file (templates/c/): a static function per kernel taking the arena base,
@@ -41,7 +45,7 @@ int codegen_write_report(FILE *f, const Graph *g, const KernelProgram *p, const 
 #define CUDA_MAX_ARGS 64
 typedef struct {
     char name[48];     /* the kernel's name in the KernelProgram */
-    int function;      /* index into CudaCode.functions */
+    int function;      /* index into CudaCode.functions; -1 for a tensor variant that is none */
     unsigned grid[3], block[3];
     int n_args;
     int args[CUDA_MAX_ARGS]; /* buffer ids, in parameter order: pass arena + offset[buf] */
@@ -57,11 +61,14 @@ typedef struct {
 
 /* The layout of a rendered program: text [0, header_end) describes the program, [header_end,
  * prelude_end) is the prelude every function needs (it depends only on the real type and on
- * CodegenOptions.tensor_convs), then the
- * functions. A piece made of the prelude and any subset of the functions compiles on its own. */
+ * CodegenOptions.tensor_convs and tensor_variants), then the functions. A piece made of the prelude
+ * and any subset of the functions compiles on its own. */
 typedef struct {
-    CudaLaunch *launches;    /* p->n_kernels entries */
-    CudaFunction *functions; /* p->n_kernels entries, the first n_functions used */
+    CudaLaunch *launches; /* p->n_kernels entries */
+    /* p->n_kernels entries: with CodegenOptions.tensor_variants, kernel i's tensor-core form (same
+     * arguments, its own function and grid), or function -1 where it has none; else all -1 */
+    CudaLaunch *tensor;
+    CudaFunction *functions; /* 2 x p->n_kernels entries, the first n_functions used */
     int n_functions, n_kernels;
     size_t header_end, prelude_end;
 } CudaCode;

@@ -701,8 +701,36 @@ static int render_kernel(Cg *c, const Kernel *k, const char *name, const char *c
                                   : render_template(c, k, name, comment, l, out);
 }
 
-/* Kernels with the same text up to their name and comment share a function: key[i] holds kernel
- * i's text rendered with neutral tokens, fn[i] the first kernel whose key equals it. */
+/* What is rendered comes in slots: slot s < n is kernel s as the options ask, slot n + i (with
+ * CodegenOptions.tensor_variants) kernel i's tensor-core form. */
+typedef struct {
+    int n_slots;
+    bool tensor_convs; /* CodegenOptions.tensor_convs */
+} Slots;
+
+static const Kernel *slot_kernel(const Cg *c, int s) {
+    return &c->p->kernels[s % c->p->n_kernels];
+}
+
+static bool slot_is_variant(const Cg *c, int s) {
+    return s >= c->p->n_kernels;
+}
+
+static CudaLaunch *slot_launch(const Cg *c, int s) {
+    int n = c->p->n_kernels;
+    return s < n ? &c->code->launches[s] : &c->code->tensor[s - n];
+}
+
+/* Sets the form slot s renders in; false for a variant slot whose kernel has no tensor form. */
+static bool slot_select(Cg *c, const Slots *sl, int s) {
+    c->tensor_convs = slot_is_variant(c, s) || sl->tensor_convs;
+    int64_t bn, gx;
+    return !slot_is_variant(c, s) || plan_mma(c, slot_kernel(c, s), &bn, &gx);
+}
+
+/* Slots with the same text up to their name and comment share a function: key[s] holds slot s's
+ * text rendered with neutral tokens, fn[s] the first slot whose key equals it (-1: nothing to
+ * render). */
 typedef struct {
     StrBuf *key;
     uint64_t *hash;
@@ -728,43 +756,51 @@ static int function_name(Cg *c, const Kernel *k, uint64_t hash, char *buf, size_
     return 0;
 }
 
-static int find_functions(Cg *c, Dedup *d) {
-    const KernelProgram *p = c->p;
+/* The first earlier slot with the same text as slot s, or s. */
+static int same_text(const Dedup *d, int s) {
+    for (int j = 0; j < s; j++)
+        if (d->fn[j] == j && d->hash[j] == d->hash[s] && d->key[j].len == d->key[s].len &&
+            memcmp(d->key[j].data, d->key[s].data, d->key[s].len) == 0)
+            return j;
+    return s;
+}
+
+static int find_functions(Cg *c, const Slots *sl, Dedup *d) {
     CudaCode *code = c->code;
-    for (int i = 0; i < p->n_kernels; i++) {
-        CudaLaunch *l = &code->launches[i];
-        if (render_kernel(c, &p->kernels[i], "mamlc_fn", "", l, &d->key[i])) return -1;
-        if (d->key[i].failed) return maml_fail(c->err, "out of memory rendering kernels");
-        d->hash[i] = fnv1a(d->key[i].data, d->key[i].len);
-        d->fn[i] = i;
-        for (int j = 0; j < i && d->fn[i] == i; j++)
-            if (d->fn[j] == j && d->hash[j] == d->hash[i] && d->key[j].len == d->key[i].len &&
-                memcmp(d->key[j].data, d->key[i].data, d->key[i].len) == 0)
-                d->fn[i] = j;
-        snprintf(l->name, sizeof l->name, "%s", p->kernels[i].name);
-        if (d->fn[i] != i) {
-            l->function = code->launches[d->fn[i]].function;
+    for (int s = 0; s < sl->n_slots; s++) {
+        const Kernel *k = slot_kernel(c, s);
+        CudaLaunch *l = slot_launch(c, s);
+        snprintf(l->name, sizeof l->name, "%s", k->name);
+        l->function = d->fn[s] = -1;
+        if (!slot_select(c, sl, s)) continue;
+        if (render_kernel(c, k, "mamlc_fn", "", l, &d->key[s])) return -1;
+        if (d->key[s].failed) return maml_fail(c->err, "out of memory rendering kernels");
+        d->hash[s] = fnv1a(d->key[s].data, d->key[s].len);
+        d->fn[s] = same_text(d, s);
+        if (d->fn[s] != s) {
+            l->function = slot_launch(c, d->fn[s])->function;
             continue;
         }
         CudaFunction *f = &code->functions[code->n_functions];
-        if (function_name(c, &p->kernels[i], d->hash[i], f->name, sizeof f->name)) return -1;
+        if (function_name(c, k, d->hash[s], f->name, sizeof f->name)) return -1;
         l->function = code->n_functions++;
     }
     return 0;
 }
 
 /* The kernels that launch function fn, for its comment. */
-static void function_comment(Cg *c, int fn, char *buf, int size) {
+static void function_comment(Cg *c, const Slots *sl, int fn, char *buf, int size) {
     int n = 0, users = 0;
     buf[0] = 0;
-    for (int i = 0; i < c->p->n_kernels; i++) {
-        if (c->code->launches[i].function != fn) continue;
+    for (int s = 0; s < sl->n_slots; s++) {
+        if (slot_launch(c, s)->function != fn) continue;
+        const Kernel *k = slot_kernel(c, s);
         if (users == 0) {
-            codegen_kernel_comment(c, &c->p->kernels[i], buf, size);
+            codegen_kernel_comment(c, k, buf, size);
             n = (int)strlen(buf);
         } else if (n < size - 80) {
             n += snprintf(buf + n, (size_t)(size - n), "%s%s", users > 1 ? ", " : "; also ",
-                          c->p->kernels[i].name);
+                          k->name);
         } else if (n < size - 20) {
             n += snprintf(buf + n, (size_t)(size - n), ", ...");
         }
@@ -772,16 +808,17 @@ static void function_comment(Cg *c, int fn, char *buf, int size) {
     }
 }
 
-static int emit_functions(Cg *c, const Dedup *d, StrBuf *out) {
-    for (int i = 0; i < c->p->n_kernels; i++) {
-        if (d->fn[i] != i) continue;
-        int fn = c->code->launches[i].function;
+static int emit_functions(Cg *c, const Slots *sl, const Dedup *d, StrBuf *out) {
+    for (int s = 0; s < sl->n_slots; s++) {
+        if (d->fn[s] != s) continue;
+        int fn = slot_launch(c, s)->function;
         CudaFunction *f = &c->code->functions[fn];
         char comment[700];
         CudaLaunch scratch;
-        function_comment(c, fn, comment, sizeof comment);
+        function_comment(c, sl, fn, comment, sizeof comment);
+        slot_select(c, sl, s);
         f->begin = out->len;
-        if (render_kernel(c, &c->p->kernels[i], f->name, comment, &scratch, out)) return -1;
+        if (render_kernel(c, slot_kernel(c, s), f->name, comment, &scratch, out)) return -1;
         sb_puts(out, "\n");
         f->end = out->len;
     }
@@ -790,23 +827,26 @@ static int emit_functions(Cg *c, const Dedup *d, StrBuf *out) {
 
 static int render_program(Cg *c, const CodegenOptions *opt, StrBuf *out) {
     const KernelProgram *p = c->p;
-    size_t n = (size_t)p->n_kernels + 1;
+    Slots sl = {.n_slots = p->n_kernels * (opt->tensor_variants && !opt->f64 ? 2 : 1),
+                .tensor_convs = opt->tensor_convs};
+    size_t n = (size_t)sl.n_slots + 1;
     Dedup d = {.key = maml_calloc(n, sizeof *d.key, c->err),
                .hash = maml_calloc(n, sizeof *d.hash, c->err),
                .fn = maml_calloc(n, sizeof *d.fn, c->err)};
-    int rc = d.key && d.hash && d.fn ? find_functions(c, &d) : -1;
+    int rc = d.key && d.hash && d.fn ? find_functions(c, &sl, &d) : -1;
     Vars vs = {.n = 0};
     var_s(&vs, "source", opt->source ? opt->source : "a graph");
     var_i(&vs, "n_kernels", p->n_kernels);
     var_i(&vs, "n_functions", c->code->n_functions);
     var_i(&vs, "arena_bytes", c->m->arena_bytes);
     var_s(&vs, "real", opt->f64 ? "double" : "float");
+    bool mma = (opt->tensor_convs || opt->tensor_variants) && !opt->f64;
     if (rc == 0) rc = render(c, PROGRAM, "header", &vs, false, out);
     c->code->header_end = out->len;
     if (rc == 0) rc = render(c, PROGRAM, "prelude", &vs, false, out);
-    if (rc == 0 && c->tensor_convs && !opt->f64) rc = render(c, CONV_MMA, "core", &vs, false, out);
+    if (rc == 0 && mma) rc = render(c, CONV_MMA, "core", &vs, false, out);
     c->code->prelude_end = out->len;
-    if (rc == 0) rc = emit_functions(c, &d, out);
+    if (rc == 0) rc = emit_functions(c, &sl, &d, out);
     if (rc == 0) rc = render(c, PROGRAM, "epilogue", &vs, false, out);
     for (size_t i = 0; d.key && i < n; i++) sb_free(&d.key[i]);
     free(d.key);
@@ -819,13 +859,15 @@ int cuda_code_alloc(CudaCode *code, int n_kernels, MamlError *err) {
     memset(code, 0, sizeof *code);
     size_t n = (size_t)n_kernels + 1;
     code->launches = maml_calloc(n, sizeof *code->launches, err);
-    code->functions = code->launches ? maml_calloc(n, sizeof *code->functions, err) : NULL;
+    code->tensor = code->launches ? maml_calloc(n, sizeof *code->tensor, err) : NULL;
+    code->functions = code->tensor ? maml_calloc(2 * n, sizeof *code->functions, err) : NULL;
     code->n_kernels = n_kernels;
     return code->functions ? 0 : -1;
 }
 
 void cuda_code_free(CudaCode *code) {
     free(code->launches);
+    free(code->tensor);
     free(code->functions);
     memset(code, 0, sizeof *code);
 }
@@ -840,6 +882,7 @@ int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m,
         return maml_fail(err, "CudaCode holds %d kernels, the program has %d", code->n_kernels,
                          p->n_kernels);
     code->n_functions = 0;
+    for (int i = 0; i < p->n_kernels; i++) code->tensor[i].function = -1;
     Cg c = {.g = g, .p = p, .m = m, .code = code, .tensor_convs = opt->tensor_convs, .err = err};
     templates_init(&c.tp);
     int rc = render_program(&c, opt, out);
@@ -869,15 +912,23 @@ static int close_checked(FILE *f, const char *path, int rc, MamlError *err) {
     return rc;
 }
 
+static void write_launch(FILE *f, const Kernel *k, const CudaLaunch *l, const CudaCode *code) {
+    char grid[64];
+    snprintf(grid, sizeof grid, "(%u, %u, %u)", l->grid[0], l->grid[1], l->grid[2]);
+    fprintf(f, "%-28s %-18s %-28s %24s\n", l->name, kernel_kind_name(k->kind),
+            code->functions[l->function].name, grid);
+}
+
+/* Each kernel's launch, and below it its tensor-core form's where kernels.cu has one. */
 static void write_launches(FILE *f, const KernelProgram *p, const CudaCode *code) {
-    const CudaLaunch *l = code->launches;
     fprintf(f, "\nCUDA launches (256 threads per block):\n%-28s %-18s %-28s %24s\n", "kernel",
             "kind", "function", "grid");
     for (int i = 0; i < p->n_kernels; i++) {
-        char grid[64];
-        snprintf(grid, sizeof grid, "(%u, %u, %u)", l[i].grid[0], l[i].grid[1], l[i].grid[2]);
-        fprintf(f, "%-28s %-18s %-28s %24s\n", l[i].name, kernel_kind_name(p->kernels[i].kind),
-                code->functions[l[i].function].name, grid);
+        write_launch(f, &p->kernels[i], &code->launches[i], code);
+        if (code->tensor[i].function < 0) continue;
+        CudaLaunch t = code->tensor[i];
+        snprintf(t.name, sizeof t.name, "  or on tensor cores");
+        write_launch(f, &p->kernels[i], &t, code);
     }
 }
 

@@ -37,7 +37,9 @@ typedef struct {
     const KernelProgram *p;
     const MemPlan *m;
     CudaCode *code;
-    bool tensor_convs; /* CodegenOptions.tensor_convs (CUDA) */
+    bool tensor_convs; /* conv kernels in their tensor-core form where they have one (CUDA): set
+                          per kernel rendered, from CodegenOptions.tensor_convs or, for the
+                          second functions of tensor_variants, true */
     MamlError *err;
 } Cg;
 

@@ -215,8 +215,10 @@ typedef struct {
      * the inputs block at the end of each step (the plan lines the two up); the graphs are
      * captured again in that form. */
     bool resident;
-    CudaConvLowering *convs;  /* --conv cudnn|auto: the kernels cuDNN runs; NULL: none */
+    CudaConvLowering *convs;  /* --conv cudnn|auto: the kernels cuDNN runs, and the ones auto put
+                                 on their tensor-core form; NULL: none */
     const char **function_of; /* per kernel: its function's name (for the conv lowering) */
+    const char **tensor_function_of; /* per kernel: its tensor-core form's, or NULL */
     CudaBackendInfo info;
 } CudaImpl;
 
@@ -224,11 +226,22 @@ static CudaImpl *impl_of(const Backend *b) {
     return b && strcmp(b->name, "cuda") == 0 ? b->impl : NULL;
 }
 
-/* "k12_mul (warp_0123456789abcdef)", or "k3_conv2d (cuDNN)": what errors about launch i say. */
-static void launch_what(const CudaImpl *c, int i, char *buf, size_t size) {
-    const CudaLaunch *l = &c->code.launches[i];
+/* Kernel i's launch in its generated form or its tensor-core form. */
+static const CudaLaunch *launch_of(const CudaImpl *c, int i, bool tensor) {
+    return tensor ? &c->code.tensor[i] : &c->code.launches[i];
+}
+
+/* "k12_mul (warp_0123456789abcdef)", or "k3_conv2d (cuDNN)": what errors about kernel i in the
+ * given form say. */
+static void describe_launch(const CudaImpl *c, int i, bool tensor, char *buf, size_t size) {
+    const CudaLaunch *l = launch_of(c, i, tensor);
     snprintf(buf, size, "%s (%s)", l->name,
              cuda_conv_lowered(c->convs, i) ? "cuDNN" : c->code.functions[l->function].name);
+}
+
+/* The same for kernel i as the step runs it. */
+static void launch_what(const CudaImpl *c, int i, char *buf, size_t size) {
+    describe_launch(c, i, cuda_conv_on_tensor(c->convs, i), buf, size);
 }
 
 static int load_modules(CudaImpl *c, MamlError *err) {
@@ -350,19 +363,21 @@ static int prepare_slots(CudaImpl *c, MamlError *err) {
                     2 * c->slot_bytes);
 }
 
-static int launch(CudaImpl *c, int i, MamlError *err) {
-    const CudaLaunch *l = &c->code.launches[i];
+/* Kernel i's generated function, or its tensor-core form (the same arguments). */
+static int launch(CudaImpl *c, int i, bool tensor, MamlError *err) {
+    const CudaLaunch *l = launch_of(c, i, tensor);
     char what[128];
-    launch_what(c, i, what, sizeof what);
+    describe_launch(c, i, tensor, what, sizeof what);
     return CU_CHECK(&c->drv, err, what, cuLaunchKernel, c->fns[l->function], l->grid[0], l->grid[1],
                     l->grid[2], l->block[0], l->block[1], l->block[2], 0, c->stream,
                     &c->arg_ptrs[c->arg_start[i]], NULL);
 }
 
-/* Kernel i: its generated function, or, when lowered, its transposes and cuDNN call. */
+/* Kernel i: its generated function (or the tensor-core form auto chose), or, when lowered, its
+ * transposes and cuDNN call. */
 static int run_kernel(CudaImpl *c, int i, MamlError *err) {
     if (cuda_conv_lowered(c->convs, i)) return cuda_conv_enqueue(c->convs, i, err);
-    return launch(c, i, err);
+    return launch(c, i, cuda_conv_on_tensor(c->convs, i), err);
 }
 
 /* One H2D copy of the inputs block's bytes [from, to) from the pinned mirror. */
@@ -613,6 +628,7 @@ static void cuda_destroy(Backend *b) {
         cuda_driver_close(d);
         free(c->modules), free(c->fns);
         free(c->arg_values), free(c->arg_ptrs), free(c->arg_start), free(c->function_of);
+        free(c->tensor_function_of);
         cuda_images_free(&c->images);
         cuda_code_free(&c->code);
         compiled_graph_free(&c->cg);
@@ -649,13 +665,15 @@ static int render(CudaImpl *c, const Graph *g, const CudaOptions *opt, Precision
     if (cuda_code_alloc(&c->code, c->cg.prog.n_kernels, err)) return -1;
     CodegenOptions co = {.f64 = po.f64,
                          .source = "a graph (cuda backend)",
-                         .tensor_convs = opt->conv == CUDA_CONV_TENSOR};
+                         .tensor_convs = opt->conv == CUDA_CONV_TENSOR,
+                         .tensor_variants = opt->conv == CUDA_CONV_AUTO && c->info.arch >= 80};
     return codegen_cuda(&c->cg.graph, &c->cg.prog, &c->cg.plan, &co, text, &c->code, err);
 }
 
-/* For the conv lowering's auto measurement: launch generated kernel i, nothing else. */
-static int launch_generated(void *ctx, int i, MamlError *err) {
-    return launch(ctx, i, err);
+/* For the conv lowering's auto measurement: launch generated kernel i (or its tensor-core form),
+ * nothing else. */
+static int launch_generated(void *ctx, int i, bool tensor, MamlError *err) {
+    return launch(ctx, i, tensor, err);
 }
 
 /* --conv cudnn|auto: cuDNN for the pure conv kernels (after the arena and launches exist, since
@@ -665,15 +683,20 @@ static int open_convs(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
     if (!cuda_conv_uses_cudnn(opt->conv)) return 0;
     int n = c->code.n_kernels;
     c->function_of = maml_calloc((size_t)n + 1, sizeof *c->function_of, err);
-    if (!c->function_of) return -1;
-    for (int i = 0; i < n; i++)
+    c->tensor_function_of = maml_calloc((size_t)n + 1, sizeof *c->tensor_function_of, err);
+    if (!c->function_of || !c->tensor_function_of) return -1;
+    for (int i = 0; i < n; i++) {
+        const CudaLaunch *t = &c->code.tensor[i];
         c->function_of[i] = c->code.functions[c->code.launches[i].function].name;
+        c->tensor_function_of[i] = t->function >= 0 ? c->code.functions[t->function].name : NULL;
+    }
     CudaConvSetup s = {.mode = opt->conv,
                        .driver = &c->drv,
                        .stream = c->stream,
                        .arena = c->arena,
                        .cg = &c->cg,
                        .function_of = c->function_of,
+                       .tensor_function_of = c->tensor_function_of,
                        .cache_dir = opt->cache_dir,
                        .require_cache = opt->require_cache,
                        .quiet = opt->quiet,
@@ -681,6 +704,7 @@ static int open_convs(CudaImpl *c, const CudaOptions *opt, MamlError *err) {
                        .ctx = c};
     if (cuda_conv_open(&s, &c->convs, err)) return -1;
     c->info.cudnn_kernels = cuda_conv_count(c->convs);
+    c->info.tensor_kernels = cuda_conv_tensor_count(c->convs);
     return 0;
 }
 
@@ -777,6 +801,13 @@ const CudaCode *cuda_backend_code(const Backend *b) {
     return c ? &c->code : NULL;
 }
 
+const CudaLaunch *cuda_backend_launch(const Backend *b, int i, bool *on_cudnn) {
+    const CudaImpl *c = impl_of(b);
+    if (!c || i < 0 || i >= c->code.n_kernels) return NULL;
+    *on_cudnn = cuda_conv_lowered(c->convs, i);
+    return launch_of(c, i, cuda_conv_on_tensor(c->convs, i));
+}
+
 int cuda_backend_run_kernel(Backend *b, int i, MamlError *err) {
     CudaImpl *c = impl_of(b);
     if (!c) return maml_fail(err, "not a cuda backend");
@@ -858,6 +889,12 @@ const CompiledGraph *cuda_backend_compiled(const Backend *b) {
 
 const CudaCode *cuda_backend_code(const Backend *b) {
     (void)b;
+    return NULL;
+}
+
+const CudaLaunch *cuda_backend_launch(const Backend *b, int i, bool *on_cudnn) {
+    (void)b, (void)i;
+    *on_cudnn = false;
     return NULL;
 }
 

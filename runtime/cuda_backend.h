@@ -98,6 +98,7 @@ typedef struct {
     double compile_ms; /* NVRTC (or cache) wall time at open */
     CudaConvMode conv; /* the --conv the backend was opened with */
     int cudnn_kernels; /* kernels that run on cuDNN instead of their generated function */
+    int tensor_kernels; /* kernels that --conv auto runs in their tensor-core form */
     long long arena_bytes, lower_bound;
     long long free_bytes, total_bytes; /* cuMemGetInfo before the arena was allocated */
     /* The device's FP32 peak: SMs x FP32 lanes per SM (64 on sm_70/sm_80, else 128) x 2 (FMA) x
@@ -112,6 +113,10 @@ int cuda_backend_info(const Backend *b, CudaBackendInfo *info, MamlError *err);
 /* The compiled graph and code an open cuda backend runs (kernels, plan, launches). */
 const CompiledGraph *cuda_backend_compiled(const Backend *b);
 const CudaCode *cuda_backend_code(const Backend *b);
+/* Kernel i's launch as the step runs it: its generated function, or the tensor-core form --conv
+ * auto chose; *on_cudnn says whether cuDNN runs the kernel instead. NULL when b is not an open
+ * cuda backend or i is out of range. */
+const CudaLaunch *cuda_backend_launch(const Backend *b, int i, bool *on_cudnn);
 
 /* Launches kernel i alone on the arena (as left by the last run) and waits for it. */
 int cuda_backend_run_kernel(Backend *b, int i, MamlError *err);

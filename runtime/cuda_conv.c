@@ -128,18 +128,19 @@ int64_t conv_lowered_scratch(const ConvLowered *l) {
 /* ---- auto's remembered choices ---- */
 
 CacheKey conv_choice_key(const ConvLowered *l, const char *device, size_t cudnn_version,
-                         const char *function) {
+                         const char *function, const char *tensor_function) {
     const ConvShape *s = &l->shape;
     const int v[] = {s->tasks,  s->batch, s->in_ch, s->height, s->width,
                      s->out_ch, s->kh,    s->kw,    s->stride, s->padding};
     CacheKeyHasher h;
     cache_key_begin(&h);
-    cache_key_add_str(&h, "mamlc conv choice 1");
+    cache_key_add_str(&h, "mamlc conv choice 2");
     cache_key_add_int(&h, l->kind);
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) cache_key_add_int(&h, v[i]);
     cache_key_add_str(&h, device);
     cache_key_add_int(&h, (int64_t)cudnn_version);
     cache_key_add_str(&h, function);
+    cache_key_add_str(&h, tensor_function ? tensor_function : "");
     return cache_key_end(&h);
 }
 
@@ -172,11 +173,16 @@ static int read_choices(const char *path, char **text, MamlError *err) {
     return 0;
 }
 
-/* The choice on a line "HEX cudnn|generated ...", or NONE when the line is not key's. */
+static const char *const CHOICE_NAMES[] = {"none", "generated", "cudnn", "tensor"};
+
+/* The choice on a line "HEX generated|cudnn|tensor ...", or NONE when the line is not key's. */
 static ConvChoice line_choice(const char *line, const char *hex) {
     if (strncmp(line, hex, 32) != 0 || line[32] != ' ') return CONV_CHOICE_NONE;
-    if (strncmp(line + 33, "cudnn ", 6) == 0) return CONV_CHOICE_CUDNN;
-    if (strncmp(line + 33, "generated ", 10) == 0) return CONV_CHOICE_GENERATED;
+    for (int c = CONV_CHOICE_GENERATED; c <= CONV_CHOICE_TENSOR; c++) {
+        size_t n = strlen(CHOICE_NAMES[c]);
+        if (strncmp(line + 33, CHOICE_NAMES[c], n) == 0 && line[33 + n] == ' ')
+            return (ConvChoice)c;
+    }
     return CONV_CHOICE_NONE;
 }
 
@@ -220,16 +226,27 @@ static int write_atomically(const char *path, const StrBuf *text, MamlError *err
     return maml_fail(err, "%s: cannot write it: %s", path, strerror(e));
 }
 
-int conv_choice_store(const char *dir, CacheKey key, ConvChoice choice, double generated_ms,
-                      double cudnn_ms, const char *label, MamlError *err) {
+/* "name=0.1234 " for a candidate's time, "name=- " for one that is not. */
+static void time_field(char *buf, size_t size, const char *name, double ms) {
+    if (ms < 0)
+        snprintf(buf, size, "%s=- ", name);
+    else
+        snprintf(buf, size, "%s=%.4f ", name, ms);
+}
+
+int conv_choice_store(const char *dir, CacheKey key, ConvChoice choice, const ConvTimes *times,
+                      const char *label, MamlError *err) {
     char path[1200], hex[33], *old;
     choices_path(dir, path, sizeof path);
     key_hex(key, hex);
-    if (choice == CONV_CHOICE_NONE) return maml_fail(err, "%s: no choice to store", path);
+    if (choice <= CONV_CHOICE_NONE || choice > CONV_CHOICE_TENSOR)
+        return maml_fail(err, "%s: no choice to store", path);
     if (read_choices(path, &old, err)) return -1;
-    char line[512];
-    snprintf(line, sizeof line, "%s %s generated_ms=%.4f cudnn_ms=%.4f %s\n", hex,
-             choice == CONV_CHOICE_CUDNN ? "cudnn" : "generated", generated_ms, cudnn_ms,
+    char line[512], gen[40], ten[40], dnn[40];
+    time_field(gen, sizeof gen, "generated_ms", times->generated_ms);
+    time_field(ten, sizeof ten, "tensor_ms", times->tensor_ms);
+    time_field(dnn, sizeof dnn, "cudnn_ms", times->cudnn_ms);
+    snprintf(line, sizeof line, "%s %s %s%s%s%s\n", hex, CHOICE_NAMES[choice], gen, ten, dnn,
              label ? label : "");
     for (char *c = line; c[1]; c++) /* one line per entry, whatever the label holds */
         if (*c == '\n') *c = ' ';
@@ -259,11 +276,12 @@ struct CudaConvLowering {
     CUstream stream;
     KernelCache cache;
     ConvPlan plan;
-    Cudnn *cudnn;
-    CudnnConv **convs; /* per plan item; NULL: cuDNN cannot take it (auto only) */
-    bool *use;         /* per plan item: runs on cuDNN */
-    int *item_of;      /* per kernel: its plan item when lowered, else -1 */
-    int n_lowered, measured, remembered;
+    Cudnn *cudnn;       /* NULL: none loaded (auto only) */
+    CudnnConv **convs;  /* per plan item; NULL: cuDNN cannot take it (auto only) */
+    ConvChoice *choice; /* per plan item: the form it runs in */
+    int *item_of;       /* per kernel: its plan item when on cuDNN, else -1 */
+    bool *on_tensor;    /* per kernel: runs its tensor-core form */
+    int n_lowered, n_tensor, measured, remembered;
     CUmodule module;
     CUfunction swap;
     CUdeviceptr mem, scratch, workspace;
@@ -301,14 +319,23 @@ static int open_cudnn(CudaConvLowering *l, MamlError *err) {
     cudnn_close(l->cudnn);
     l->cudnn = NULL;
     if (setback(l, &why, err)) return -1;
-    note(l, "every convolution keeps its generated kernel");
+    note(l, "no convolution goes to cuDNN");
+    return 0;
+}
+
+static int alloc_items(CudaConvLowering *l, MamlError *err) {
+    int n = l->s.cg->prog.n_kernels;
+    l->convs = maml_calloc((size_t)l->plan.n + 1, sizeof *l->convs, err);
+    l->choice = maml_calloc((size_t)l->plan.n + 1, sizeof *l->choice, err);
+    l->item_of = maml_calloc((size_t)n + 1, sizeof *l->item_of, err);
+    l->on_tensor = maml_calloc((size_t)n + 1, sizeof *l->on_tensor, err);
+    if (!l->convs || !l->choice || !l->item_of || !l->on_tensor) return -1;
+    for (int k = 0; k < n; k++) l->item_of[k] = -1;
+    for (int i = 0; i < l->plan.n; i++) l->choice[i] = CONV_CHOICE_GENERATED;
     return 0;
 }
 
 static int create_convs(CudaConvLowering *l, MamlError *err) {
-    l->convs = maml_calloc((size_t)l->plan.n + 1, sizeof *l->convs, err);
-    l->use = maml_calloc((size_t)l->plan.n + 1, sizeof *l->use, err);
-    if (!l->convs || !l->use) return -1;
     for (int i = 0; i < l->plan.n; i++) {
         MamlError why;
         CudnnConv *cv = NULL;
@@ -445,8 +472,8 @@ static int run_item(CudaConvLowering *l, int item, MamlError *err) {
     }
 }
 
-/* Every usable item once, on a zeroed arena, outside any capture: a failing call names its
- * kernel here, and cuDNN loads its kernels before the step is captured. */
+/* Every cuDNN item once, on a zeroed arena, outside any capture: a failing call names its kernel
+ * here, and cuDNN loads its kernels before the step is captured (auto then times on that arena). */
 static int warm_up(CudaConvLowering *l, MamlError *err) {
     const CudaDriver *d = l->d;
     size_t arena = (size_t)l->s.cg->plan.arena_bytes;
@@ -462,8 +489,8 @@ static int warm_up(CudaConvLowering *l, MamlError *err) {
     return 0;
 }
 
-/* Mean milliseconds of TIMING_REPS runs of item on cuDNN (cudnn) or its generated kernel. */
-static int time_item(CudaConvLowering *l, int item, bool cudnn, double *ms, MamlError *err) {
+/* Mean milliseconds of TIMING_REPS runs of item in the given form. */
+static int time_item(CudaConvLowering *l, int item, ConvChoice form, double *ms, MamlError *err) {
     const CudaDriver *d = l->d;
     const char *name = kernel_of(l, item)->name;
     int kernel = l->plan.items[item].kernel, rc = 0;
@@ -471,7 +498,9 @@ static int time_item(CudaConvLowering *l, int item, bool cudnn, double *ms, Maml
     for (int r = 0; rc == 0 && r <= TIMING_REPS; r++) {
         if (r == 1) rc = CU_CHECK(d, err, name, cuEventRecord, l->ev[0], l->stream);
         if (rc == 0)
-            rc = cudnn ? run_item(l, item, err) : l->s.launch_generated(l->s.ctx, kernel, err);
+            rc = form == CONV_CHOICE_CUDNN
+                     ? run_item(l, item, err)
+                     : l->s.launch_generated(l->s.ctx, kernel, form == CONV_CHOICE_TENSOR, err);
     }
     float f = 0;
     if (rc || CU_CHECK(d, err, name, cuEventRecord, l->ev[1], l->stream) ||
@@ -482,35 +511,59 @@ static int time_item(CudaConvLowering *l, int item, bool cudnn, double *ms, Maml
     return 0;
 }
 
+static bool has_tensor_form(const CudaConvLowering *l, int item) {
+    return l->s.tensor_function_of && l->s.tensor_function_of[l->plan.items[item].kernel];
+}
+
+/* Whether item can run in form c. */
+static bool available(const CudaConvLowering *l, int item, ConvChoice c) {
+    return c == CONV_CHOICE_GENERATED || (c == CONV_CHOICE_TENSOR && has_tensor_form(l, item)) ||
+           (c == CONV_CHOICE_CUDNN && l->convs[item]);
+}
+
+/* The fastest candidate; generated on ties. */
+static ConvChoice fastest(const ConvTimes *t) {
+    ConvChoice best = CONV_CHOICE_GENERATED;
+    double ms = t->generated_ms;
+    if (t->tensor_ms >= 0 && t->tensor_ms < ms) best = CONV_CHOICE_TENSOR, ms = t->tensor_ms;
+    if (t->cudnn_ms >= 0 && t->cudnn_ms < ms) best = CONV_CHOICE_CUDNN;
+    return best;
+}
+
 static int measure(CudaConvLowering *l, int item, CacheKey key, MamlError *err) {
-    double gen_ms, dnn_ms;
-    if (time_item(l, item, false, &gen_ms, err) || time_item(l, item, true, &dnn_ms, err))
+    ConvTimes t = {.generated_ms = -1, .tensor_ms = -1, .cudnn_ms = -1};
+    if (time_item(l, item, CONV_CHOICE_GENERATED, &t.generated_ms, err)) return -1;
+    if (available(l, item, CONV_CHOICE_TENSOR) &&
+        time_item(l, item, CONV_CHOICE_TENSOR, &t.tensor_ms, err))
         return -1;
-    l->use[item] = dnn_ms < gen_ms;
+    if (available(l, item, CONV_CHOICE_CUDNN) &&
+        time_item(l, item, CONV_CHOICE_CUDNN, &t.cudnn_ms, err))
+        return -1;
+    l->choice[item] = fastest(&t);
     l->measured++;
     char label[200], shape[96];
     conv_shape_str(&l->plan.items[item].shape, shape, sizeof shape);
     snprintf(label, sizeof label, "%s %s [%s]", kernel_kind_name(l->plan.items[item].kind),
              kernel_of(l, item)->name, shape);
     MamlError why;
-    if (conv_choice_store(l->cache.dir, key,
-                          l->use[item] ? CONV_CHOICE_CUDNN : CONV_CHOICE_GENERATED, gen_ms, dnn_ms,
-                          label, &why))
+    if (conv_choice_store(l->cache.dir, key, l->choice[item], &t, label, &why))
         note(l, "the choice is not remembered: %s", why.message);
     return 0;
 }
 
-/* auto: each usable item's remembered choice, or a measurement (then remembered). */
+/* auto: for each item with more than one form, its remembered choice, or a measurement (then
+ * remembered). */
 static int choose_auto(CudaConvLowering *l, MamlError *err) {
     for (int i = 0; i < l->plan.n; i++) {
-        if (!l->convs[i]) continue;
+        if (!available(l, i, CONV_CHOICE_TENSOR) && !available(l, i, CONV_CHOICE_CUDNN)) continue;
         int kernel = l->plan.items[i].kernel;
-        CacheKey key = conv_choice_key(&l->plan.items[i], l->d->name, cudnn_version(l->cudnn),
-                                       l->s.function_of[kernel]);
+        CacheKey key = conv_choice_key(
+            &l->plan.items[i], l->d->name, l->cudnn ? cudnn_version(l->cudnn) : 0,
+            l->s.function_of[kernel], has_tensor_form(l, i) ? l->s.tensor_function_of[kernel] : "");
         ConvChoice c;
         if (conv_choice_lookup(l->cache.dir, key, &c, err)) return -1;
-        if (c != CONV_CHOICE_NONE) {
-            l->use[i] = c == CONV_CHOICE_CUDNN;
+        if (c != CONV_CHOICE_NONE && available(l, i, c)) {
+            l->choice[i] = c;
             l->remembered++;
         } else if (measure(l, i, key, err)) {
             return -1;
@@ -519,27 +572,30 @@ static int choose_auto(CudaConvLowering *l, MamlError *err) {
     return 0;
 }
 
-static int map_kernels(CudaConvLowering *l, MamlError *err) {
-    int n = l->s.cg->prog.n_kernels;
-    l->item_of = maml_calloc((size_t)n + 1, sizeof *l->item_of, err);
-    if (!l->item_of) return -1;
-    for (int k = 0; k < n; k++) l->item_of[k] = -1;
+static void map_kernels(CudaConvLowering *l) {
     for (int i = 0; i < l->plan.n; i++) {
-        if (l->s.mode == CUDA_CONV_CUDNN) l->use[i] = l->convs[i] != NULL;
-        if (!l->use[i]) continue;
-        l->item_of[l->plan.items[i].kernel] = i;
-        l->n_lowered++;
+        if (l->s.mode == CUDA_CONV_CUDNN)
+            l->choice[i] = l->convs[i] ? CONV_CHOICE_CUDNN : CONV_CHOICE_GENERATED;
+        int kernel = l->plan.items[i].kernel;
+        if (l->choice[i] == CONV_CHOICE_CUDNN) l->item_of[kernel] = i, l->n_lowered++;
+        if (l->choice[i] == CONV_CHOICE_TENSOR) l->on_tensor[kernel] = true, l->n_tensor++;
     }
-    return 0;
 }
 
 static void summary(const CudaConvLowering *l) {
-    char extra[160] = "";
+    char dnn[1200] = "on cuDNN (none loaded)";
+    if (l->cudnn)
+        snprintf(dnn, sizeof dnn, "on cuDNN %zu (%s)", cudnn_version(l->cudnn),
+                 cudnn_library(l->cudnn));
     if (l->s.mode == CUDA_CONV_AUTO)
-        snprintf(extra, sizeof extra, " (%d measured now, %d remembered in %s/%s)", l->measured,
-                 l->remembered, l->cache.dir, CONV_CHOICES_FILE);
-    note(l, "%d of %d convolution kernels on cuDNN %zu (%s)%s", l->n_lowered, l->plan.n_conv,
-         cudnn_version(l->cudnn), cudnn_library(l->cudnn), extra);
+        note(l,
+             "%d of %d convolution kernels %s, %d in their tensor-core form, %d generated (%d "
+             "measured now, %d remembered in %s/%s)",
+             l->n_lowered, l->plan.n_conv, dnn, l->n_tensor,
+             l->plan.n_conv - l->n_lowered - l->n_tensor, l->measured, l->remembered, l->cache.dir,
+             CONV_CHOICES_FILE);
+    else
+        note(l, "%d of %d convolution kernels %s", l->n_lowered, l->plan.n_conv, dnn);
     if (l->plan.first_refusal[0])
         note(l, "%d keep their generated kernels, e.g. %s", l->plan.n_conv - l->plan.n,
              l->plan.first_refusal);
@@ -547,16 +603,15 @@ static void summary(const CudaConvLowering *l) {
 
 /* Everything after the plan: cuDNN, descriptors, transpose, memory, warm-up, choices. */
 static int prepare(CudaConvLowering *l, MamlError *err) {
-    if (open_cudnn(l, err)) return -1;
-    if (!l->cudnn) return 0;
-    if (create_convs(l, err)) return -1;
+    if (open_cudnn(l, err) || alloc_items(l, err)) return -1;
+    if (l->cudnn && create_convs(l, err)) return -1;
     if (needs_swap(l) && load_swap(l, err)) return -1;
     for (int i = 0; i < 2; i++)
         if (CU_CHECK(l->d, err, "conv timing", cuEventCreate, &l->ev[i], CU_EVENT_DEFAULT))
             return -1;
-    if (alloc_memory(l, err) || warm_up(l, err)) return -1;
+    if ((l->cudnn && alloc_memory(l, err)) || warm_up(l, err)) return -1;
     if (l->s.mode == CUDA_CONV_AUTO && choose_auto(l, err)) return -1;
-    if (map_kernels(l, err)) return -1;
+    map_kernels(l);
     summary(l);
     return 0;
 }
@@ -598,7 +653,7 @@ void cuda_conv_close(CudaConvLowering *l) {
         if (l->ev[i]) d->cuEventDestroy(l->ev[i]);
     if (l->mem) d->cuMemFree(l->mem);
     if (l->module) d->cuModuleUnload(l->module);
-    free(l->convs), free(l->use), free(l->item_of);
+    free(l->convs), free(l->choice), free(l->item_of), free(l->on_tensor);
     conv_plan_free(&l->plan);
     free(l);
 }
@@ -608,8 +663,17 @@ bool cuda_conv_lowered(const CudaConvLowering *l, int kernel) {
            l->item_of[kernel] >= 0;
 }
 
+bool cuda_conv_on_tensor(const CudaConvLowering *l, int kernel) {
+    return l && l->on_tensor && kernel >= 0 && kernel < l->s.cg->prog.n_kernels &&
+           l->on_tensor[kernel];
+}
+
 int cuda_conv_count(const CudaConvLowering *l) {
     return l ? l->n_lowered : 0;
+}
+
+int cuda_conv_tensor_count(const CudaConvLowering *l) {
+    return l ? l->n_tensor : 0;
 }
 
 int cuda_conv_enqueue(CudaConvLowering *l, int kernel, MamlError *err) {
@@ -636,7 +700,17 @@ bool cuda_conv_lowered(const CudaConvLowering *l, int kernel) {
     return false;
 }
 
+bool cuda_conv_on_tensor(const CudaConvLowering *l, int kernel) {
+    (void)l, (void)kernel;
+    return false;
+}
+
 int cuda_conv_count(const CudaConvLowering *l) {
+    (void)l;
+    return 0;
+}
+
+int cuda_conv_tensor_count(const CudaConvLowering *l) {
     (void)l;
     return 0;
 }

@@ -335,6 +335,10 @@ for b in "${BENCHES[@]}"; do
     result "bench $name" "$(field "$f" step_ms_median) ms per step, $(field "$f" pipelined_ms) ms pipelined"
 done
 cat "$WORK/bench_table.txt"
+if [ -f "$MAMLC_CACHE/cuda/conv_choices.txt" ]; then
+    echo "--conv auto's choices (every candidate's mean ms; '-': not one):"
+    cat "$MAMLC_CACHE/cuda/conv_choices.txt"
+fi
 # ---- train: the training loop's own pace (batch staged during each step, state kept on the device),
 # beside the sinusoid bench's pipelined step above
 section "train: mamlc train graphs/sinusoid.yaml --backend $BACKEND, 3000 steps"
@@ -369,7 +373,7 @@ fi
 if [ "$BACKEND" = cuda ]; then
     section "profile: the seed's slowest kernels"
     timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --top 20 || result profile "FAIL: gpu_compare profile failed"
-    for conv in cudnn tensor; do
+    for conv in cudnn tensor auto; do
         section "profile: the seed with --conv $conv"
         timeout 120 "$CMP" profile graphs/omniglot_seed.yaml --conv $conv --top 10 ||
             result "profile --conv $conv" "FAIL: gpu_compare profile failed"

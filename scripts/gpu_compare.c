@@ -406,13 +406,15 @@ static void print_profile(Backend *b, const double *kernel_ms, double step_ms, i
            "GFLOP/s", "GB/s");
     for (int r = 0; r < top && r < n; r++) {
         const Kernel *k = &cg->prog.kernels[t[r].kernel];
-        const CudaLaunch *l = &code->launches[t[r].kernel];
-        char grid[48];
-        snprintf(grid, sizeof grid, "(%u,%u,%u)", l->grid[0], l->grid[1], l->grid[2]);
+        bool on_cudnn;
+        const CudaLaunch *l = cuda_backend_launch(b, t[r].kernel, &on_cudnn);
+        char grid[48] = "-";
+        if (!on_cudnn)
+            snprintf(grid, sizeof grid, "(%u,%u,%u)", l->grid[0], l->grid[1], l->grid[2]);
         double s = t[r].ms * 1e-3;
         printf("%-26s %-34s %-18s %9.4f %6.1f %10.1f %9.1f\n", l->name,
-               code->functions[l->function].name, grid, t[r].ms, 100 * t[r].ms / sum,
-               kernel_flops(k) / 1e9 / s,
+               on_cudnn ? "cuDNN" : code->functions[l->function].name, grid, t[r].ms,
+               100 * t[r].ms / sum, kernel_flops(k) / 1e9 / s,
                kernel_bytes(&cg->prog, k, (int)cg->plan.elem_size) / 1e9 / s);
     }
     printf("%-20s %8s %10s %6s\n", "kind", "kernels", "ms", "%");

@@ -174,9 +174,9 @@ Test(cli, unknown_command_and_unknown_backend_are_usage_errors) {
     cr_assert(strstr(out, "unknown backend 'tpu'"), "%s", out);
 }
 
-/* compile renders kernels.cu only: --conv picks the generated or tensor-core rendering, and the
- * run-time lowerings (cudnn, auto) or a cpu compile are one-line usage errors. */
-Test(cli, compile_conv_tensor_renders_tensor_core_kernels_and_refuses_run_time_lowerings) {
+/* compile renders kernels.cu only: --conv picks the generated, tensor-core or both (auto's)
+ * rendering, and cudnn (a run-time lowering) or a cpu compile are one-line usage errors. */
+Test(cli, compile_conv_tensor_and_auto_render_tensor_core_kernels_and_cudnn_is_refused) {
     const char *dir = temp_dir(0);
     char out[8192], path[256];
     int rc = run(out, sizeof out, "compile graphs/omniglot_seed.yaml -o %s --backend cuda --conv tensor",
@@ -191,12 +191,23 @@ Test(cli, compile_conv_tensor_renders_tensor_core_kernels_and_refuses_run_time_l
     text[n] = '\0';
     cr_assert(strstr(text, "mma.sync.aligned.m16n8k8") && strstr(text, "mma_gemm_tile<"),
               "no tensor-core kernel in %s", path);
-    const char *bad[] = {"--backend cuda --conv cudnn", "--backend cuda --conv auto",
+    rc = run(out, sizeof out, "compile graphs/omniglot_seed.yaml -o %s --backend cuda --conv auto",
+             dir);
+    cr_assert_eq(rc, 0, "%s", out);
+    snprintf(path, sizeof path, "%s/report.txt", dir);
+    f = fopen(path, "rb");
+    cr_assert(f, "%s not written", path);
+    n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    cr_assert(strstr(text, "k10_conv2d ") && strstr(text, "  or on tensor cores "),
+              "auto's report lists the tensor-core forms: %s", path);
+    const char *bad[] = {"--backend cuda --conv cudnn", "--backend cpu --conv auto",
                          "--backend cpu --conv tensor", "--backend cuda --conv bogus"};
     for (int i = 0; i < 4; i++) {
         rc = run(out, sizeof out, "compile graphs/omniglot_seed.yaml -o %s %s", dir, bad[i]);
         cr_assert_eq(rc, 2, "%s: %s", bad[i], out);
         cr_assert_eq(count_lines(out), 1, "%s: not one line: %s", bad[i], out);
-        cr_assert(strstr(out, "--conv must be generated or tensor"), "%s: %s", bad[i], out);
+        cr_assert(strstr(out, "--conv must be generated, tensor or auto"), "%s: %s", bad[i], out);
     }
 }

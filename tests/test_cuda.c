@@ -890,7 +890,7 @@ typedef struct {
     CompiledGraph cg;
     CudaCode code;
     StrBuf text;
-    bool tensor_convs; /* rendered with --conv tensor */
+    CudaConvMode conv; /* rendered for --conv generated (cudnn alike), tensor or auto */
 } Rendered;
 
 static void render_graph(Rendered *r, bool fuse, bool f64) {
@@ -901,18 +901,21 @@ static void render_graph(Rendered *r, bool fuse, bool f64) {
     cr_assert_eq(compile_pipeline(&r->raw, &po, &r->cg, &err), 0, "%s", err.message);
     cr_assert_eq(cuda_code_alloc(&r->code, r->cg.prog.n_kernels, &err), 0, "%s", err.message);
     sb_init(&r->text);
-    CodegenOptions co = {.f64 = f64, .source = "a test", .tensor_convs = r->tensor_convs};
+    CodegenOptions co = {.f64 = f64,
+                         .source = "a test",
+                         .tensor_convs = r->conv == CUDA_CONV_TENSOR,
+                         .tensor_variants = r->conv == CUDA_CONV_AUTO};
     cr_assert_eq(
         codegen_cuda(&r->cg.graph, &r->cg.prog, &r->cg.plan, &co, &r->text, &r->code, &err), 0,
         "%s", err.message);
 }
 
-/* A shipped graph of the given kind for `tasks` tasks (maml.meta_batch set to match), its
- * convolutions on tensor cores when tensor_convs. */
+/* A shipped graph of the given kind for `tasks` tasks (maml.meta_batch set to match), rendered
+ * for conv mode conv. */
 static void render_shipped_as(Rendered *r, const char *path, MamlGraphKind kind, int tasks,
-                              bool fuse, bool f64, bool tensor_convs) {
+                              bool fuse, bool f64, CudaConvMode conv) {
     memset(r, 0, sizeof *r);
-    r->tensor_convs = tensor_convs;
+    r->conv = conv;
     char set[64];
     snprintf(set, sizeof set, "maml.meta_batch=%d", tasks);
     const char *ov[1] = {set};
@@ -925,7 +928,7 @@ static void render_shipped_as(Rendered *r, const char *path, MamlGraphKind kind,
 
 static void render_shipped(Rendered *r, const char *path, MamlGraphKind kind, int tasks, bool fuse,
                            bool f64) {
-    render_shipped_as(r, path, kind, tasks, fuse, f64, false);
+    render_shipped_as(r, path, kind, tasks, fuse, f64, CUDA_CONV_GENERATED);
 }
 
 /* maml.meta_batch of a shipped graph: the size its kernels are tiled for in a real step. */
@@ -971,14 +974,45 @@ static void rendered_free(Rendered *r) {
 static const char *const SHIPPED[] = {"graphs/omniglot_seed.yaml", "graphs/omniglot_5w1s.yaml",
                                       "graphs/omniglot_20w1s.yaml", "graphs/sinusoid.yaml"};
 
-/* The structure codegen_cuda promises: every launch names a function and valid buffers, every
- * function is an extern "C" __global__ with launch bounds, as many pointer parameters as its
- * launches pass, and kernels sharing a function are of one kind. */
+/* Launch l of kernel i (its own, or its tensor-core form): a valid function and buffers, the
+ * buffers it stores passed, a legal grid; kind_of and params hold what each function's first
+ * launch was, and a function serves one kind with one parameter count. */
+static void check_launch(const Rendered *r, int i, const CudaLaunch *l, int *kind_of, int *params,
+                         const char *label) {
+    const CudaCode *c = &r->code;
+    const KernelProgram *p = &r->cg.prog;
+    cr_assert_str_eq(l->name, p->kernels[i].name);
+    cr_assert(l->function >= 0 && l->function < c->n_functions, "%s: %s", label, l->name);
+    cr_assert(l->n_args >= 1 && l->n_args <= CUDA_MAX_ARGS);
+    for (int a = 0; a < l->n_args; a++) cr_assert(l->args[a] >= 0 && l->args[a] < p->n_bufs);
+    cr_assert_eq(l->args[l->n_args - 1], kernel_writes(&p->kernels[i]),
+                 "%s: %s writes its last argument", label, l->name);
+    int outs[CUDA_MAX_ARGS];
+    for (int s = 0, n = kernel_stores(&p->kernels[i], outs, CUDA_MAX_ARGS); s < n; s++) {
+        bool passed = false;
+        for (int a = 0; a < l->n_args; a++) passed |= l->args[a] == outs[s];
+        cr_assert(passed, "%s: %s gets every buffer it stores", label, l->name);
+    }
+    cr_assert(l->grid[0] >= 1 && l->grid[1] >= 1 && l->grid[2] >= 1 && l->grid[1] <= 65535 &&
+              l->grid[2] <= 65535);
+    cr_assert(l->block[0] == 256 && l->block[1] == 1 && l->block[2] == 1);
+    int f = l->function;
+    if (kind_of[f] < 0) kind_of[f] = (int)p->kernels[i].kind, params[f] = l->n_args;
+    cr_assert_eq(kind_of[f], (int)p->kernels[i].kind, "%s: %s shares a function across kinds",
+                 label, l->name);
+    cr_assert_eq(params[f], l->n_args, "%s: %s", label, l->name);
+}
+
+/* The structure codegen_cuda promises: every launch (and tensor-core form, rendered for auto)
+ * names a function and valid buffers, every function is an extern "C" __global__ with launch
+ * bounds, as many pointer parameters as its launches pass, and kernels sharing a function are of
+ * one kind. */
 static void check_layout(const Rendered *r, const char *label) {
     const CudaCode *c = &r->code;
     const KernelProgram *p = &r->cg.prog;
+    int forms = r->conv == CUDA_CONV_AUTO ? 2 : 1;
     cr_assert(c->header_end > 0 && c->prelude_end > c->header_end, "%s: no prelude", label);
-    cr_assert(c->n_functions >= 1 && c->n_functions <= p->n_kernels, "%s", label);
+    cr_assert(c->n_functions >= 1 && c->n_functions <= forms * p->n_kernels, "%s", label);
     for (int f = 0; f < c->n_functions; f++) {
         const CudaFunction *fn = &c->functions[f];
         cr_assert(fn->begin >= c->prelude_end && fn->end > fn->begin && fn->end <= r->text.len);
@@ -992,27 +1026,9 @@ static void check_layout(const Rendered *r, const char *label) {
     int *kind_of = calloc(nf, sizeof *kind_of), *params = calloc(nf, sizeof *params);
     for (int f = 0; f < c->n_functions; f++) kind_of[f] = -1, params[f] = -1;
     for (int i = 0; i < p->n_kernels; i++) {
-        const CudaLaunch *l = &c->launches[i];
-        cr_assert_str_eq(l->name, p->kernels[i].name);
-        cr_assert(l->function >= 0 && l->function < c->n_functions, "%s: %s", label, l->name);
-        cr_assert(l->n_args >= 1 && l->n_args <= CUDA_MAX_ARGS);
-        for (int a = 0; a < l->n_args; a++) cr_assert(l->args[a] >= 0 && l->args[a] < p->n_bufs);
-        cr_assert_eq(l->args[l->n_args - 1], kernel_writes(&p->kernels[i]),
-                     "%s: %s writes its last argument", label, l->name);
-        int outs[CUDA_MAX_ARGS];
-        for (int s = 0, n = kernel_stores(&p->kernels[i], outs, CUDA_MAX_ARGS); s < n; s++) {
-            bool passed = false;
-            for (int a = 0; a < l->n_args; a++) passed |= l->args[a] == outs[s];
-            cr_assert(passed, "%s: %s gets every buffer it stores", label, l->name);
-        }
-        cr_assert(l->grid[0] >= 1 && l->grid[1] >= 1 && l->grid[2] >= 1 && l->grid[1] <= 65535 &&
-                  l->grid[2] <= 65535);
-        cr_assert(l->block[0] == 256 && l->block[1] == 1 && l->block[2] == 1);
-        int f = l->function;
-        if (kind_of[f] < 0) kind_of[f] = (int)p->kernels[i].kind, params[f] = l->n_args;
-        cr_assert_eq(kind_of[f], (int)p->kernels[i].kind, "%s: %s shares a function across kinds",
-                     label, l->name);
-        cr_assert_eq(params[f], l->n_args, "%s: %s", label, l->name);
+        check_launch(r, i, &c->launches[i], kind_of, params, label);
+        if (forms == 1) cr_assert_eq(c->tensor[i].function, -1, "%s: a second form", label);
+        if (c->tensor[i].function >= 0) check_launch(r, i, &c->tensor[i], kind_of, params, label);
     }
     free(kind_of);
     free(params);
@@ -1030,6 +1046,56 @@ Test(cuda_codegen, launches_and_functions_are_consistent_on_every_shipped_graph)
                 check_layout(&r, label);
                 rendered_free(&r);
             }
+}
+
+/* Launch a of ra and launch b of rb: the same function (name and text), grid and arguments. */
+static void assert_same_launch(const Rendered *ra, const CudaLaunch *a, const Rendered *rb,
+                               const CudaLaunch *b, const char *label) {
+    const CudaFunction *fa = &ra->code.functions[a->function],
+                       *fb = &rb->code.functions[b->function];
+    cr_assert_str_eq(fa->name, fb->name, "%s: %s", label, a->name);
+    cr_assert(
+        fa->end - fa->begin == fb->end - fb->begin &&
+            memcmp(ra->text.data + fa->begin, rb->text.data + fb->begin, fa->end - fa->begin) == 0,
+        "%s: %s's text differs", label, a->name);
+    cr_assert(memcmp(a->grid, b->grid, sizeof a->grid) == 0, "%s: %s's grid", label, a->name);
+    cr_assert(a->n_args == b->n_args && memcmp(a->args, b->args, sizeof(int) * a->n_args) == 0,
+              "%s: %s's arguments", label, a->name);
+}
+
+/* --conv auto's kernels.cu: every kernel launched exactly as without --conv tensor, and beside it,
+ * for exactly the kernels --conv tensor puts on tensor cores, that tensor-core launch; float64
+ * (no tensor cores) gets no second forms. */
+Test(cuda_codegen, auto_renders_conv_kernels_in_both_forms_and_the_rest_as_generated) {
+    for (int g = 0; g < 4; g++) {
+        Rendered gen, ten, both;
+        render_shipped_as(&gen, SHIPPED[g], MAML_TRAIN_STEP, 4, true, false, CUDA_CONV_GENERATED);
+        render_shipped_as(&ten, SHIPPED[g], MAML_TRAIN_STEP, 4, true, false, CUDA_CONV_TENSOR);
+        render_shipped_as(&both, SHIPPED[g], MAML_TRAIN_STEP, 4, true, false, CUDA_CONV_AUTO);
+        check_layout(&both, SHIPPED[g]);
+        int variants = 0;
+        for (int i = 0; i < gen.cg.prog.n_kernels; i++) {
+            assert_same_launch(&both, &both.code.launches[i], &gen, &gen.code.launches[i],
+                               SHIPPED[g]);
+            const CudaLaunch *t = &ten.code.launches[i];
+            bool on_tc = uses_tensor_cores(&ten, &ten.code.functions[t->function]);
+            cr_assert_eq(both.code.tensor[i].function >= 0, on_tc, "%s: %s", SHIPPED[g], t->name);
+            if (!on_tc) continue;
+            assert_same_launch(&both, &both.code.tensor[i], &ten, t, SHIPPED[g]);
+            variants++;
+        }
+        cr_assert_eq(both.code.n_functions, gen.code.n_functions + tensor_functions(&ten),
+                     "%s: the generated functions and the tensor-core ones, each once", SHIPPED[g]);
+        if (strstr(SHIPPED[g], "omniglot"))
+            cr_assert_gt(variants, 0, "%s: no kernel has a tensor-core form", SHIPPED[g]);
+        rendered_free(&gen), rendered_free(&ten), rendered_free(&both);
+        render_shipped_as(&both, SHIPPED[g], MAML_TRAIN_STEP, 4, true, true, CUDA_CONV_AUTO);
+        for (int i = 0; i < both.cg.prog.n_kernels; i++)
+            cr_assert_eq(both.code.tensor[i].function, -1, "%s f64: a tensor-core form",
+                         SHIPPED[g]);
+        cr_assert_null(strstr(both.text.data, "mma.sync"), "%s f64: the mma core", SHIPPED[g]);
+        rendered_free(&both);
+    }
 }
 
 Test(cuda_codegen, compile_dir_writes_kernels_cu_plan_and_report) {
@@ -1512,7 +1578,8 @@ static void emu_compare_kernels(Rendered *r, const TensorSet *in, const char *la
 static void emu_kernels_match_c(const char *path, MamlGraphKind kind, int tasks, bool fuse,
                                 bool f64, bool tensor_convs) {
     Rendered r;
-    render_shipped_as(&r, path, kind, tasks, fuse, f64, tensor_convs);
+    render_shipped_as(&r, path, kind, tasks, fuse, f64,
+                      tensor_convs ? CUDA_CONV_TENSOR : CUDA_CONV_GENERATED);
     if (tensor_convs) cr_assert_gt(tensor_functions(&r), 0, "%s: no tensor-core kernel", path);
     TensorSet in;
     MamlError err;
@@ -1554,7 +1621,7 @@ static void use_fake_driver(Rendered *const *rs, int n) {
 static Backend *fake_cuda_open(Rendered *r) {
     CudaOptions opt = cuda_default_options();
     opt.quiet = true;
-    opt.conv = r->tensor_convs ? CUDA_CONV_TENSOR : CUDA_CONV_GENERATED; /* renders r's kernels */
+    opt.conv = r->conv; /* renders r's kernels */
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/cuda", cuda_test_cache());
     opt.cache_dir = dir;
@@ -1901,7 +1968,7 @@ static void emu_primitives(bool fuse, bool f64) {
 Test(cuda_emu, tensor_core_convolutions_at_every_setting_match_c_and_ref, .timeout = 600) {
     Rendered r;
     memset(&r, 0, sizeof r);
-    r.tensor_convs = true;
+    r.conv = CUDA_CONV_TENSOR;
     graph_init(&r.raw);
     add_conv_ops(&r.raw, "tc_", 20, 24);
     MamlError err;
@@ -1930,7 +1997,7 @@ Test(cuda_codegen, tensor_core_kernels_of_every_shipped_graph_compile_without_wa
         for (int kind = 0; kind < 2; kind++) {
             Rendered r;
             render_shipped_as(&r, SHIPPED[g], kind ? MAML_EVAL : MAML_TRAIN_STEP,
-                              shipped_meta_batch(SHIPPED[g]), true, false, true);
+                              shipped_meta_batch(SHIPPED[g]), true, false, CUDA_CONV_TENSOR);
             check_layout(&r, SHIPPED[g]);
             keep_tensor_functions(&r); /* the others are compiled by the test above */
             union_add(&u, &r);
@@ -1938,7 +2005,7 @@ Test(cuda_codegen, tensor_core_kernels_of_every_shipped_graph_compile_without_wa
         }
     Rendered convs; /* and every kernel, stride and padding setting */
     memset(&convs, 0, sizeof convs);
-    convs.tensor_convs = true;
+    convs.conv = CUDA_CONV_TENSOR;
     graph_init(&convs.raw);
     add_conv_ops(&convs.raw, "tc_", 20, 24);
     render_graph(&convs, true, false);
@@ -2005,7 +2072,8 @@ static void fill_random(char *arena, size_t bytes, bool f64) {
 static void emu_functions_match_c_at_size(const char *path, MamlGraphKind kind, bool tensor_convs) {
     int tasks = shipped_meta_batch(path);
     Rendered r;
-    render_shipped_as(&r, path, kind, tasks, true, false, tensor_convs);
+    render_shipped_as(&r, path, kind, tasks, true, false,
+                      tensor_convs ? CUDA_CONV_TENSOR : CUDA_CONV_GENERATED);
     if (tensor_convs)
         cr_assert(tensor_functions(&r) > 0 && strstr(r.text.data, "BN = 128"),
                   "%s: no 128-column tensor-core tile at the shipped size", path);
@@ -2101,7 +2169,7 @@ static void read_fixture_set(const char *file, TensorSet *set) {
 static void render_fixture(Rendered *r, TensorSet *in, const char *params, const char *batch,
                            int tasks, int q_query, bool tensor_convs) {
     memset(r, 0, sizeof *r);
-    r->tensor_convs = tensor_convs;
+    r->conv = tensor_convs ? CUDA_CONV_TENSOR : CUDA_CONV_GENERATED;
     char q[64];
     snprintf(q, sizeof q, "maml.q_query=%d", q_query);
     const char *ov[2] = {"maml.inner.lr=0.4", q};
@@ -2321,35 +2389,54 @@ static int count_lines_in(const char *path) {
     return n;
 }
 
+/* The whole of a small text file (at most size - 1 bytes), NUL-terminated. */
+static void read_text(const char *path, char *buf, size_t size) {
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "%s: cannot open", path);
+    size_t n = fread(buf, 1, size - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
 Test(cuda_conv, auto_choices_round_trip_and_replace_atomically) {
     const char *dir = temp_dir(0);
     cr_assert(dir);
     ConvLowered a = {.kind = KERNEL_CONV2D, .shape = {4, 5, 64, 14, 14, 64, 3, 3, 1, 1}}, b = a;
     b.kind = KERNEL_CONV2D_GRAD_WEIGHT;
-    CacheKey ka = conv_choice_key(&a, "NVIDIA H200", 91900, "conv2d_0123"),
-             kb = conv_choice_key(&b, "NVIDIA H200", 91900, "conv2d_0123"),
-             kc = conv_choice_key(&a, "NVIDIA H200", 91900, "conv2d_4567");
-    cr_assert(ka.lo != kb.lo && ka.lo != kc.lo, "kind and function are part of the key");
+    CacheKey ka = conv_choice_key(&a, "NVIDIA H200", 91900, "conv2d_0123", "conv2d_89ab"),
+             kb = conv_choice_key(&b, "NVIDIA H200", 91900, "conv2d_0123", "conv2d_89ab"),
+             kc = conv_choice_key(&a, "NVIDIA H200", 91900, "conv2d_4567", "conv2d_89ab"),
+             kd = conv_choice_key(&a, "NVIDIA H200", 91900, "conv2d_0123", ""),
+             ke = conv_choice_key(&a, "NVIDIA H200", 0, "conv2d_0123", "conv2d_89ab");
+    cr_assert(ka.lo != kb.lo && ka.lo != kc.lo && ka.lo != kd.lo && ka.lo != ke.lo,
+              "kind, both functions and cuDNN's version (0: none) are part of the key");
     MamlError err;
     ConvChoice c;
     cr_assert_eq(conv_choice_lookup(dir, ka, &c, &err), 0, "%s", err.message);
     cr_assert_eq(c, CONV_CHOICE_NONE);
-    cr_assert_eq(conv_choice_store(dir, ka, CONV_CHOICE_CUDNN, 0.5, 0.25, "a\nb", &err), 0, "%s",
+    ConvTimes three = {.generated_ms = 0.5, .tensor_ms = 0.375, .cudnn_ms = 0.25},
+              two = {.generated_ms = 0.1, .tensor_ms = 0.2, .cudnn_ms = -1};
+    cr_assert_eq(conv_choice_store(dir, ka, CONV_CHOICE_CUDNN, &three, "a\nb", &err), 0, "%s",
                  err.message);
-    cr_assert_eq(conv_choice_store(dir, kb, CONV_CHOICE_GENERATED, 0.1, 0.2, "b", &err), 0, "%s",
+    cr_assert_eq(conv_choice_store(dir, kb, CONV_CHOICE_TENSOR, &two, "b", &err), 0, "%s",
                  err.message);
     cr_assert_eq(conv_choice_lookup(dir, ka, &c, &err), 0, "%s", err.message);
     cr_assert_eq(c, CONV_CHOICE_CUDNN);
     cr_assert_eq(conv_choice_lookup(dir, kb, &c, &err), 0, "%s", err.message);
-    cr_assert_eq(c, CONV_CHOICE_GENERATED);
-    cr_assert_eq(conv_choice_store(dir, ka, CONV_CHOICE_GENERATED, 0.5, 0.75, "a", &err), 0, "%s",
+    cr_assert_eq(c, CONV_CHOICE_TENSOR);
+    char path[256], text[2048];
+    snprintf(path, sizeof path, "%s/%s", dir, CONV_CHOICES_FILE);
+    read_text(path, text, sizeof text);
+    cr_assert(strstr(text, " cudnn generated_ms=0.5000 tensor_ms=0.3750 cudnn_ms=0.2500 a b\n") &&
+                  strstr(text, " tensor generated_ms=0.1000 tensor_ms=0.2000 cudnn_ms=- b\n"),
+              "each line has the choice and every candidate's time ('-': not one): %s", text);
+    cr_assert_eq(conv_choice_store(dir, ka, CONV_CHOICE_GENERATED, &three, "a", &err), 0, "%s",
                  err.message);
     cr_assert_eq(conv_choice_lookup(dir, ka, &c, &err), 0, "%s", err.message);
     cr_assert_eq(c, CONV_CHOICE_GENERATED, "a new measurement replaces the old line");
-    char path[256];
-    snprintf(path, sizeof path, "%s/%s", dir, CONV_CHOICES_FILE);
     cr_assert_eq(count_lines_in(path), 2, "one line per key, labels flattened");
     cr_assert_eq(count_files(dir, ".tmp", NULL, 0), 0, "no temporary file is left behind");
+    cr_assert_eq(conv_choice_store(dir, kc, CONV_CHOICE_NONE, &two, "c", &err), -1);
     /* a torn last line (a crash mid-write of an older version) is ignored, not misread */
     FILE *f = fopen(path, "a");
     char hex[40];
@@ -2363,6 +2450,152 @@ Test(cuda_conv, auto_choices_round_trip_and_replace_atomically) {
 }
 
 #if MAMLC_HAVE_CUDA
+
+/* Lines of text that contain s. */
+static int lines_with(const char *text, const char *s) {
+    int n = 0;
+    for (const char *line = text; *line;) {
+        const char *end = strchr(line, '\n'), *hit = strstr(line, s);
+        if (!end) end = line + strlen(line);
+        n += hit && hit < end;
+        line = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+/* Rewrites each line of a choices file to the other form the kernel has (generated <-> tensor). */
+static void flip_choices(const char *path) {
+    char text[65536];
+    read_text(path, text, sizeof text);
+    FILE *f = fopen(path, "wb");
+    cr_assert(f);
+    for (char *line = text; *line;) {
+        char *end = strchr(line, '\n');
+        cr_assert(end && end - line > 33, "a whole line: %s", line);
+        *end = '\0';
+        const char *word = line + 33;
+        if (strncmp(word, "tensor ", 7) == 0) {
+            fprintf(f, "%.33sgenerated %s\n", line, word + 7);
+        } else {
+            cr_assert(strncmp(word, "generated ", 10) == 0, "neither form: %s", line);
+            fprintf(f, "%.33stensor %s\n", line, word + 10);
+        }
+        line = end + 1;
+    }
+    fclose(f);
+}
+
+/* Kernels i and j launch the same function in both forms (so they share a remembered choice). */
+static bool same_forms(const CudaCode *c, int i, int j) {
+    return c->launches[i].function == c->launches[j].function &&
+           c->tensor[i].function == c->tensor[j].function;
+}
+
+/* Kernels with a tensor-core form, and the lines a choices file should have for them: one per
+ * pair of functions. */
+static void count_forms(const CudaCode *c, int *kernels, int *pairs) {
+    *kernels = *pairs = 0;
+    for (int i = 0; i < c->n_kernels; i++) {
+        if (c->tensor[i].function < 0) continue;
+        int first = 0;
+        while (!same_forms(c, first, i)) first++;
+        *kernels += 1, *pairs += first == i;
+    }
+}
+
+/* The kernels that a choices file puts on tensor cores: each line names the first kernel that
+ * measured it, and holds for every kernel with the same pair of functions. */
+static int tensor_kernels_in(const CudaCode *c, const char *text) {
+    int n = 0;
+    for (const char *line = text; *line;) {
+        const char *end = strchr(line, '\n');
+        cr_assert(end);
+        if (strncmp(line + 33, "tensor ", 7) == 0) {
+            int first = -1;
+            for (int i = 0; i < c->n_kernels && first < 0; i++) {
+                char token[64];
+                snprintf(token, sizeof token, " %s [", c->launches[i].name);
+                const char *hit = strstr(line, token);
+                if (hit && hit < end) first = i;
+            }
+            cr_assert_geq(first, 0, "no kernel named on: %.*s", (int)(end - line), line);
+            for (int j = 0; j < c->n_kernels; j++) n += same_forms(c, first, j);
+        }
+        line = end + 1;
+    }
+    return n;
+}
+
+static Backend *fake_auto_open(const Graph *g, const char *cache_dir, CudaBackendInfo *info) {
+    CudaOptions opt = cuda_default_options();
+    opt.quiet = true;
+    opt.conv = CUDA_CONV_AUTO;
+    opt.cache_dir = cache_dir;
+    Backend *b = NULL;
+    MamlError err;
+    cr_assert_eq(cuda_backend_open(g, PREC_F32, &opt, &b, &err), 0, "%s", err.message);
+    cr_assert_eq(cuda_backend_info(b, info, &err), 0, "%s", err.message);
+    return b;
+}
+
+/* --conv auto where no cuDNN loads: each kernel with a tensor-core form is timed in both forms
+ * and runs the faster; the choices are remembered (a second open measures nothing), and both the
+ * measured mix and its opposite (every remembered choice flipped) give ref's meta-gradient, so
+ * every kernel has run in both forms through auto. */
+Test(fake_driver, auto_without_cudnn_picks_between_the_two_forms_and_each_mix_matches_ref,
+     .timeout = 900) {
+    skip_under_sanitizers();
+    const char *params = "params_p5_default.safetensors",
+               *batch = "batch_so_T2_5w1s_q1_in1.safetensors";
+    Rendered gen, ten;
+    TensorSet in, unused, got;
+    render_fixture(&gen, &in, params, batch, 2, 1, false);
+    render_fixture(&ten, &unused, params, batch, 2, 1, true);
+    tensorset_free(&unused);
+    Rendered *rs[2] = {&gen, &ten}; /* auto's kernels.cu holds the functions of both */
+    use_fake_driver(rs, 2);
+    setenv("MAMLC_CUDNN", "/nonexistent/libcudnn.so.9", 1);
+    const char *dir = temp_dir(0);
+    cr_assert(dir);
+    char path[1200], measured[65536], again[65536];
+    snprintf(path, sizeof path, "%s/%s", dir, CONV_CHOICES_FILE);
+    CudaBackendInfo info;
+    Backend *b = fake_auto_open(&gen.raw, dir, &info);
+    const CudaCode *code = cuda_backend_code(b);
+    int forms, pairs;
+    count_forms(code, &forms, &pairs);
+    cr_assert_gt(forms, 0, "no kernel has a tensor-core form");
+    cr_assert_eq(info.cudnn_kernels, 0);
+    read_text(path, measured, sizeof measured);
+    cr_assert_eq(lines_with(measured, " tensor_ms="), pairs,
+                 "one measurement per pair of functions: %s", measured);
+    cr_assert_eq(lines_with(measured, " cudnn_ms=- "), pairs, "cuDNN is no candidate: %s",
+                 measured);
+    cr_assert_eq(tensor_kernels_in(code, measured), info.tensor_kernels, "%s", measured);
+    fake_run(b, &in, &got);
+    expect_matches_ref(&gen, &in, &got, "--conv auto as measured, on the fake driver");
+    tensorset_free(&got);
+    backend_close(b);
+    b = fake_auto_open(&gen.raw, dir, &info);
+    backend_close(b);
+    read_text(path, again, sizeof again);
+    cr_assert_str_eq(again, measured, "the second open remembers and measures nothing");
+    int was = info.tensor_kernels;
+    flip_choices(path);
+    b = fake_auto_open(&gen.raw, dir, &info);
+    cr_assert_eq(info.tensor_kernels, forms - was, "the remembered choices are followed");
+    fake_run(b, &in, &got);
+    expect_matches_ref(&gen, &in, &got, "--conv auto, every choice flipped, on the fake driver");
+    cr_log_info("--conv auto without cuDNN: %d kernels with two forms, %d measured faster on "
+                "tensor cores (emulated)",
+                forms, was);
+    tensorset_free(&got);
+    backend_close(b);
+    unsetenv("MAMLC_CUDNN");
+    remove_dir(dir);
+    tensorset_free(&in);
+    rendered_free(&gen), rendered_free(&ten);
+}
 
 Test(nvrtc, transpose_template_compiles_for_sm90_and_sm80_without_warnings) {
     Nvrtc *n = open_nvrtc();
@@ -2379,9 +2612,9 @@ Test(nvrtc, transpose_template_compiles_for_sm90_and_sm80_without_warnings) {
     nvrtc_close(n);
 }
 
-/* The seed's meta-gradient with opt's conv mode, on bench_inputs. */
+/* The seed's meta-gradient with opt's conv mode, on bench_inputs; info: what the backend did. */
 static void meta_grad_with(const char *what, int tasks, CudaConvMode mode, TensorSet *out,
-                           int *cudnn_kernels) {
+                           CudaBackendInfo *info) {
     Rendered r;
     render_shipped(&r, "graphs/omniglot_seed.yaml", MAML_META_GRAD, tasks, true, false);
     TensorSet in;
@@ -2394,9 +2627,7 @@ static void meta_grad_with(const char *what, int tasks, CudaConvMode mode, Tenso
     cr_assert_eq(cuda_backend_open(&r.raw, PREC_F32, &o, &b, &err), 0, "%s: %s", what, err.message);
     tensorset_init(out);
     cr_assert_eq(backend_run(b, &in, out, &err), 0, "%s: %s", what, err.message);
-    CudaBackendInfo info;
-    cr_assert_eq(cuda_backend_info(b, &info, &err), 0, "%s", err.message);
-    *cudnn_kernels = info.cudnn_kernels;
+    cr_assert_eq(cuda_backend_info(b, info, &err), 0, "%s", err.message);
     backend_close(b);
     tensorset_free(&in);
     rendered_free(&r);
@@ -2439,30 +2670,31 @@ Test(cuda_device, cudnn_lowering_gives_the_generated_meta_gradient, .timeout = 6
     int tasks[] = {4, 1}; /* with the transposes, and cuDNN straight on the arena */
     for (int t = 0; t < 2; t++) {
         TensorSet want, got;
-        int n_generated, n_cudnn;
+        CudaBackendInfo generated, cudnn, sync, automatic, again;
         char what[96];
         snprintf(what, sizeof what, "T=%d", tasks[t]);
-        meta_grad_with(what, tasks[t], CUDA_CONV_GENERATED, &want, &n_generated);
-        cr_assert_eq(n_generated, 0);
-        meta_grad_with(what, tasks[t], CUDA_CONV_CUDNN, &got, &n_cudnn);
-        cr_assert_gt(n_cudnn, 0, "%s: no kernel went to cuDNN", what);
+        meta_grad_with(what, tasks[t], CUDA_CONV_GENERATED, &want, &generated);
+        cr_assert_eq(generated.cudnn_kernels + generated.tensor_kernels, 0);
+        meta_grad_with(what, tasks[t], CUDA_CONV_CUDNN, &got, &cudnn);
+        cr_assert_gt(cudnn.cudnn_kernels, 0, "%s: no kernel went to cuDNN", what);
         assert_same_gradient(&got, &want, what);
         tensorset_free(&got);
         setenv("MAMLC_CUDA_SYNC", "1", 1); /* one kernel (or cuDNN call) at a time */
-        meta_grad_with(what, tasks[t], CUDA_CONV_CUDNN, &got, &n_cudnn);
+        meta_grad_with(what, tasks[t], CUDA_CONV_CUDNN, &got, &sync);
         unsetenv("MAMLC_CUDA_SYNC");
         assert_same_gradient(&got, &want, "MAMLC_CUDA_SYNC=1");
         tensorset_free(&got);
-        int n_auto;
-        meta_grad_with(what, tasks[t], CUDA_CONV_AUTO, &got, &n_auto); /* measures */
+        meta_grad_with(what, tasks[t], CUDA_CONV_AUTO, &got, &automatic); /* measures */
         assert_same_gradient(&got, &want, "auto");
         tensorset_free(&got);
-        int n_again;
-        meta_grad_with(what, tasks[t], CUDA_CONV_AUTO, &got, &n_again); /* remembers */
-        cr_assert_eq(n_again, n_auto, "auto's remembered choice differs from its measurement");
+        meta_grad_with(what, tasks[t], CUDA_CONV_AUTO, &got, &again); /* remembers */
+        cr_assert(again.cudnn_kernels == automatic.cudnn_kernels &&
+                      again.tensor_kernels == automatic.tensor_kernels,
+                  "auto's remembered choice differs from its measurement");
         tensorset_free(&got);
-        cr_log_info("%s: %d kernels on cuDNN match the generated gradient; auto took %d", what,
-                    n_cudnn, n_auto);
+        cr_log_info("%s: %d kernels on cuDNN match the generated gradient; auto put %d on cuDNN "
+                    "and %d on tensor cores",
+                    what, cudnn.cudnn_kernels, automatic.cudnn_kernels, automatic.tensor_kernels);
         tensorset_free(&want);
     }
 }
