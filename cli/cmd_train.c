@@ -33,13 +33,13 @@ static void install_handlers(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-/* Parses a non-negative integer option value. */
-static int parse_count(const char *opt, const char *s, long max, long *out) {
+/* Parses an integer option value in min..max. */
+static int parse_count(const char *opt, const char *s, long min, long max, long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 0 || v > max) {
-        cli_error("train: %s needs an integer in 0..%ld, not '%s'", opt, max, s);
+    if (errno || end == s || *end || v < min || v > max) {
+        cli_error("train: %s needs an integer in %ld..%ld, not '%s'", opt, min, max, s);
         return -1;
     }
     *out = v;
@@ -74,19 +74,19 @@ static int store_value(const ValuedOption *opt, const char *v, TrainOptions *o) 
     case V_PROGRESS:
         return parse_progress(v, opt->slot);
     case V_STEPS:
-        if (parse_count(opt->name, v, 1L << 40, &n)) return -1;
+        if (parse_count(opt->name, v, 1, 1L << 40, &n)) return -1;
         *(long *)opt->slot = n;
         return 0;
     case V_COUNT:
-        if (parse_count(opt->name, v, 1L << 30, &n)) return -1;
+        if (parse_count(opt->name, v, 0, 1L << 30, &n)) return -1;
         *(int *)opt->slot = (int)n;
         return 0;
     case V_SECONDS:
-        if (parse_count(opt->name, v, 1L << 30, &n)) return -1;
+        if (parse_count(opt->name, v, 0, 1L << 30, &n)) return -1;
         *(double *)opt->slot = (double)n;
         return 0;
     case V_SEED:
-        if (parse_count(opt->name, v, 0x7fffffffffffffffL, &n)) return -1;
+        if (parse_count(opt->name, v, 0, 0x7fffffffffffffffL, &n)) return -1;
         o->seed = (uint64_t)n;
         o->has_seed = true;
         return 0;

@@ -617,6 +617,30 @@ Test(train, command_line_exit_statuses) {
     cr_assert_eq(mamlc(args), 0);
 }
 
+/* A bad option value: exit status 2 and one line that names the flag and what it takes. */
+Test(train, bad_option_values_are_one_line_usage_errors_naming_the_flag) {
+    const char *dir = scratch();
+    const char *cases[][2] = {
+        {"--steps 0", "train: --steps needs an integer in 1..1099511627776, not '0'"},
+        {"--steps -5", "train: --steps needs an integer in 1..1099511627776, not '-5'"},
+        {"--val-every x", "train: --val-every needs an integer in 0..1073741824, not 'x'"},
+        {"--time-limit 1.5", "train: --time-limit needs an integer in 0..1073741824, not '1.5'"},
+        {"--progress fancy", "train: --progress must be auto, bar, lines or quiet, not 'fancy'"},
+        {"--ckpt-every", "train: --ckpt-every needs a value"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[2048];
+        snprintf(args, sizeof args, "train " SINE_GRAPH " --backend ref --out %s/run %s 2>%s/err",
+                 dir, cases[i][0], dir);
+        cr_assert_eq(mamlc(args), 2, "%s", cases[i][0]);
+        char *text = slurp(path_in(dir, "err"), NULL);
+        cr_assert(strstr(text, cases[i][1]), "%s: '%s' not in: %s", cases[i][0], cases[i][1], text);
+        cr_assert(strchr(text, '\n') == text + strlen(text) - 1, "%s: not one line: %s",
+                  cases[i][0], text);
+        free(text);
+    }
+}
+
 Test(train, sigterm_checkpoints_and_exits_143) {
     const char *dir = scratch();
     char args[2048];
