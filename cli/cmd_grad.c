@@ -2,11 +2,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "backend.h"
 #include "batch.h"
 #include "cli.h"
 #include "maml.h"
 #include "params.h"
-#include "backend.h"
 #include "safetensors.h"
 
 typedef struct {
@@ -25,11 +25,16 @@ static int parse_args(int argc, char **argv, GradArgs *a) {
         if (taken < 0) return -1;
         if (taken) continue;
         const char **slot = NULL;
-        if (strcmp(argv[i], "--params") == 0) slot = &a->params;
-        else if (strcmp(argv[i], "--batch") == 0) slot = &a->batch;
-        else if (strcmp(argv[i], "--out") == 0) slot = &a->out;
-        else if (strcmp(argv[i], "--backend") == 0) slot = &a->backend;
-        else if (strcmp(argv[i], "--dtype") == 0) slot = &a->dtype;
+        if (strcmp(argv[i], "--params") == 0)
+            slot = &a->params;
+        else if (strcmp(argv[i], "--batch") == 0)
+            slot = &a->batch;
+        else if (strcmp(argv[i], "--out") == 0)
+            slot = &a->out;
+        else if (strcmp(argv[i], "--backend") == 0)
+            slot = &a->backend;
+        else if (strcmp(argv[i], "--dtype") == 0)
+            slot = &a->dtype;
         else if (argv[i][0] == '-') {
             cli_error("grad: unknown option '%s'", argv[i]);
             return -1;

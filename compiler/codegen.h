@@ -44,8 +44,8 @@ int codegen_write_report(FILE *f, const Graph *g, const KernelProgram *p, const 
  * memory only, the kernel's buffers as pointer parameters. */
 #define CUDA_MAX_ARGS 64
 typedef struct {
-    char name[48];     /* the kernel's name in the KernelProgram */
-    int function;      /* index into CudaCode.functions; -1 for a tensor variant that is none */
+    char name[48]; /* the kernel's name in the KernelProgram */
+    int function;  /* index into CudaCode.functions; -1 for a tensor variant that is none */
     unsigned grid[3], block[3];
     int n_args;
     int args[CUDA_MAX_ARGS]; /* buffer ids, in parameter order: pass arena + offset[buf] */
@@ -80,8 +80,8 @@ void cuda_code_free(CudaCode *code);
 
 /* Renders p to one CUDA C file (templates/cuda/) appended to out (which must be empty: code's
  * offsets count from its start), and fills code: every kernel's launch, every function's span. */
-int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m, const CodegenOptions *opt,
-                 StrBuf *out, CudaCode *code, MamlError *err);
+int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m,
+                 const CodegenOptions *opt, StrBuf *out, CudaCode *code, MamlError *err);
 
 /* What codegen_write_cuda_dir made. */
 typedef struct {

@@ -97,8 +97,10 @@ static int emit_accs(LoopCtx *L, AccStage stage, const AccNames *an, StrBuf *nam
         *all_sum &= sum;
         char acc[256], src[32], v[32];
         snprintf(acc, sizeof acc, "%s%d%s", an->acc, i, an->at);
-        if (an->src) snprintf(src, sizeof src, "%s%d", an->src, i);
-        else value_name(k->ops[i].src[0], src, sizeof src);
+        if (an->src)
+            snprintf(src, sizeof src, "%s%d", an->src, i);
+        else
+            value_name(k->ops[i].src[0], src, sizeof src);
         value_name(i, v, sizeof v);
         if (names) sb_printf(names, "%s%s", names->len ? ", " : "", acc);
         Vars vs = {.n = 0};
@@ -227,7 +229,6 @@ static int emit_reduction(LoopCtx *L, const int *inner, int n_inner) {
     return rc;
 }
 
-
 /* ---- reductions whose kept axes interleave with the reduced ones ----
  *
  * Batch norm's sums over a task's images and pixels keep the channel axis, which lies between the
@@ -260,8 +261,10 @@ static bool plan_interleaved(const Kernel *k, Interleaved *v) {
         bool reduced = k->reduce_axes & (1u << a);
         if (reduced && v->first_reduced < 0) v->first_reduced = a;
         if (reduced) continue;
-        if (v->first_reduced < 0) v->lead_points *= k->dims[a];
-        else v->mid[v->n_mid++] = a, v->mid_points *= k->dims[a];
+        if (v->first_reduced < 0)
+            v->lead_points *= k->dims[a];
+        else
+            v->mid[v->n_mid++] = a, v->mid_points *= k->dims[a];
     }
     int64_t stride = 1;
     for (int m = v->n_mid - 1; m >= 0; m--) {
@@ -354,8 +357,10 @@ static int loop_body(LoopCtx *L) {
     bool has_reduce = false;
     for (int a = 0; a < k->rank; a++) {
         points *= k->dims[a];
-        if (k->reduce_axes & (1u << a)) inner[n_inner++] = a;
-        else outer[n_outer++] = a, outer_points *= k->dims[a];
+        if (k->reduce_axes & (1u << a))
+            inner[n_inner++] = a;
+        else
+            outer[n_outer++] = a, outer_points *= k->dims[a];
     }
     for (int i = 0; i < k->n_ops; i++) has_reduce |= is_reduce(&k->ops[i]);
     Interleaved v;
@@ -483,10 +488,22 @@ static int render_template(Cg *c, const Kernel *k, StrBuf *out) {
     var_i(&vs, in_names[k->kind][2], elem_offset(c, k->out));
     const char *file, *section = "kernel";
     switch (k->kind) {
-    case KERNEL_CONV2D: file = "c/conv2d.c.tmpl"; conv_vars(k, &vs); break;
-    case KERNEL_CONV2D_GRAD_INPUT: file = "c/conv2d_grad_input.c.tmpl"; conv_vars(k, &vs); break;
-    case KERNEL_CONV2D_GRAD_WEIGHT: file = "c/conv2d_grad_weight.c.tmpl"; conv_vars(k, &vs); break;
-    case KERNEL_MATMUL: file = "c/matmul.c.tmpl"; matmul_vars(k, &vs); break;
+    case KERNEL_CONV2D:
+        file = "c/conv2d.c.tmpl";
+        conv_vars(k, &vs);
+        break;
+    case KERNEL_CONV2D_GRAD_INPUT:
+        file = "c/conv2d_grad_input.c.tmpl";
+        conv_vars(k, &vs);
+        break;
+    case KERNEL_CONV2D_GRAD_WEIGHT:
+        file = "c/conv2d_grad_weight.c.tmpl";
+        conv_vars(k, &vs);
+        break;
+    case KERNEL_MATMUL:
+        file = "c/matmul.c.tmpl";
+        matmul_vars(k, &vs);
+        break;
     default:
         file = "c/pool.c.tmpl";
         section = kernel_kind_name(k->kind);

@@ -10,9 +10,12 @@ static void json_string(FILE *f, const char *s) {
     fputc('"', f);
     for (; s && *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
     }
     fputc('"', f);
 }
@@ -28,8 +31,9 @@ static void json_buffers(FILE *f, const KernelProgram *p, const MemPlan *m) {
             json_string(f, kb->name);
             fprintf(f, ", ");
         }
-        fprintf(f, "\"offset\": %lld, \"bytes\": %lld, \"first\": %d, \"last\": %d, "
-                   "\"inplace_of\": %d, \"output\": %s}%s\n",
+        fprintf(f,
+                "\"offset\": %lld, \"bytes\": %lld, \"first\": %d, \"last\": %d, "
+                "\"inplace_of\": %d, \"output\": %s}%s\n",
                 (long long)m->offset[b], (long long)m->bytes[b], m->first[b], m->last[b],
                 m->inplace[b], kb->is_output ? "true" : "false", b + 1 < p->n_bufs ? "," : "");
     }
@@ -66,8 +70,9 @@ static int json_kernels(FILE *f, const Graph *g, const KernelProgram *p, const M
 
 int codegen_write_plan_json(FILE *f, const Graph *g, const KernelProgram *p, const MemPlan *m,
                             MamlError *err) {
-    fprintf(f, "{\n  \"real_bytes\": %zu,\n  \"arena_bytes\": %lld,\n  \"lower_bound_bytes\": %lld,\n"
-               "  \"graph_nodes\": %d,\n  \"live_nodes\": %d,\n  \"fused\": %s,\n",
+    fprintf(f,
+            "{\n  \"real_bytes\": %zu,\n  \"arena_bytes\": %lld,\n  \"lower_bound_bytes\": %lld,\n"
+            "  \"graph_nodes\": %d,\n  \"live_nodes\": %d,\n  \"fused\": %s,\n",
             m->elem_size, (long long)m->arena_bytes, (long long)m->lower_bound, p->n_graph_nodes,
             p->n_live_nodes, p->fused ? "true" : "false");
     fprintf(f,
@@ -83,8 +88,8 @@ int codegen_write_plan_json(FILE *f, const Graph *g, const KernelProgram *p, con
         char shape[128];
         fprintf(f, "    {\"name\": ");
         json_string(f, o->name);
-        fprintf(f, ", \"buffer\": %d, \"shape\": %s}%s\n", o->buf, shape_str(o->shape, shape, sizeof shape),
-                i + 1 < p->n_outputs ? "," : "");
+        fprintf(f, ", \"buffer\": %d, \"shape\": %s}%s\n", o->buf,
+                shape_str(o->shape, shape, sizeof shape), i + 1 < p->n_outputs ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
     if (ferror(f)) return maml_fail(err, "cannot write the plan: %s", strerror(errno));
@@ -119,7 +124,8 @@ int codegen_write_report(FILE *f, const Graph *g, const KernelProgram *p, const 
     fprintf(f, "  graph outputs        %10.2f MiB (one block at %.2f MiB)\n", mib(m->outputs_bytes),
             mib(m->outputs_at));
     fprintf(f, "  in-place writes      %10d\n", m->n_inplace);
-    fprintf(f, "per step: %.3f GFLOP, %.1f MiB moved (estimates)\n\n", flops / 1e9, bytes / 1048576.0);
+    fprintf(f, "per step: %.3f GFLOP, %.1f MiB moved (estimates)\n\n", flops / 1e9,
+            bytes / 1048576.0);
     fprintf(f, "%-28s %-18s %12s %12s  %s\n", "kernel", "kind", "MFLOP", "KiB", "fuses");
     for (int i = 0; i < p->n_kernels; i++) {
         const Kernel *k = &p->kernels[i];

@@ -23,8 +23,8 @@ int graph_write_dot(const Graph *g, int n_nodes, const char *path, MamlError *er
     for (int i = 0; i < n_nodes; i++) write_node(f, g, i);
     for (int i = 0; i < g->n_outputs; i++) {
         if (g->outputs[i].node >= n_nodes) continue;
-        fprintf(f, "  out%d [label=\"%s\", shape=ellipse, style=filled, fillcolor=palegreen];\n",
-                i, g->outputs[i].name);
+        fprintf(f, "  out%d [label=\"%s\", shape=ellipse, style=filled, fillcolor=palegreen];\n", i,
+                g->outputs[i].name);
         fprintf(f, "  n%d -> out%d;\n", g->outputs[i].node, i);
     }
     fprintf(f, "}\n");

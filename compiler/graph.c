@@ -193,12 +193,24 @@ int g_binary(Graph *g, OpKind op, int a, int b) {
     return push(g, op, dt, node(g, a)->shape, 2, in, NULL);
 }
 
-int g_add(Graph *g, int a, int b) { return g_binary(g, OP_ADD, a, b); }
-int g_sub(Graph *g, int a, int b) { return g_binary(g, OP_SUB, a, b); }
-int g_mul(Graph *g, int a, int b) { return g_binary(g, OP_MUL, a, b); }
-int g_div(Graph *g, int a, int b) { return g_binary(g, OP_DIV, a, b); }
-int g_gt(Graph *g, int a, int b) { return g_binary(g, OP_GT, a, b); }
-int g_eq(Graph *g, int a, int b) { return g_binary(g, OP_EQ, a, b); }
+int g_add(Graph *g, int a, int b) {
+    return g_binary(g, OP_ADD, a, b);
+}
+int g_sub(Graph *g, int a, int b) {
+    return g_binary(g, OP_SUB, a, b);
+}
+int g_mul(Graph *g, int a, int b) {
+    return g_binary(g, OP_MUL, a, b);
+}
+int g_div(Graph *g, int a, int b) {
+    return g_binary(g, OP_DIV, a, b);
+}
+int g_gt(Graph *g, int a, int b) {
+    return g_binary(g, OP_GT, a, b);
+}
+int g_eq(Graph *g, int a, int b) {
+    return g_binary(g, OP_EQ, a, b);
+}
 
 int g_unary(Graph *g, OpKind op, int a) {
     if (g->failed || !ids_ok(g, 1, &a)) return fail(g, "%s: missing operand", op_info[op].name);
@@ -206,7 +218,9 @@ int g_unary(Graph *g, OpKind op, int a) {
     return push(g, op, DT_REAL, node(g, a)->shape, 1, &a, NULL);
 }
 
-int g_stop_grad(Graph *g, int a) { return g_unary(g, OP_STOP_GRAD, a); }
+int g_stop_grad(Graph *g, int a) {
+    return g_unary(g, OP_STOP_GRAD, a);
+}
 
 int g_select(Graph *g, int mask, int a, int b) {
     int in[3] = {mask, a, b};
@@ -222,7 +236,8 @@ int g_reduce(Graph *g, OpKind op, int a, uint32_t axes) {
     if (g->failed || !ids_ok(g, 1, &a)) return fail(g, "%s: missing operand", op_info[op].name);
     if (check_real(g, op_info[op].name, a)) return -1;
     Shape s = node(g, a)->shape;
-    if (axes >> s.rank) return fail(g, "%s: axis out of range for rank %d", op_info[op].name, s.rank);
+    if (axes >> s.rank)
+        return fail(g, "%s: axis out of range for rank %d", op_info[op].name, s.rank);
     for (int i = 0; i < s.rank; i++)
         if (axes & (1u << i)) s.dims[i] = 1;
     Attr attr = {.axes = axes};
@@ -320,8 +335,9 @@ int g_conv2d(Graph *g, int x, int w, int stride, int padding) {
         sx.dims[3] + 2 * padding < sw.dims[3] || sx.dims[4] + 2 * padding < sw.dims[4])
         return fail(g, "conv2d: x %s and w %s do not fit", shape_str(sx, bx, sizeof bx),
                     shape_str(sw, bw, sizeof bw));
-    Shape y = SHAPE(sx.dims[0], sx.dims[1], sw.dims[1], conv_out(sx.dims[3], sw.dims[3], stride, padding),
-                    conv_out(sx.dims[4], sw.dims[4], stride, padding));
+    Shape y =
+        SHAPE(sx.dims[0], sx.dims[1], sw.dims[1], conv_out(sx.dims[3], sw.dims[3], stride, padding),
+              conv_out(sx.dims[4], sw.dims[4], stride, padding));
     if (check_conv(g, "conv2d", sx, sw, y, stride, padding)) return -1;
     Attr attr = {.stride = stride, .padding = padding};
     return push(g, OP_CONV2D, DT_REAL, y, 2, in, &attr);

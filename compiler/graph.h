@@ -27,8 +27,8 @@ typedef enum {
 
 /* The primitives. Keep this list and the op table in graph.c in the same order. */
 typedef enum {
-    OP_INPUT,       /* named graph input (parameter, optimizer state, data, step counter) */
-    OP_CONST,       /* a fill constant of the node's shape: attr.value */
+    OP_INPUT, /* named graph input (parameter, optimizer state, data, step counter) */
+    OP_CONST, /* a fill constant of the node's shape: attr.value */
     OP_ADD,
     OP_SUB,
     OP_MUL,
@@ -38,23 +38,23 @@ typedef enum {
     OP_LOG,
     OP_RSQRT,
     OP_SQRT,
-    OP_GT,          /* mask a > b */
-    OP_EQ,          /* mask a == b */
-    OP_SELECT,      /* select(mask, a, b) */
-    OP_REDUCE_SUM,  /* over attr.axes, keeping them as size 1 */
+    OP_GT,         /* mask a > b */
+    OP_EQ,         /* mask a == b */
+    OP_SELECT,     /* select(mask, a, b) */
+    OP_REDUCE_SUM, /* over attr.axes, keeping them as size 1 */
     OP_REDUCE_MAX,
-    OP_BROADCAST,   /* same rank; size-1 axes expand to the node's shape */
+    OP_BROADCAST, /* same rank; size-1 axes expand to the node's shape */
     OP_RESHAPE,
-    OP_PERMUTE,     /* out axis i = in axis attr.perm[i] */
-    OP_MATMUL,      /* [..., M, K] x [..., K, N] with attr.trans_a / trans_b */
-    OP_CONV2D,      /* x [T,N,C,H,W], w [T,O,C,KH,KW] -> [T,N,O,HO,WO] (per-task weights) */
+    OP_PERMUTE,            /* out axis i = in axis attr.perm[i] */
+    OP_MATMUL,             /* [..., M, K] x [..., K, N] with attr.trans_a / trans_b */
+    OP_CONV2D,             /* x [T,N,C,H,W], w [T,O,C,KH,KW] -> [T,N,O,HO,WO] (per-task weights) */
     OP_CONV2D_GRAD_INPUT,  /* (dy [T,N,O,HO,WO], w) -> dx of the node's shape */
     OP_CONV2D_GRAD_WEIGHT, /* (x, dy) -> dw of the node's shape */
-    OP_MAX_POOL2D,  /* x [..., H, W] -> max over attr.kernel windows with attr.stride */
-    OP_POOL_SCATTER, /* (x, dy) -> dy placed at each window's argmax of x, zeros elsewhere */
-    OP_POOL_GATHER,  /* (x, z) -> z read at each window's argmax of x (pooled shape) */
-    OP_ONE_HOT,     /* int labels [...] -> real [..., attr.depth] */
-    OP_STOP_GRAD,   /* identity whose gradient is zero (first-order MAML, softmax shift) */
+    OP_MAX_POOL2D,         /* x [..., H, W] -> max over attr.kernel windows with attr.stride */
+    OP_POOL_SCATTER,       /* (x, dy) -> dy placed at each window's argmax of x, zeros elsewhere */
+    OP_POOL_GATHER,        /* (x, z) -> z read at each window's argmax of x (pooled shape) */
+    OP_ONE_HOT,            /* int labels [...] -> real [..., attr.depth] */
+    OP_STOP_GRAD,          /* identity whose gradient is zero (first-order MAML, softmax shift) */
     OP_COUNT
 } OpKind;
 
@@ -148,10 +148,10 @@ int g_one_hot(Graph *g, int labels, int depth);
 int g_stop_grad(Graph *g, int a);
 
 /* Conveniences built from the primitives above. */
-int g_scale(Graph *g, int a, double c);           /* a * c */
-int g_add_scalar(Graph *g, int a, double c);      /* a + c */
-int g_expand_as(Graph *g, int a, Shape shape);    /* broadcast a (same rank) or return it */
-int g_sum_to(Graph *g, int a, Shape shape);       /* reduce_sum over axes where shape is 1 */
+int g_scale(Graph *g, int a, double c);        /* a * c */
+int g_add_scalar(Graph *g, int a, double c);   /* a + c */
+int g_expand_as(Graph *g, int a, Shape shape); /* broadcast a (same rank) or return it */
+int g_sum_to(Graph *g, int a, Shape shape);    /* reduce_sum over axes where shape is 1 */
 
 /* Adds a named output; the name must be unique. */
 int graph_add_output(Graph *g, const char *name, int node);
@@ -166,7 +166,7 @@ bool graph_is_data_input(const Graph *g, const char *name);
 Shape shape_make(int rank, const int64_t *dims);
 Shape shape_scalar(void);
 /* SHAPE(2, 3, 4): a shape from its dims (at least one). */
-#define SHAPE(...)                                                                         \
+#define SHAPE(...)                                                                                 \
     shape_make((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
 int64_t shape_numel(Shape s);
 bool shape_equal(Shape a, Shape b);

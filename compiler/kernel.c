@@ -58,22 +58,28 @@ static const Node *gnode(const Lower *L, int id) {
 
 static NodeClass node_class(OpKind op) {
     switch (op) {
-    case OP_INPUT: return C_INPUT;
-    case OP_CONST: return C_CONST;
+    case OP_INPUT:
+        return C_INPUT;
+    case OP_CONST:
+        return C_CONST;
     case OP_REDUCE_SUM:
-    case OP_REDUCE_MAX: return C_REDUCE;
+    case OP_REDUCE_MAX:
+        return C_REDUCE;
     case OP_BROADCAST:
     case OP_PERMUTE:
     case OP_RESHAPE:
-    case OP_STOP_GRAD: return C_VIEW;
+    case OP_STOP_GRAD:
+        return C_VIEW;
     case OP_MATMUL:
     case OP_CONV2D:
     case OP_CONV2D_GRAD_INPUT:
     case OP_CONV2D_GRAD_WEIGHT:
     case OP_MAX_POOL2D:
     case OP_POOL_SCATTER:
-    case OP_POOL_GATHER: return C_TEMPLATE;
-    default: return C_ELEM;
+    case OP_POOL_GATHER:
+        return C_TEMPLATE;
+    default:
+        return C_ELEM;
     }
 }
 
@@ -255,8 +261,8 @@ static void decide_fused(Lower *L, int n) {
     }
     L->mode[n] = M_INLINE;
     L->root[n] = r;
-    L->direct[n] = plain_elem(nd->op) && shape_equal(nd->shape, gnode(L, r)->shape) &&
-                   direct_to(L, n, r);
+    L->direct[n] =
+        plain_elem(nd->op) && shape_equal(nd->shape, gnode(L, r)->shape) && direct_to(L, n, r);
 }
 
 static void decide(Lower *L, int n) {
@@ -267,17 +273,22 @@ static void decide(Lower *L, int n) {
         return;
     }
     bool want_buf = L->need_buf[n] || L->is_output[n];
-    if (cls == C_INPUT) L->mode[n] = M_BUFFER;
-    else if (want_buf && (nd->op == OP_RESHAPE || nd->op == OP_STOP_GRAD)) set_alias(L, n);
+    if (cls == C_INPUT)
+        L->mode[n] = M_BUFFER;
+    else if (want_buf && (nd->op == OP_RESHAPE || nd->op == OP_STOP_GRAD))
+        set_alias(L, n);
     else if (want_buf || cls == C_TEMPLATE)
         materialize(L, n);
     else if (cls == C_CONST) {
         L->mode[n] = M_INLINE;
         L->root[n] = ROOT_MULTI;
     } else if (!L->fuse) {
-        if (nd->op == OP_RESHAPE || nd->op == OP_STOP_GRAD) set_alias(L, n);
-        else set_buffer(L, n);
-    } else decide_fused(L, n);
+        if (nd->op == OP_RESHAPE || nd->op == OP_STOP_GRAD)
+            set_alias(L, n);
+        else
+            set_buffer(L, n);
+    } else
+        decide_fused(L, n);
 }
 
 /* ---- buffers ---- */
@@ -333,7 +344,8 @@ static bool kop_equal(const KOp *a, const KOp *b, int rank) {
     if (a->op != b->op || a->phase != b->phase) return false;
     for (int i = 0; i < 3; i++)
         if (a->src[i] != b->src[i]) return false;
-    if (a->op == KOP_CONST) return a->value == b->value || (a->value != a->value && b->value != b->value);
+    if (a->op == KOP_CONST)
+        return a->value == b->value || (a->value != a->value && b->value != b->value);
     if (a->op == KOP_INDEX) return a->axis == b->axis;
     if (a->op != KOP_LOAD) return true;
     if (a->buf != b->buf || a->offset != b->offset) return false;
@@ -346,7 +358,8 @@ static bool kop_equal(const KOp *a, const KOp *b, int rank) {
 static int emit(Builder *B, KOp op) {
     Kernel *k = B->k;
     for (int i = 0; i < k->n_ops; i++)
-        if (op.op != KOP_REDUCE_SUM && op.op != KOP_REDUCE_MAX && kop_equal(&k->ops[i], &op, k->rank))
+        if (op.op != KOP_REDUCE_SUM && op.op != KOP_REDUCE_MAX &&
+            kop_equal(&k->ops[i], &op, k->rank))
             return i;
     if (k->n_ops == k->cap_ops) {
         int cap = k->cap_ops ? 2 * k->cap_ops : 16;
@@ -441,21 +454,36 @@ static void view_sel(const Node *nd, Shape in, const int *sel, int *in_sel) {
 
 static KOpKind elem_kop(OpKind op) {
     switch (op) {
-    case OP_ADD: return KOP_ADD;
-    case OP_SUB: return KOP_SUB;
-    case OP_MUL: return KOP_MUL;
-    case OP_DIV: return KOP_DIV;
-    case OP_NEG: return KOP_NEG;
-    case OP_EXP: return KOP_EXP;
-    case OP_LOG: return KOP_LOG;
-    case OP_RSQRT: return KOP_RSQRT;
-    case OP_SQRT: return KOP_SQRT;
-    case OP_GT: return KOP_GT;
-    case OP_EQ: return KOP_EQ;
-    case OP_SELECT: return KOP_SELECT;
-    case OP_REDUCE_SUM: return KOP_REDUCE_SUM;
-    case OP_REDUCE_MAX: return KOP_REDUCE_MAX;
-    default: return KOP_COUNT;
+    case OP_ADD:
+        return KOP_ADD;
+    case OP_SUB:
+        return KOP_SUB;
+    case OP_MUL:
+        return KOP_MUL;
+    case OP_DIV:
+        return KOP_DIV;
+    case OP_NEG:
+        return KOP_NEG;
+    case OP_EXP:
+        return KOP_EXP;
+    case OP_LOG:
+        return KOP_LOG;
+    case OP_RSQRT:
+        return KOP_RSQRT;
+    case OP_SQRT:
+        return KOP_SQRT;
+    case OP_GT:
+        return KOP_GT;
+    case OP_EQ:
+        return KOP_EQ;
+    case OP_SELECT:
+        return KOP_SELECT;
+    case OP_REDUCE_SUM:
+        return KOP_REDUCE_SUM;
+    case OP_REDUCE_MAX:
+        return KOP_REDUCE_MAX;
+    default:
+        return KOP_COUNT;
     }
 }
 
@@ -480,14 +508,17 @@ static int build_expr(Builder *B, int n, const int *sel, KPhase phase) {
     const Node *nd = gnode(B->L, n);
     if (node_class(nd->op) != C_CONST && note_node(B, n)) return -1;
     switch (node_class(nd->op)) {
-    case C_CONST: return emit_const(B, nd->attr.value, phase);
+    case C_CONST:
+        return emit_const(B, nd->attr.value, phase);
     case C_VIEW: {
         int in_sel[MAX_RANK];
         view_sel(nd, gnode(B->L, nd->in[0])->shape, sel, in_sel);
         return build(B, nd->in[0], in_sel, phase);
     }
-    case C_REDUCE: return build_reduce(B, nd);
-    default: break;
+    case C_REDUCE:
+        return build_reduce(B, nd);
+    default:
+        break;
     }
     if (nd->op == OP_ONE_HOT) return build_one_hot(B, nd, sel, phase);
     int src[3] = {-1, -1, -1};
@@ -565,7 +596,10 @@ static void template_params(const Lower *L, const Node *nd, Kernel *k) {
     Shape a = gnode(L, nd->in[0])->shape, b = nd->n_in > 1 ? gnode(L, nd->in[1])->shape : a;
     KTemplate *t = &k->t;
     switch (nd->op) {
-    case OP_CONV2D: k->kind = KERNEL_CONV2D; conv_params(t, a, b, nd->shape, &nd->attr); break;
+    case OP_CONV2D:
+        k->kind = KERNEL_CONV2D;
+        conv_params(t, a, b, nd->shape, &nd->attr);
+        break;
     case OP_CONV2D_GRAD_INPUT:
         k->kind = KERNEL_CONV2D_GRAD_INPUT;
         conv_params(t, nd->shape, b, a, &nd->attr);
@@ -633,7 +667,8 @@ static void drop_axis(Kernel *k, int a) {
         if (op->op == KOP_INDEX && op->axis == a) {
             op->op = KOP_CONST; /* the index of a size-1 axis is 0 */
             op->value = 0.0;
-        } else if (op->op == KOP_INDEX && op->axis > a) op->axis--;
+        } else if (op->op == KOP_INDEX && op->axis > a)
+            op->axis--;
         memmove(&op->strides[a], &op->strides[a + 1], (size_t)(MAX_RANK - a - 1) * sizeof(int64_t));
         op->strides[MAX_RANK - 1] = 0;
     }
@@ -1082,16 +1117,20 @@ double kernel_flops(const Kernel *k) {
         for (int i = 0; i < k->n_ops; i++) {
             KOpKind op = k->ops[i].op;
             if (op == KOP_LOAD || op == KOP_CONST || op == KOP_INDEX) continue;
-            bool inner = k->ops[i].phase == KPHASE_INNER || op == KOP_REDUCE_SUM || op == KOP_REDUCE_MAX;
+            bool inner =
+                k->ops[i].phase == KPHASE_INNER || op == KOP_REDUCE_SUM || op == KOP_REDUCE_MAX;
             f += (double)loop_points(k, !inner);
         }
         return f;
     }
-    case KERNEL_MATMUL: return 2.0 * (double)(t->batch * t->m * t->n * t->k);
+    case KERNEL_MATMUL:
+        return 2.0 * (double)(t->batch * t->m * t->n * t->k);
     case KERNEL_MAX_POOL2D:
     case KERNEL_POOL_SCATTER:
-    case KERNEL_POOL_GATHER: return (double)(t->planes * t->HO * t->WO * t->kernel * t->kernel);
-    default: return 2.0 * (double)(t->T * t->N * t->O * t->C * t->KH * t->KW * t->HO * t->WO);
+    case KERNEL_POOL_GATHER:
+        return (double)(t->planes * t->HO * t->WO * t->kernel * t->kernel);
+    default:
+        return 2.0 * (double)(t->T * t->N * t->O * t->C * t->KH * t->KW * t->HO * t->WO);
     }
 }
 
@@ -1122,14 +1161,14 @@ bool kernel_is_conv(KernelKind kind) {
 
 const char *kernel_kind_name(KernelKind kind) {
     static const char *names[KERNEL_KIND_COUNT] = {
-        "loop", "conv2d", "conv2d_grad_input", "conv2d_grad_weight",
-        "matmul", "max_pool2d", "pool_scatter", "pool_gather"};
+        "loop",   "conv2d",     "conv2d_grad_input", "conv2d_grad_weight",
+        "matmul", "max_pool2d", "pool_scatter",      "pool_gather"};
     return kind < KERNEL_KIND_COUNT ? names[kind] : "?";
 }
 
 const char *kop_name(KOpKind op) {
     static const char *names[KOP_COUNT] = {
-        "load", "const", "index", "add", "sub", "mul", "div", "neg", "exp",
-        "log", "rsqrt", "sqrt", "gt", "eq", "select", "reduce_sum", "reduce_max"};
+        "load", "const", "index", "add", "sub", "mul",    "div",        "neg",       "exp",
+        "log",  "rsqrt", "sqrt",  "gt",  "eq",  "select", "reduce_sum", "reduce_max"};
     return op < KOP_COUNT ? names[op] : "?";
 }

@@ -51,11 +51,11 @@ typedef struct {
     KOpKind op;
     KPhase phase;
     int src[3];
-    double value;                /* CONST */
-    int axis;                    /* INDEX */
-    int buf;                     /* LOAD */
-    int64_t offset;              /* LOAD, in elements */
-    int64_t strides[MAX_RANK];   /* LOAD, per loop axis, in elements */
+    double value;              /* CONST */
+    int axis;                  /* INDEX */
+    int buf;                   /* LOAD */
+    int64_t offset;            /* LOAD, in elements */
+    int64_t strides[MAX_RANK]; /* LOAD, per loop axis, in elements */
 } KOp;
 
 typedef struct {
@@ -90,9 +90,9 @@ typedef struct {
 
 typedef struct {
     KernelKind kind;
-    char name[48];   /* unique C identifier, e.g. "k12_conv2d" */
-    int root;        /* the graph node whose value the kernel stores (last, for a loop kernel) */
-    int *nodes;      /* graph nodes the kernel computes (root last) */
+    char name[48]; /* unique C identifier, e.g. "k12_conv2d" */
+    int root;      /* the graph node whose value the kernel stores (last, for a loop kernel) */
+    int *nodes;    /* graph nodes the kernel computes (root last) */
     int n_nodes;
     /* LOOP */
     int rank;
@@ -113,11 +113,11 @@ typedef enum { BUF_INPUT, BUF_TEMP } BufKind;
 
 typedef struct {
     BufKind kind;
-    int node;          /* the graph node the buffer holds */
-    int64_t numel;     /* in elements of the backend's real type */
-    const char *name;  /* BUF_INPUT: the graph input's name (owned by the graph) */
-    bool is_data;      /* BUF_INPUT: a data input (INPUT_DATA: the task batch) */
-    bool is_output;    /* read after the last kernel */
+    int node;         /* the graph node the buffer holds */
+    int64_t numel;    /* in elements of the backend's real type */
+    const char *name; /* BUF_INPUT: the graph input's name (owned by the graph) */
+    bool is_data;     /* BUF_INPUT: a data input (INPUT_DATA: the task batch) */
+    bool is_output;   /* read after the last kernel */
 } KBuffer;
 
 typedef struct {
@@ -134,7 +134,7 @@ typedef struct {
     int n_bufs;
     KOutput *outputs;
     int n_outputs;
-    int *node_buf;  /* per graph node: its buffer, or -1 (inlined, constant, dead) */
+    int *node_buf; /* per graph node: its buffer, or -1 (inlined, constant, dead) */
     int n_graph_nodes;
     int n_live_nodes; /* nodes some output depends on */
     bool fused;

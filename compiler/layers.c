@@ -78,13 +78,20 @@ static int flatten(Graph *g, int x) {
 
 int layer_forward(Graph *g, const LayerSpec *L, int x, int w, int b) {
     switch (L->kind) {
-    case LAYER_CONV2D: return conv2d(g, L, x, w, b);
-    case LAYER_BATCH_NORM: return batch_norm(g, L, x, w, b);
-    case LAYER_RELU: return relu(g, x);
-    case LAYER_MAX_POOL2D: return g_max_pool2d(g, x, L->kernel, L->stride);
-    case LAYER_GLOBAL_AVG_POOL: return global_avg_pool(g, x);
-    case LAYER_FLATTEN: return flatten(g, x);
-    case LAYER_LINEAR: return linear(g, L, x, w, b);
+    case LAYER_CONV2D:
+        return conv2d(g, L, x, w, b);
+    case LAYER_BATCH_NORM:
+        return batch_norm(g, L, x, w, b);
+    case LAYER_RELU:
+        return relu(g, x);
+    case LAYER_MAX_POOL2D:
+        return g_max_pool2d(g, x, L->kernel, L->stride);
+    case LAYER_GLOBAL_AVG_POOL:
+        return global_avg_pool(g, x);
+    case LAYER_FLATTEN:
+        return flatten(g, x);
+    case LAYER_LINEAR:
+        return linear(g, L, x, w, b);
     }
     return g_reshape(g, -1, shape_scalar());
 }
@@ -95,9 +102,12 @@ static int reduce_examples(Graph *g, int per_example, LossReduction reduction, i
     int64_t n = shape_of_node(g, per_example)->dims[1];
     int sum = g_reduce(g, OP_REDUCE_SUM, per_example, 1u << 1);
     switch (reduction) {
-    case REDUCE_MEAN: return g_scale(g, sum, 1.0 / (double)n);
-    case REDUCE_SUM: return sum;
-    case REDUCE_SUM_OVER_K_SHOT: return g_scale(g, sum, 1.0 / (double)k_shot);
+    case REDUCE_MEAN:
+        return g_scale(g, sum, 1.0 / (double)n);
+    case REDUCE_SUM:
+        return sum;
+    case REDUCE_SUM_OVER_K_SHOT:
+        return g_scale(g, sum, 1.0 / (double)k_shot);
     }
     return sum;
 }
@@ -109,8 +119,8 @@ int loss_cross_entropy(Graph *g, int logits, int labels, LossReduction reduction
     int shift = g_stop_grad(g, g_reduce(g, OP_REDUCE_MAX, logits, 1u << 2));
     int z = g_sub(g, logits, g_broadcast(g, shift, s));
     int lse = g_unary(g, OP_LOG, g_reduce(g, OP_REDUCE_SUM, g_unary(g, OP_EXP, z), 1u << 2));
-    int picked = g_reduce(g, OP_REDUCE_SUM, g_mul(g, z, g_one_hot(g, labels, (int)s.dims[2])),
-                          1u << 2);
+    int picked =
+        g_reduce(g, OP_REDUCE_SUM, g_mul(g, z, g_one_hot(g, labels, (int)s.dims[2])), 1u << 2);
     return reduce_examples(g, g_sub(g, lse, picked), reduction, k_shot);
 }
 
@@ -128,8 +138,8 @@ int accuracy(Graph *g, int logits, int labels) {
     if (logits < 0) return -1;
     Shape s = *shape_of_node(g, logits);
     int best = g_reduce(g, OP_REDUCE_MAX, logits, 1u << 2);
-    int picked = g_reduce(g, OP_REDUCE_SUM, g_mul(g, logits, g_one_hot(g, labels, (int)s.dims[2])),
-                          1u << 2);
+    int picked =
+        g_reduce(g, OP_REDUCE_SUM, g_mul(g, logits, g_one_hot(g, labels, (int)s.dims[2])), 1u << 2);
     Shape col = SHAPE(s.dims[0], s.dims[1], 1);
     int hit = g_select(g, g_eq(g, picked, best), g_const(g, 1.0, col), g_const(g, 0.0, col));
     return reduce_examples(g, hit, REDUCE_MEAN, 1);

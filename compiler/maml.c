@@ -12,8 +12,8 @@ typedef struct {
     const GraphSpec *spec;
     Graph *g;
     int64_t tasks;
-    int *theta;      /* per ParamSpec: INPUT node of the initial parameter */
-    int *lr_nodes;   /* [layer * max_steps + step]: learnable lr INPUT, or -1 */
+    int *theta;    /* per ParamSpec: INPUT node of the initial parameter */
+    int *lr_nodes; /* [layer * max_steps + step]: learnable lr INPUT, or -1 */
     int max_steps;
     MamlError *err;
 } Builder;
@@ -36,11 +36,13 @@ static int model_forward(const Builder *b, int x, const int *phi) {
         int w = -1, bias = -1;
         for (int p = 0; p < spec->n_params; p++) {
             if (spec->params[p].layer != l) continue;
-            if (spec->params[p].is_bias) bias = phi[p];
-            else w = phi[p];
+            if (spec->params[p].is_bias)
+                bias = phi[p];
+            else
+                w = phi[p];
         }
-        b->g->origin = spec->layers[l].name[0] ? spec->layers[l].name
-                                               : layer_kind_name(spec->layers[l].kind);
+        b->g->origin =
+            spec->layers[l].name[0] ? spec->layers[l].name : layer_kind_name(spec->layers[l].kind);
         x = layer_forward(b->g, &spec->layers[l], x, w, bias);
     }
     b->g->origin = "loss";
@@ -59,8 +61,8 @@ static int add_inputs(Builder *b, MamlGraphKind kind, int batch[4]) {
     Graph *g = b->g;
     g->origin = "input";
     for (int p = 0; p < spec->n_params; p++)
-        b->theta[p] = g_input(g, spec->params[p].name, INPUT_PARAM, DT_REAL,
-                              param_shape(&spec->params[p]));
+        b->theta[p] =
+            g_input(g, spec->params[p].name, INPUT_PARAM, DT_REAL, param_shape(&spec->params[p]));
     int steps = kind == MAML_EVAL ? spec->maml.eval.inner_steps : spec->maml.inner.steps;
     for (int l = 0; spec->maml.inner.lr_learnable && l < spec->n_layers; l++)
         for (int k = 0; k < spec->maml.inner.steps && k < steps; k++) {
@@ -78,11 +80,13 @@ static int add_inputs(Builder *b, MamlGraphKind kind, int batch[4]) {
     const LayerSpec *last = &spec->layers[spec->n_layers - 1];
     ExampleShape target = {.rank = 1, .dims = {last->out_shape.dims[0]}};
     batch[0] = g_input(g, "support_x", INPUT_DATA, DT_REAL, batch_shape(b->tasks, S, &spec->input));
-    batch[1] = regression ? g_input(g, "support_y", INPUT_DATA, DT_REAL, batch_shape(b->tasks, S, &target))
-                          : g_input(g, "support_y", INPUT_DATA, DT_INT, SHAPE(b->tasks, S));
+    batch[1] = regression
+                   ? g_input(g, "support_y", INPUT_DATA, DT_REAL, batch_shape(b->tasks, S, &target))
+                   : g_input(g, "support_y", INPUT_DATA, DT_INT, SHAPE(b->tasks, S));
     batch[2] = g_input(g, "query_x", INPUT_DATA, DT_REAL, batch_shape(b->tasks, Q, &spec->input));
-    batch[3] = regression ? g_input(g, "query_y", INPUT_DATA, DT_REAL, batch_shape(b->tasks, Q, &target))
-                          : g_input(g, "query_y", INPUT_DATA, DT_INT, SHAPE(b->tasks, Q));
+    batch[3] = regression
+                   ? g_input(g, "query_y", INPUT_DATA, DT_REAL, batch_shape(b->tasks, Q, &target))
+                   : g_input(g, "query_y", INPUT_DATA, DT_INT, SHAPE(b->tasks, Q));
     return graph_status(g, b->err);
 }
 
@@ -188,7 +192,8 @@ static int build(Builder *b, MamlGraphKind kind, MamlStages *stages) {
     int *phi = maml_calloc((size_t)b->spec->n_params, sizeof *phi, b->err);
     if (!phi) return -1;
     b->g->origin = "fast_weights";
-    for (int p = 0; p < b->spec->n_params; p++) phi[p] = layer_per_task(b->g, b->theta[p], b->tasks);
+    for (int p = 0; p < b->spec->n_params; p++)
+        phi[p] = layer_per_task(b->g, b->theta[p], b->tasks);
     int rc = 0;
     if (kind == MAML_EVAL) {
         rc = build_eval(b, phi, batch);
@@ -200,8 +205,10 @@ static int build(Builder *b, MamlGraphKind kind, MamlStages *stages) {
         if (rc == 0) query_metrics(b, phi, batch, &loss, &acc);
         graph_add_output(b->g, "meta_loss", loss);
         if (acc >= 0) graph_add_output(b->g, "meta_acc", acc);
-        if (rc == 0 && graph_status(b->g, b->err) == 0) rc = build_update(b, kind, loss, stages);
-        else rc = -1;
+        if (rc == 0 && graph_status(b->g, b->err) == 0)
+            rc = build_update(b, kind, loss, stages);
+        else
+            rc = -1;
     }
     free(phi);
     return rc ? -1 : graph_status(b->g, b->err);
@@ -211,8 +218,8 @@ int maml_build(const GraphSpec *spec, MamlGraphKind kind, int64_t tasks, Graph *
                MamlStages *stages, MamlError *err) {
     int max_steps = spec->maml.inner.steps > 0 ? spec->maml.inner.steps : 1;
     Builder b = {.spec = spec, .g = g, .tasks = tasks, .max_steps = max_steps, .err = err};
-    if (tasks <= 0) return maml_fail(err, "the number of tasks must be positive, not %lld",
-                                     (long long)tasks);
+    if (tasks <= 0)
+        return maml_fail(err, "the number of tasks must be positive, not %lld", (long long)tasks);
     b.theta = maml_calloc((size_t)spec->n_params, sizeof *b.theta, err);
     b.lr_nodes = maml_calloc((size_t)(spec->n_layers * max_steps), sizeof *b.lr_nodes, err);
     int rc = -1;

@@ -14,10 +14,10 @@
 #include "spec.h"
 
 typedef enum {
-    MAML_META_GRAD,   /* + "grad/NAME" for every learnable input */
-    MAML_TRAIN_STEP,  /* + the updated "NAME", "adam/m/NAME", "adam/v/NAME" */
-    MAML_EVAL,        /* eval.inner_steps with eval.lr, no update; + "loss/step<k>", "acc/step<k>"
-                         after k steps, and the adapted weights "fast/NAME" [T, ...] */
+    MAML_META_GRAD,  /* + "grad/NAME" for every learnable input */
+    MAML_TRAIN_STEP, /* + the updated "NAME", "adam/m/NAME", "adam/v/NAME" */
+    MAML_EVAL,       /* eval.inner_steps with eval.lr, no update; + "loss/step<k>", "acc/step<k>"
+                        after k steps, and the adapted weights "fast/NAME" [T, ...] */
 } MamlGraphKind;
 
 /* Names of the graph stages for dumps: the forward pass on the support set, the first-order

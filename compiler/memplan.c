@@ -5,8 +5,8 @@
 
 /* A group is a chain of buffers sharing bytes through in-place writes; it is placed as one. */
 typedef struct {
-    int rep;            /* first buffer of the chain */
-    int first, last;    /* union of the members' lifetimes */
+    int rep;         /* first buffer of the chain */
+    int first, last; /* union of the members' lifetimes */
     int64_t bytes;
     int64_t offset;
     bool placed;
@@ -47,8 +47,8 @@ static void inplace_store(const KernelProgram *p, MemPlan *m, int k, int w, cons
     for (int i = 0; i < n; i++) {
         int b = reads[i];
         if (taken[b] || b > w || m->last[b] != k || p->bufs[b].is_output ||
-            p->bufs[b].kind == BUF_INPUT || p->bufs[w].is_output ||
-            m->bytes[b] != m->bytes[w] || !kernel_can_write_in_place(kn, w, b))
+            p->bufs[b].kind == BUF_INPUT || p->bufs[w].is_output || m->bytes[b] != m->bytes[w] ||
+            !kernel_can_write_in_place(kn, w, b))
             continue;
         m->inplace[w] = b;
         taken[b] = true;
@@ -179,7 +179,8 @@ static int place_groups(const KernelProgram *p, MemPlan *m, MamlError *err) {
             if (m->last[b] > g->last) g->last = m->last[b];
             continue;
         }
-        groups[n] = (Group){.rep = b, .first = m->first[b], .last = m->last[b], .bytes = m->bytes[b]};
+        groups[n] =
+            (Group){.rep = b, .first = m->first[b], .last = m->last[b], .bytes = m->bytes[b]};
         if (fixed[b]) /* reserved for the whole step */
             groups[n].first = -1, groups[n].last = p->n_kernels, groups[n].offset = m->offset[b],
             groups[n].placed = true;
@@ -224,8 +225,10 @@ int memplan_build(const KernelProgram *p, size_t elem_size, MemPlan *out, MamlEr
         if (out->lower_bound < 0) rc = -1;
     }
     for (int b = 0; rc == 0 && b < p->n_bufs; b++) {
-        if (p->bufs[b].kind == BUF_INPUT) out->input_bytes += out->bytes[b];
-        else out->temp_bytes += out->bytes[b];
+        if (p->bufs[b].kind == BUF_INPUT)
+            out->input_bytes += out->bytes[b];
+        else
+            out->temp_bytes += out->bytes[b];
     }
     if (rc) memplan_free(out);
     return rc;

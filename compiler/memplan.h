@@ -13,8 +13,8 @@
  *   at outputs_at: the outputs held in buffers of their own, the feedback outputs first in their
  *     inputs' order, so [data_bytes, data_bytes + feedback_bytes) of the inputs and
  *     [outputs_at, outputs_at + feedback_bytes) line up byte for byte.
- * An output that is an input buffer itself lies in the inputs block. No in-place write takes over an
- * input or an output. */
+ * An output that is an input buffer itself lies in the inputs block. No in-place write takes over
+ * an input or an output. */
 #ifndef MAMLC_MEMPLAN_H
 #define MAMLC_MEMPLAN_H
 
@@ -28,18 +28,18 @@
 typedef struct {
     int n_bufs;
     size_t elem_size;
-    int64_t *offset;     /* per buffer: byte offset in the arena */
-    int64_t *bytes;      /* per buffer: size rounded up to MEMPLAN_ALIGN */
-    int *first, *last;   /* per buffer: writing kernel (-1: input), last reader (n_kernels: output) */
-    int *inplace;        /* per buffer: the operand whose bytes it takes over in place, or -1 */
+    int64_t *offset;   /* per buffer: byte offset in the arena */
+    int64_t *bytes;    /* per buffer: size rounded up to MEMPLAN_ALIGN */
+    int *first, *last; /* per buffer: writing kernel (-1: input), last reader (n_kernels: output) */
+    int *inplace;      /* per buffer: the operand whose bytes it takes over in place, or -1 */
     int n_inplace;
-    int64_t arena_bytes; /* the plan's peak: the arena's size */
-    int64_t input_bytes; /* graph inputs: the block [0, input_bytes) */
-    int64_t data_bytes;  /* its data inputs: [0, data_bytes) */
+    int64_t arena_bytes;    /* the plan's peak: the arena's size */
+    int64_t input_bytes;    /* graph inputs: the block [0, input_bytes) */
+    int64_t data_bytes;     /* its data inputs: [0, data_bytes) */
     int64_t feedback_bytes; /* the inputs updated by outputs: [data_bytes, + feedback_bytes) */
     int64_t outputs_at, outputs_bytes; /* the outputs block */
-    int64_t temp_bytes;  /* sum of every intermediate (and output) buffer */
-    int64_t lower_bound; /* max over time of the bytes live at once */
+    int64_t temp_bytes;                /* sum of every intermediate (and output) buffer */
+    int64_t lower_bound;               /* max over time of the bytes live at once */
 } MemPlan;
 
 /* Plans p's buffers for elements of elem_size bytes. */

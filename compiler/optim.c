@@ -19,9 +19,9 @@ static int adam(Graph *g, const MamlSettings *s, int p, int grad, int m, int v, 
     *new_v = g_add(g, g_scale(g, v, b2), g_scale(g, g_mul(g, grad, grad), 1.0 - b2));
     int c1 = bias_correction(g, step, b1), c2 = bias_correction(g, step, b2);
     int step_size = g_div(g, g_const(g, s->outer.lr, shape_scalar()), c1);
-    int denom = g_add_scalar(g, g_div(g, g_unary(g, OP_SQRT, *new_v),
-                                      scalar_to(g, g_unary(g, OP_SQRT, c2), ps)),
-                             s->outer.eps);
+    int denom = g_add_scalar(
+        g, g_div(g, g_unary(g, OP_SQRT, *new_v), scalar_to(g, g_unary(g, OP_SQRT, c2), ps)),
+        s->outer.eps);
     *new_p = g_sub(g, p, g_mul(g, scalar_to(g, step_size, ps), g_div(g, *new_m, denom)));
     return *new_p < 0 ? -1 : 0;
 }

@@ -54,11 +54,11 @@ typedef struct {
     char name[SPEC_NAME_MAX + 8];
     int rank;
     int64_t dims[SPEC_MAX_RANK];
-    int layer;     /* index into GraphSpec.layers */
+    int layer;      /* index into GraphSpec.layers */
     int64_t fan_in; /* for PyTorch's default initialisation */
-    bool is_bias;  /* bias of conv2d/linear, or batch-norm shift */
-    bool is_bn;    /* batch-norm scale or shift */
-    bool adapt;    /* updated in the inner loop */
+    bool is_bias;   /* bias of conv2d/linear, or batch-norm shift */
+    bool is_bn;     /* batch-norm scale or shift */
+    bool adapt;     /* updated in the inner loop */
 } ParamSpec;
 
 typedef enum { LOSS_CROSS_ENTROPY, LOSS_MSE } LossKind;
@@ -76,7 +76,7 @@ typedef struct {
         double lr;
         bool lr_learnable; /* Meta-SGD / MAML++: one learnable lr per layer and step */
         bool first_order;
-        char **adapt;      /* glob patterns over parameter names; NULL/0 = all */
+        char **adapt; /* glob patterns over parameter names; NULL/0 = all */
         int n_adapt;
         LossReduction reduction;
     } inner;
@@ -105,7 +105,7 @@ typedef struct {
     int n_rotations;
     int image_size;
     ResizeFilter resize;
-    bool invert;          /* false: background 1.0, ink 0.0 (the seed's polarity) */
+    bool invert; /* false: background 1.0, ink 0.0 (the seed's polarity) */
     /* sinusoid */
     double amplitude[2], phase[2], x_range[2];
 } DataSettings;

@@ -103,8 +103,7 @@ int backend_launch(Backend *b, const TensorSet *inputs, MamlError *err) {
 
 int backend_stage(Backend *b, const TensorSet *data, MamlError *err) {
     if (b->has_staged)
-        return maml_fail(err, "backend %s: a batch is already staged for the next launch",
-                         b->name);
+        return maml_fail(err, "backend %s: a batch is already staged for the next launch", b->name);
     if (inputs_check_data(b->graph, data, err)) return -1;
     if (b->stage) {
         if (b->stage(b, data, err)) return -1;

@@ -29,13 +29,13 @@ struct Backend {
     Precision prec;
     void *impl;
     /* backend.c's bookkeeping; staged, running and held serve the synchronous backends only */
-    bool launched;              /* between backend_launch and backend_finish */
-    const TensorSet *inputs;    /* the launched run's */
-    TensorSet staged, running;  /* batches for the next launch and for the launched run */
+    bool launched;             /* between backend_launch and backend_finish */
+    const TensorSet *inputs;   /* the launched run's */
+    TensorSet staged, running; /* batches for the next launch and for the launched run */
     bool has_staged, has_running;
-    bool keeps_state;           /* backend_keep_state was called */
-    bool holds_state;           /* a run finished since: the fed-back inputs are the backend's */
-    TensorSet held;             /* their values, for the synchronous backends */
+    bool keeps_state; /* backend_keep_state was called */
+    bool holds_state; /* a run finished since: the fed-back inputs are the backend's */
+    TensorSet held;   /* their values, for the synchronous backends */
 };
 
 /* Opens a backend by name for graph g: "ref", "cpu", "cuda" or "auto" (the fastest one that works

@@ -35,9 +35,11 @@ static int check_labels(const GraphSpec *spec, const Tensor *t, const char *path
     for (int64_t i = 0, n = shape_numel(t->shape); i < n; i++) {
         double v = tensor_get(t, i);
         if (v < 0 || v >= spec->maml.n_way)
-            return maml_fail(err, "%s: tensor '%s': label %.0f of task %lld, example %lld is out of "
-                             "range [0, %d)", path, t->name, v, (long long)(i / per_task),
-                             (long long)(i % per_task), spec->maml.n_way);
+            return maml_fail(err,
+                             "%s: tensor '%s': label %.0f of task %lld, example %lld is out of "
+                             "range [0, %d)",
+                             path, t->name, v, (long long)(i / per_task), (long long)(i % per_task),
+                             spec->maml.n_way);
     }
     return 0;
 }

@@ -65,9 +65,9 @@ typedef struct {
     int reps, warmup, kernel_reps;
     double step_ms_median, step_ms_min, step_ms_max;
     double pipelined_ms; /* per step, reps steps back to back as mamlc train runs them */
-    int n_kernels;     /* 0 when no per-kernel times were taken */
-    double *kernel_ms; /* per kernel: median over kernel_reps */
-    double kernels_ms; /* sum of kernel_ms */
+    int n_kernels;       /* 0 when no per-kernel times were taken */
+    double *kernel_ms;   /* per kernel: median over kernel_reps */
+    double kernels_ms;   /* sum of kernel_ms */
 } BenchResult;
 
 /* Times backend b on inputs: warmup steps, then reps steps (backend_run, copies included), each

@@ -129,8 +129,7 @@ void bench_print_json(const BenchContext *ctx, const BenchResult *r, FILE *f) {
     fprintf(f,
             "\"step_ms_median\": %.6f, \"step_ms_min\": %.6f, \"step_ms_max\": %.6f, \"reps\": %d, "
             "\"warmup\": %d, \"pipelined_ms\": %.6f,\n",
-            r->step_ms_median, r->step_ms_min, r->step_ms_max, r->reps, r->warmup,
-            r->pipelined_ms);
+            r->step_ms_median, r->step_ms_min, r->step_ms_max, r->reps, r->warmup, r->pipelined_ms);
     json_work(ctx, r, f);
     fprintf(f, "\"n_kernels\": %d, \"kernel_reps\": %d, \"kernels_ms_sum\": %.6f,\n",
             ctx->c ? ctx->c->prog.n_kernels : 0, r->kernel_reps, r->kernels_ms);

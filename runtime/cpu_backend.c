@@ -174,10 +174,14 @@ static int mkdir_p(const char *dir, MamlError *err) {
 
 static int cache_dir(const CpuOptions *opt, char *out, size_t size, MamlError *err) {
     const char *env = getenv("MAMLC_CACHE"), *home = getenv("HOME");
-    if (opt && opt->cache_dir) snprintf(out, size, "%s", opt->cache_dir);
-    else if (env && *env) snprintf(out, size, "%s", env);
-    else if (home && *home) snprintf(out, size, "%s/.cache/mamlc/cpu", home);
-    else snprintf(out, size, "/tmp/mamlc-cache-%d/cpu", (int)getuid());
+    if (opt && opt->cache_dir)
+        snprintf(out, size, "%s", opt->cache_dir);
+    else if (env && *env)
+        snprintf(out, size, "%s", env);
+    else if (home && *home)
+        snprintf(out, size, "%s/.cache/mamlc/cpu", home);
+    else
+        snprintf(out, size, "/tmp/mamlc-cache-%d/cpu", (int)getuid());
     return mkdir_p(out, err);
 }
 
@@ -281,7 +285,8 @@ typedef struct {
 /* Splits flags at spaces into argv (flags is modified). */
 static int split_flags(char *flags, char **argv, int max) {
     int n = 0;
-    for (char *tok = strtok(flags, " \t"); tok && n < max; tok = strtok(NULL, " \t")) argv[n++] = tok;
+    for (char *tok = strtok(flags, " \t"); tok && n < max; tok = strtok(NULL, " \t"))
+        argv[n++] = tok;
     return n;
 }
 
@@ -319,7 +324,8 @@ static int compile_object(const BuildKey *key, CpuImpl *c, const StrBuf *src, Ma
     }
     if (rename(tmp, c->so_path) != 0) {
         unlink(tmp);
-        return maml_fail(err, "%s: cannot store the compiled object: %s", c->so_path, strerror(errno));
+        return maml_fail(err, "%s: cannot store the compiled object: %s", c->so_path,
+                         strerror(errno));
     }
     return 0;
 }
@@ -379,7 +385,8 @@ static int make_key(const CpuOptions *opt, const StrBuf *src, BuildKey *key, Mam
     if (cache_dir(opt, key->dir, sizeof key->dir, err)) return -1;
     uint64_t h = fnv1a(FNV_OFFSET, src->data, src->len);
     char version[OUTPUT_MAX];
-    if (compiler_version(key->cc, version, sizeof version, err)) return no_compiler(key, src, h, err);
+    if (compiler_version(key->cc, version, sizeof version, err))
+        return no_compiler(key, src, h, err);
     h = fnv1a(h, key->cc, strlen(key->cc) + 1);
     h = fnv1a(h, key->flags, strlen(key->flags) + 1);
     h = fnv1a(h, version, strlen(version));
@@ -412,8 +419,10 @@ static int obtain_object(const BuildKey *key, CpuImpl *c, const StrBuf *src, siz
 
 static void copy_in(const Tensor *t, void *dst, bool f64) {
     int64_t count = shape_numel(t->shape);
-    if (f64 && t->dtype == TENSOR_F64) memcpy(dst, t->data, (size_t)count * 8);
-    else if (!f64 && t->dtype == TENSOR_F32) memcpy(dst, t->data, (size_t)count * 4);
+    if (f64 && t->dtype == TENSOR_F64)
+        memcpy(dst, t->data, (size_t)count * 8);
+    else if (!f64 && t->dtype == TENSOR_F32)
+        memcpy(dst, t->data, (size_t)count * 4);
     else if (f64)
         for (int64_t i = 0; i < count; i++) ((double *)dst)[i] = tensor_get(t, i);
     else
@@ -433,7 +442,8 @@ static void load_inputs(Backend *b, const TensorSet *inputs) {
 
 static int cpu_run(Backend *b, const TensorSet *inputs, TensorSet *outputs, MamlError *err) {
     CpuImpl *c = b->impl;
-    if (inputs_check(b->graph, inputs, err) || inputs_check_labels(b->graph, inputs, err)) return -1;
+    if (inputs_check(b->graph, inputs, err) || inputs_check_labels(b->graph, inputs, err))
+        return -1;
     bool f64 = b->prec == PREC_F64;
     char *arena = c->arena;
     load_inputs(b, inputs);
@@ -457,7 +467,8 @@ int cpu_backend_run_kernel(Backend *b, int i, MamlError *err) {
 
 int cpu_backend_run_timed(Backend *b, const TensorSet *inputs, double *kernel_ms, MamlError *err) {
     CpuImpl *c = b->impl;
-    if (inputs_check(b->graph, inputs, err) || inputs_check_labels(b->graph, inputs, err)) return -1;
+    if (inputs_check(b->graph, inputs, err) || inputs_check_labels(b->graph, inputs, err))
+        return -1;
     /* fresh inputs every time: kernels may write in place over inputs that die */
     load_inputs(b, inputs);
     for (int i = 0; i < c->cg.prog.n_kernels; i++) {
@@ -508,7 +519,8 @@ static int prepare(Precision prec, const CpuOptions *opt, CpuImpl *c, MamlError 
     if (make_key(opt, &c->cg.source, &key, err)) return -1;
     if (obtain_object(&key, c, &c->cg.source, elem, err)) return -1;
     size_t bytes = (size_t)(c->cg.plan.arena_bytes > 0 ? c->cg.plan.arena_bytes : MEMPLAN_ALIGN);
-    c->arena = aligned_alloc(MEMPLAN_ALIGN, (bytes + MEMPLAN_ALIGN - 1) / MEMPLAN_ALIGN * MEMPLAN_ALIGN);
+    c->arena =
+        aligned_alloc(MEMPLAN_ALIGN, (bytes + MEMPLAN_ALIGN - 1) / MEMPLAN_ALIGN * MEMPLAN_ALIGN);
     if (!c->arena) return maml_fail(err, "out of memory allocating the %zu-byte arena", bytes);
     return 0;
 }

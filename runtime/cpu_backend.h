@@ -50,12 +50,12 @@ typedef struct {
     int n_kernels;
     int n_graph_nodes;
     long long arena_bytes;
-    bool cache_hit;          /* the object came from the cache */
-    double cc_ms;            /* the C compiler's wall time for this object: measured by this open,
-                                or on a cache hit as recorded when the object was built (-1:
-                                unknown) */
-    char so_path[1024];      /* the cached shared object */
-    char source_path[1024];  /* the generated C file (written on a cache miss) */
+    bool cache_hit;         /* the object came from the cache */
+    double cc_ms;           /* the C compiler's wall time for this object: measured by this open,
+                               or on a cache hit as recorded when the object was built (-1:
+                               unknown) */
+    char so_path[1024];     /* the cached shared object */
+    char source_path[1024]; /* the generated C file (written on a cache miss) */
 } CpuBackendInfo;
 
 int cpu_backend_info(const Backend *b, CpuBackendInfo *info, MamlError *err);

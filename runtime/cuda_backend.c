@@ -198,13 +198,13 @@ typedef struct {
      * travels on copy_stream while a step computes, and the next step's graph copies it from its
      * device slot into the arena. */
     CUstream copy_stream;
-    size_t slot_bytes;       /* the plan's data_bytes; 0 when the graph has no data inputs */
-    char *slot_host;         /* pinned, 2 x slot_bytes */
-    CUdeviceptr slot_dev;    /* 2 x slot_bytes */
-    CUevent slot_copied[2];  /* the batch is on the device */
-    CUevent slot_read[2];    /* the step that read the slot is done */
-    int staged_slot;         /* the slot the next launch reads; -1: its batch comes from inputs */
-    int running_slot;        /* the slot the launched (or last) step read, or -1 */
+    size_t slot_bytes;      /* the plan's data_bytes; 0 when the graph has no data inputs */
+    char *slot_host;        /* pinned, 2 x slot_bytes */
+    CUdeviceptr slot_dev;   /* 2 x slot_bytes */
+    CUevent slot_copied[2]; /* the batch is on the device */
+    CUevent slot_read[2];   /* the step that read the slot is done */
+    int staged_slot;        /* the slot the next launch reads; -1: its batch comes from inputs */
+    int running_slot;       /* the slot the launched (or last) step read, or -1 */
     /* The captured step, by where the batch comes from: graph[0] from the pinned inputs,
      * graph[1 + s] from device slot s. */
     CUgraph graph[3];
@@ -359,8 +359,7 @@ static int prepare_slots(CudaImpl *c, MamlError *err) {
     if (CU_CHECK(d, err, "staged batches (pinned)", cuMemHostAlloc, (void **)&c->slot_host,
                  2 * c->slot_bytes, 0))
         return -1;
-    return CU_CHECK(d, err, "staged batches (device)", cuMemAlloc, &c->slot_dev,
-                    2 * c->slot_bytes);
+    return CU_CHECK(d, err, "staged batches (device)", cuMemAlloc, &c->slot_dev, 2 * c->slot_bytes);
 }
 
 /* Kernel i's generated function, or its tensor-core form (the same arguments). */
@@ -381,8 +380,7 @@ static int run_kernel(CudaImpl *c, int i, MamlError *err) {
 }
 
 /* One H2D copy of the inputs block's bytes [from, to) from the pinned mirror. */
-static int copy_in_range(CudaImpl *c, int64_t from, int64_t to, const char *what,
-                         MamlError *err) {
+static int copy_in_range(CudaImpl *c, int64_t from, int64_t to, const char *what, MamlError *err) {
     if (to <= from) return 0;
     return CU_CHECK(&c->drv, err, what, cuMemcpyHtoDAsync, c->arena + (CUdeviceptr)from,
                     c->host + from, (size_t)(to - from), c->stream);
@@ -513,12 +511,13 @@ static int cuda_launch(Backend *b, const TensorSet *inputs, MamlError *err) {
     if (c->resident && !kept &&
         copy_in_range(c, m->data_bytes, m->data_bytes + m->feedback_bytes, "state", err))
         return -1;
-    if (slot >= 0 && CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->stream,
-                              c->slot_copied[slot], 0))
+    if (slot >= 0 &&
+        CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->stream, c->slot_copied[slot], 0))
         return -1;
     if (enqueue_run(c, slot, err)) return -1;
-    return slot >= 0 ? CU_CHECK(d, err, "staged batch", cuEventRecord, c->slot_read[slot], c->stream)
-                     : 0;
+    return slot >= 0
+               ? CU_CHECK(d, err, "staged batch", cuEventRecord, c->slot_read[slot], c->stream)
+               : 0;
 }
 
 /* The batch goes into the slot the launched step does not read, once the step that last read
@@ -540,9 +539,9 @@ static int cuda_stage(Backend *b, const TensorSet *data, MamlError *err) {
             copy_in(tensorset_find(data, p->bufs[i].name), host + c->cg.plan.offset[i], f64);
     if (CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->copy_stream, c->slot_read[slot], 0))
         return -1;
-    if (c->slot_bytes > 0 && CU_CHECK(d, err, "staged batch", cuMemcpyHtoDAsync,
-                                      c->slot_dev + slot * c->slot_bytes, host, c->slot_bytes,
-                                      c->copy_stream))
+    if (c->slot_bytes > 0 &&
+        CU_CHECK(d, err, "staged batch", cuMemcpyHtoDAsync, c->slot_dev + slot * c->slot_bytes,
+                 host, c->slot_bytes, c->copy_stream))
         return -1;
     if (CU_CHECK(d, err, "staged batch", cuEventRecord, c->slot_copied[slot], c->copy_stream))
         return -1;
@@ -643,11 +642,12 @@ static void device_peaks(const CudaDriver *d, CudaBackendInfo *info) {
     double ghz = d->clock_khz / 1e6;
     info->peak_gflops = (double)d->sm_count * lanes * 2 * ghz;
     info->peak_gbs = 2.0 * d->memory_clock_khz * 1e3 * (d->bus_bits / 8) / 1e9;
-    snprintf(info->peak_assumption, sizeof info->peak_assumption,
-             "FP32 peak %.1f GFLOP/s = %d SMs x %d FP32 lanes x 2 (FMA) x %.2f GHz; memory %.0f GB/s "
-             "= 2 x %.2f GHz x %d bits (stated by the driver's attributes, not measured)",
-             info->peak_gflops, d->sm_count, lanes, ghz, info->peak_gbs, d->memory_clock_khz / 1e6,
-             d->bus_bits);
+    snprintf(
+        info->peak_assumption, sizeof info->peak_assumption,
+        "FP32 peak %.1f GFLOP/s = %d SMs x %d FP32 lanes x 2 (FMA) x %.2f GHz; memory %.0f GB/s "
+        "= 2 x %.2f GHz x %d bits (stated by the driver's attributes, not measured)",
+        info->peak_gflops, d->sm_count, lanes, ghz, info->peak_gbs, d->memory_clock_khz / 1e6,
+        d->bus_bits);
 }
 
 static int device_ordinal(const CudaOptions *opt) {

@@ -95,9 +95,9 @@ typedef struct {
     char device[320]; /* cuda_driver_describe */
     int arch;         /* 10 * major + minor */
     int n_kernels, n_functions, n_pieces, pieces_cached;
-    double compile_ms; /* NVRTC (or cache) wall time at open */
-    CudaConvMode conv; /* the --conv the backend was opened with */
-    int cudnn_kernels; /* kernels that run on cuDNN instead of their generated function */
+    double compile_ms;  /* NVRTC (or cache) wall time at open */
+    CudaConvMode conv;  /* the --conv the backend was opened with */
+    int cudnn_kernels;  /* kernels that run on cuDNN instead of their generated function */
     int tensor_kernels; /* kernels that --conv auto runs in their tensor-core form */
     long long arena_bytes, lower_bound;
     long long free_bytes, total_bytes; /* cuMemGetInfo before the arena was allocated */

@@ -127,7 +127,7 @@ typedef struct {
     /* per kernel: its tensor-core form's function name, or NULL (all NULL but under auto on a
      * device of compute capability 8.0 or newer) */
     const char *const *tensor_function_of;
-    const char *cache_dir;          /* where the transpose image and conv_choices.txt live */
+    const char *cache_dir; /* where the transpose image and conv_choices.txt live */
     bool require_cache;
     bool quiet;
     /* auto: launches generated kernel i, in its tensor-core form when asked, on the stream (no

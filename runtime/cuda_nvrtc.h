@@ -52,10 +52,11 @@ typedef struct {
 
 /* Compiles src, whose NVRTC program name is name (the name NVRTC's log uses), for opt->arch
  * with the options "--gpu-architecture=sm_XX -default-device -std=c++17 -lineinfo" (no fast
- * math; "--fmad=false" added when $MAMLC_NVRTC_FMAD=0) and opt->options. The cache key covers source, name, options, target and NVRTC version.
- * On a compile error the message names the program, the kernel (__global__ function) around
- * each error, the errors and the offending source lines; the whole log is in out->log. out is
- * always initialised: free it with nvrtc_image_free whether or not the call succeeded. */
+ * math; "--fmad=false" added when $MAMLC_NVRTC_FMAD=0) and opt->options. The cache key covers
+ * source, name, options, target and NVRTC version. On a compile error the message names the
+ * program, the kernel (__global__ function) around each error, the errors and the offending source
+ * lines; the whole log is in out->log. out is always initialised: free it with nvrtc_image_free
+ * whether or not the call succeeded. */
 int nvrtc_compile(Nvrtc *n, const char *src, const char *name, const NvrtcOptions *opt,
                   NvrtcImage *out, MamlError *err);
 

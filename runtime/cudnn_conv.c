@@ -26,8 +26,8 @@ static int shape_from(const Shape *x, const Shape *w, int stride, int padding, C
 
 int conv_shape_of_node(const Graph *g, int node, ConvShape *s, MamlError *err) {
     const Node *n = &g->nodes[node];
-    bool conv = n->op == OP_CONV2D || n->op == OP_CONV2D_GRAD_INPUT ||
-                n->op == OP_CONV2D_GRAD_WEIGHT;
+    bool conv =
+        n->op == OP_CONV2D || n->op == OP_CONV2D_GRAD_INPUT || n->op == OP_CONV2D_GRAD_WEIGHT;
     if (!conv || n->n_in != 2)
         return maml_fail(err, "conv: node %d is a %s, not a convolution", node,
                          op_info[n->op].name);

@@ -36,8 +36,9 @@ int inputs_check(const Graph *g, const TensorSet *inputs, MamlError *err) {
 int inputs_check_data(const Graph *g, const TensorSet *data, MamlError *err) {
     for (int i = 0; i < data->n; i++) {
         if (!graph_is_data_input(g, data->items[i].name))
-            return maml_fail(err, "tensor '%s' is not a data input of the graph: only the task "
-                                  "batch can be staged for the next run",
+            return maml_fail(err,
+                             "tensor '%s' is not a data input of the graph: only the task "
+                             "batch can be staged for the next run",
                              data->items[i].name);
     }
     for (int i = 0; i < g->n_nodes; i++) {

@@ -61,25 +61,39 @@ static const Node *in_node(Interp *in, const Node *n, int k) {
 
 static double apply_binary(OpKind op, double a, double b) {
     switch (op) {
-    case OP_ADD: return a + b;
-    case OP_SUB: return a - b;
-    case OP_MUL: return a * b;
-    case OP_DIV: return a / b;
-    case OP_GT: return a > b ? 1.0 : 0.0;
-    case OP_EQ: return a == b ? 1.0 : 0.0;
-    default: return NAN;
+    case OP_ADD:
+        return a + b;
+    case OP_SUB:
+        return a - b;
+    case OP_MUL:
+        return a * b;
+    case OP_DIV:
+        return a / b;
+    case OP_GT:
+        return a > b ? 1.0 : 0.0;
+    case OP_EQ:
+        return a == b ? 1.0 : 0.0;
+    default:
+        return NAN;
     }
 }
 
 static double apply_unary(OpKind op, double a) {
     switch (op) {
-    case OP_NEG: return -a;
-    case OP_EXP: return exp(a);
-    case OP_LOG: return log(a);
-    case OP_RSQRT: return 1.0 / sqrt(a);
-    case OP_SQRT: return sqrt(a);
-    case OP_STOP_GRAD: return a;
-    default: return NAN;
+    case OP_NEG:
+        return -a;
+    case OP_EXP:
+        return exp(a);
+    case OP_LOG:
+        return log(a);
+    case OP_RSQRT:
+        return 1.0 / sqrt(a);
+    case OP_SQRT:
+        return sqrt(a);
+    case OP_STOP_GRAD:
+        return a;
+    default:
+        return NAN;
     }
 }
 
@@ -242,13 +256,17 @@ static void run_pool_family(Interp *in, const Node *n, double *out) {
                 int64_t best = -1;
                 for (int kh = 0; kh < n->attr.kernel; kh++)
                     for (int kw = 0; kw < n->attr.kernel; kw++) {
-                        int64_t idx = (p * H + i * n->attr.stride + kh) * W + j * n->attr.stride + kw;
+                        int64_t idx =
+                            (p * H + i * n->attr.stride + kh) * W + j * n->attr.stride + kw;
                         if (best < 0 || x[idx] > x[best]) best = idx;
                     }
                 int64_t oi = (p * HO + i) * WO + j;
-                if (n->op == OP_MAX_POOL2D) out[oi] = x[best];
-                else if (n->op == OP_POOL_GATHER) out[oi] = z[best];
-                else out[best] += z[oi];
+                if (n->op == OP_MAX_POOL2D)
+                    out[oi] = x[best];
+                else if (n->op == OP_POOL_GATHER)
+                    out[oi] = z[best];
+                else
+                    out[best] += z[oi];
             }
 }
 
@@ -275,21 +293,39 @@ static int run_node(Interp *in, int id, double *out) {
         for (int64_t i = 0; i < count; i++) out[i] = n->attr.value;
         return 0;
     case OP_REDUCE_SUM:
-    case OP_REDUCE_MAX: run_reduce(in, n, out); return 0;
-    case OP_BROADCAST: run_broadcast(in, n, out); return 0;
-    case OP_RESHAPE: memcpy(out, in_val(in, n, 0), (size_t)count * sizeof *out); return 0;
-    case OP_PERMUTE: run_permute(in, n, out); return 0;
-    case OP_MATMUL: run_matmul(in, n, out); return 0;
+    case OP_REDUCE_MAX:
+        run_reduce(in, n, out);
+        return 0;
+    case OP_BROADCAST:
+        run_broadcast(in, n, out);
+        return 0;
+    case OP_RESHAPE:
+        memcpy(out, in_val(in, n, 0), (size_t)count * sizeof *out);
+        return 0;
+    case OP_PERMUTE:
+        run_permute(in, n, out);
+        return 0;
+    case OP_MATMUL:
+        run_matmul(in, n, out);
+        return 0;
     case OP_CONV2D:
     case OP_CONV2D_GRAD_INPUT:
-    case OP_CONV2D_GRAD_WEIGHT: run_conv_family(in, n, out); return 0;
+    case OP_CONV2D_GRAD_WEIGHT:
+        run_conv_family(in, n, out);
+        return 0;
     case OP_MAX_POOL2D:
     case OP_POOL_SCATTER:
-    case OP_POOL_GATHER: run_pool_family(in, n, out); return 0;
-    case OP_ONE_HOT: return run_one_hot(in, n, out);
+    case OP_POOL_GATHER:
+        run_pool_family(in, n, out);
+        return 0;
+    case OP_ONE_HOT:
+        return run_one_hot(in, n, out);
     case OP_INPUT:
-    case OP_COUNT: return maml_fail(in->err, "node %d: cannot run %s", id, op_info[n->op].name);
-    default: run_elementwise(in, n, out, count); return 0;
+    case OP_COUNT:
+        return maml_fail(in->err, "node %d: cannot run %s", id, op_info[n->op].name);
+    default:
+        run_elementwise(in, n, out, count);
+        return 0;
     }
 }
 
@@ -339,7 +375,8 @@ static int execute(Interp *in, const TensorSet *inputs, const int *last) {
         double *out = maml_alloc((size_t)count * sizeof *out, in->err);
         if (!out) return -1;
         in->val[i] = out;
-        int rc = g->nodes[i].op == OP_INPUT ? load_input(&g->nodes[i], out, inputs) : run_node(in, i, out);
+        int rc = g->nodes[i].op == OP_INPUT ? load_input(&g->nodes[i], out, inputs)
+                                            : run_node(in, i, out);
         if (rc) {
             char why[MAML_ERROR_MAX];
             memcpy(why, in->err->message, sizeof why);

@@ -323,8 +323,10 @@ static int cmd_track(int argc, char **argv) {
     const char *dump = NULL;
     int kept = 0;
     for (int i = 0; i < argc; i++)
-        if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump = argv[++i];
-        else argv[kept++] = argv[i];
+        if (!strcmp(argv[i], "--dump") && i + 1 < argc)
+            dump = argv[++i];
+        else
+            argv[kept++] = argv[i];
     if (parse_steps(kept, argv, &a)) {
         fprintf(stderr, "usage: gpu_compare track GRAPH.yaml [--backend cuda] [--oracle ref|cpu] "
                         "[--steps 10] [--tasks 2] [--dump FILE] [--set K=V ...]\n");

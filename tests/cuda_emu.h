@@ -90,8 +90,10 @@ static std::array<void (*)(), sizeof...(N)> callers(std::index_sequence<N...>) {
 
 static void invoke() {
     static const auto table = callers(std::make_index_sequence<MAX_ARGS + 1>{});
-    if (call_n < 0 || call_n > MAX_ARGS) fail("too many kernel parameters (extend cuda_emu.h)");
-    else table[(size_t)call_n]();
+    if (call_n < 0 || call_n > MAX_ARGS)
+        fail("too many kernel parameters (extend cuda_emu.h)");
+    else
+        table[(size_t)call_n]();
 }
 
 #if defined(__x86_64__)
@@ -147,8 +149,8 @@ static void start(int t) {
     char *top = stacks + (size_t)(t + 1) * STACK;
 #if EMU_FAST_SWITCH
     void **sp = (void **)((uintptr_t)top & ~(uintptr_t)15);
-    *--sp = nullptr;          /* entry's return address slot: rsp % 16 == 8 on entry */
-    *--sp = (void *)entry;    /* where emu_switch's ret goes */
+    *--sp = nullptr;       /* entry's return address slot: rsp % 16 == 8 on entry */
+    *--sp = (void *)entry; /* where emu_switch's ret goes */
     for (int r = 0; r < 6; r++) *--sp = nullptr; /* rbp, rbx, r12-r15 */
     threads[t].sp = sp;
 #else
@@ -190,8 +192,10 @@ static bool release() {
             released = true;
         }
     }
-    if (!released && any_block) fail("__syncthreads not reached by every thread of the block");
-    else if (!released) fail("a warp shuffle not reached by every lane of the warp");
+    if (!released && any_block)
+        fail("__syncthreads not reached by every thread of the block");
+    else if (!released)
+        fail("a warp shuffle not reached by every lane of the warp");
     return released;
 }
 
@@ -269,9 +273,9 @@ static inline float emu_round_toward_zero(double x) {
  * ignored, as the tensor cores ignore them. The summation follows what has been measured of the
  * tensor cores up to the A100 (Fasi et al., "Numerical behavior of NVIDIA tensor cores", 2021):
  * products exact, each group of four added to the accumulator at once and the sum truncated
- * (rounded toward zero) to float, not rounded to nearest. That is the pessimistic case: truncation errors all lean one
- * way and add up along a convolution's depth, so kernels that pass here keep their bound on a GPU
- * whose tensor cores round more carefully. */
+ * (rounded toward zero) to float, not rounded to nearest. That is the pessimistic case: truncation
+ * errors all lean one way and add up along a convolution's depth, so kernels that pass here keep
+ * their bound on a GPU whose tensor cores round more carefully. */
 static inline void mma_tf32(float d[4], const float a[4], const float b[2]) {
     using namespace emu;
     const int me = current, base = me & ~31, g = (me & 31) / 4, q = me % 4;
@@ -297,12 +301,24 @@ static inline void mma_tf32(float d[4], const float a[4], const float b[2]) {
 
 /* Round-to-nearest arithmetic that the GPU never contracts into an FMA; g++ in ISO mode
  * (-std=c++17) contracts nothing either. */
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline double __dadd_rn(double a, double b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline double __dsub_rn(double a, double b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline float __fadd_rn(float a, float b) {
+    return a + b;
+}
+static inline double __dadd_rn(double a, double b) {
+    return a + b;
+}
+static inline float __fsub_rn(float a, float b) {
+    return a - b;
+}
+static inline double __dsub_rn(double a, double b) {
+    return a - b;
+}
+static inline float __fmul_rn(float a, float b) {
+    return a * b;
+}
+static inline double __dmul_rn(double a, double b) {
+    return a * b;
+}
 
 /* The device's float exp and log are not correctly rounded (CUDA's documented maximum errors:
  * expf 2 ulp, logf 1 ulp; glibc's are within an ulp of correct rounding too, but rarely off and
@@ -315,15 +331,26 @@ static inline float emu_off_by_an_ulp(float r, float x) {
     uint32_t bits;
     memcpy(&bits, &x, sizeof bits);
     switch ((bits * 2654435761u) >> 30) {
-    case 0: return nextafterf(r, 0.0f);
-    case 1: return nextafterf(r, INFINITY);
-    default: return r;
+    case 0:
+        return nextafterf(r, 0.0f);
+    case 1:
+        return nextafterf(r, INFINITY);
+    default:
+        return r;
     }
 }
-static inline float emu_device_exp(float x) { return emu_off_by_an_ulp(expf(x), x); }
-static inline double emu_device_exp(double x) { return std::exp(x); }
-static inline float emu_device_log(float x) { return emu_off_by_an_ulp(logf(x), x); }
-static inline double emu_device_log(double x) { return std::log(x); }
+static inline float emu_device_exp(float x) {
+    return emu_off_by_an_ulp(expf(x), x);
+}
+static inline double emu_device_exp(double x) {
+    return std::exp(x);
+}
+static inline float emu_device_log(float x) {
+    return emu_off_by_an_ulp(logf(x), x);
+}
+static inline double emu_device_log(double x) {
+    return std::log(x);
+}
 #define exp(x) emu_device_exp(x)
 #define log(x) emu_device_log(x)
 
@@ -339,7 +366,9 @@ template <class... A> static constexpr int emu_arity(void (*)(A...)) {
     return (int)sizeof...(A);
 }
 #define EMU_EXPORT_ARITY(f)                                                                        \
-    extern "C" int emu_arity_##f() { return emu_arity(f); }
+    extern "C" int emu_arity_##f() {                                                               \
+        return emu_arity(f);                                                                       \
+    }
 
 __attribute__((destructor)) static void emu_unmap_stacks() {
     if (emu::stacks) munmap(emu::stacks, (size_t)emu::MAX_THREADS * emu::STACK);

@@ -62,8 +62,7 @@ static void check_staged_runs_match_plain_runs(Backend *b, const GraphSpec *spec
         cr_assert_eq(backend_launch(b, &in[0], &err), 0, "%s", err.message);
         if (k < 2) cr_assert_eq(backend_stage(b, &batch[k + 1], &err), 0, "%s", err.message);
         cr_assert_eq(backend_finish(b, &staged[k], &err), 0, "%s", err.message);
-        cr_assert(same_bits(&plain[k], &staged[k]), "%s: step %d with a staged batch", b->name,
-                  k);
+        cr_assert(same_bits(&plain[k], &staged[k]), "%s: step %d with a staged batch", b->name, k);
     }
     for (int k = 0; k < 3; k++) {
         tensorset_free(&in[k]);

@@ -102,7 +102,8 @@ static int array_objects(const char *json, const char *key) {
 
 #define BIG 1 << 20
 
-Test(bench, json_on_sinusoid_has_the_step_median_pipelined_time_and_one_row_per_kernel, .timeout = 120) {
+Test(bench, json_on_sinusoid_has_the_step_median_pipelined_time_and_one_row_per_kernel,
+     .timeout = 120) {
     static char out[BIG];
     int rc =
         run(out, sizeof out,

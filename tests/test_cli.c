@@ -3,8 +3,8 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdarg.h>
-#include <sys/wait.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "safetensors.h"
 #include "test_util.h"
@@ -54,7 +54,8 @@ Test(cli, grad_in_float64_writes_loss_accuracy_and_every_gradient_matching_pytor
     MamlError err;
     cr_assert_eq(safetensors_read(path, &got, &err), 0, "%s", err.message);
     cr_assert_eq(safetensors_read(shared_path(2, FIX "expected64_so_T2_5w1s_q1_in1.safetensors"),
-                                  &want, &err), 0, "%s", err.message);
+                                  &want, &err),
+                 0, "%s", err.message);
     cr_assert_eq(got.n, 20, "expected meta_loss, meta_acc and 18 gradients, found %d", got.n);
     for (int i = 0; i < want.n; i++) {
         const Tensor *w = &want.items[i], *g = tensorset_find(&got, w->name);
@@ -76,7 +77,8 @@ Test(cli, grad_names_a_missing_parameter_and_writes_nothing) {
     TensorSet set;
     tensorset_init(&set);
     MamlError err;
-    cr_assert_eq(safetensors_read(shared_path(0, FIX "params_p5_default.safetensors"), &set, &err), 0);
+    cr_assert_eq(safetensors_read(shared_path(0, FIX "params_p5_default.safetensors"), &set, &err),
+                 0);
     TensorSet partial;
     tensorset_init(&partial);
     for (int i = 0; i < set.n; i++)
@@ -98,19 +100,22 @@ Test(cli, grad_names_a_missing_parameter_and_writes_nothing) {
 
 Test(cli, grad_rejects_a_batch_whose_query_size_disagrees_with_the_settings) {
     char out[8192];
-    int rc = run(out, sizeof out, "grad graphs/omniglot_seed.yaml --params %s --batch %s --out /tmp/x",
-                 shared_path(0, FIX "params_p5_default.safetensors"),
-                 shared_path(1, FIX "batch_so_T2_5w1s_q5_in1.safetensors"));
+    int rc =
+        run(out, sizeof out, "grad graphs/omniglot_seed.yaml --params %s --batch %s --out /tmp/x",
+            shared_path(0, FIX "params_p5_default.safetensors"),
+            shared_path(1, FIX "batch_so_T2_5w1s_q5_in1.safetensors"));
     cr_assert_eq(rc, 2, "%s", out);
-    cr_assert(strstr(out, "tensor 'query_x': expected shape [2, 5, 1, 28, 28], found [2, 25, 1, 28, 28]"),
-              "message: %s", out);
+    cr_assert(
+        strstr(out, "tensor 'query_x': expected shape [2, 5, 1, 28, 28], found [2, 25, 1, 28, 28]"),
+        "message: %s", out);
 }
 
 Test(cli, grad_rejects_parameters_of_the_wrong_shape_naming_both_shapes) {
     char out[8192];
-    int rc = run(out, sizeof out, "grad graphs/omniglot_seed.yaml --params %s --batch %s --out /tmp/x",
-                 shared_path(0, FIX "params_p20_default.safetensors"),
-                 shared_path(1, FIX "batch_so_T2_5w1s_q1_in1.safetensors"));
+    int rc =
+        run(out, sizeof out, "grad graphs/omniglot_seed.yaml --params %s --batch %s --out /tmp/x",
+            shared_path(0, FIX "params_p20_default.safetensors"),
+            shared_path(1, FIX "batch_so_T2_5w1s_q1_in1.safetensors"));
     cr_assert_eq(rc, 2, "%s", out);
     cr_assert(strstr(out, "tensor 'logits.weight': expected shape [5, 64], found [20, 64]"),
               "message: %s", out);
@@ -123,15 +128,17 @@ Test(cli, grad_rejects_labels_out_of_range) {
     TensorSet set;
     tensorset_init(&set);
     MamlError err;
-    cr_assert_eq(safetensors_read(shared_path(0, FIX "batch_so_T2_5w1s_q1_in1.safetensors"), &set,
-                                  &err), 0);
+    cr_assert_eq(
+        safetensors_read(shared_path(0, FIX "batch_so_T2_5w1s_q1_in1.safetensors"), &set, &err), 0);
     tensor_set(tensorset_find(&set, "support_y"), 3, 7);
     cr_assert_eq(safetensors_write(batch, &set, &err), 0, "%s", err.message);
-    int rc = run(out, sizeof out, "grad graphs/omniglot_seed.yaml --params %s --batch %s --out /tmp/x",
-                 shared_path(1, FIX "params_p5_default.safetensors"), batch);
+    int rc =
+        run(out, sizeof out, "grad graphs/omniglot_seed.yaml --params %s --batch %s --out /tmp/x",
+            shared_path(1, FIX "params_p5_default.safetensors"), batch);
     cr_assert_eq(rc, 2, "%s", out);
-    cr_assert(strstr(out, "tensor 'support_y': label 7 of task 0, example 3 is out of range [0, 5)"),
-              "message: %s", out);
+    cr_assert(
+        strstr(out, "tensor 'support_y': label 7 of task 0, example 3 is out of range [0, 5)"),
+        "message: %s", out);
     tensorset_free(&set);
 }
 
@@ -167,8 +174,10 @@ Test(cli, unknown_command_and_unknown_backend_are_usage_errors) {
     char out[8192];
     cr_assert_eq(run(out, sizeof out, "frobnicate"), 2, "%s", out);
     cr_assert(strstr(out, "unknown command 'frobnicate'"), "%s", out);
-    int rc = run(out, sizeof out, "grad graphs/omniglot_seed.yaml --params %s --batch %s --out /tmp/x "
-                 "--backend tpu", shared_path(0, FIX "params_p5_default.safetensors"),
+    int rc = run(out, sizeof out,
+                 "grad graphs/omniglot_seed.yaml --params %s --batch %s --out /tmp/x "
+                 "--backend tpu",
+                 shared_path(0, FIX "params_p5_default.safetensors"),
                  shared_path(1, FIX "batch_so_T2_5w1s_q1_in1.safetensors"));
     cr_assert_eq(rc, 2, "%s", out);
     cr_assert(strstr(out, "unknown backend 'tpu'"), "%s", out);
@@ -179,8 +188,8 @@ Test(cli, unknown_command_and_unknown_backend_are_usage_errors) {
 Test(cli, compile_conv_tensor_and_auto_render_tensor_core_kernels_and_cudnn_is_refused) {
     const char *dir = temp_dir(0);
     char out[8192], path[256];
-    int rc = run(out, sizeof out, "compile graphs/omniglot_seed.yaml -o %s --backend cuda --conv tensor",
-                 dir);
+    int rc = run(out, sizeof out,
+                 "compile graphs/omniglot_seed.yaml -o %s --backend cuda --conv tensor", dir);
     cr_assert_eq(rc, 0, "%s", out);
     snprintf(path, sizeof path, "%s/kernels.cu", dir);
     FILE *f = fopen(path, "rb");

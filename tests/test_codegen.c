@@ -474,7 +474,8 @@ static void cpu_equals_ref_on_fixtures(int first, int last) {
     cr_assert_gt(n, 0, "no fixture cases");
     if (sanitized() && last > first + 1) {
         cr_log_info("fixture cases %d to %d: only case %d under the sanitizers (ref is slow there; "
-                    "the plain run covers them all)", first, last - 1, first);
+                    "the plain run covers them all)",
+                    first, last - 1, first);
         last = first + 1;
     }
     for (int c = first; c < last && c < n; c++) {

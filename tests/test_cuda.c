@@ -2143,7 +2143,8 @@ Test(cuda_emu, seed_functions_at_the_shipped_size_match_the_c_kernels, .timeout 
 }
 
 /* At the shipped meta-batch the tensor-core tiles are 128 and 32 columns wide (at 2 tasks, 32). */
-Test(cuda_emu, seed_tensor_core_functions_at_the_shipped_size_match_the_c_kernels, .timeout = 1200) {
+Test(cuda_emu, seed_tensor_core_functions_at_the_shipped_size_match_the_c_kernels,
+     .timeout = 1200) {
     skip_under_sanitizers();
     emu_functions_match_c_at_size("graphs/omniglot_seed.yaml", MAML_TRAIN_STEP, true);
 }

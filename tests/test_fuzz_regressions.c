@@ -201,6 +201,7 @@ Test(fuzz_yaml, huge_mapping_is_refused_quickly, .timeout = 10) {
     MamlError err = {{0}};
     cr_assert_eq(run_yaml((const uint8_t *)text, n, &err), -1);
     cr_expect_lt(seconds() - t0, 2.0);
-    cr_expect(strstr(err.message, "graph.yaml:1:28: mapping with more than 1024 entries"), "%s", err.message);
+    cr_expect(strstr(err.message, "graph.yaml:1:28: mapping with more than 1024 entries"), "%s",
+              err.message);
     free(text);
 }

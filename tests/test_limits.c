@@ -24,7 +24,7 @@ TestSuite(zip_limits, .fini = fuzz_remove_scratch);
 /* Settings of a minimal valid sinusoid graph (three lines), appended after a model section. */
 #define SIN_SETTINGS                                                                               \
     "maml: {n_way: 1, k_shot: 1, q_query: 1, meta_batch: 1, inner: {steps: 1, lr: 0.1},\n"         \
-    "       outer: {optimizer: sgd, lr: 0.1}, eval: {inner_steps: 1, tasks: 1}}\n"                   \
+    "       outer: {optimizer: sgd, lr: 0.1}, eval: {inner_steps: 1, tasks: 1}}\n"                 \
     "data: {dataset: sinusoid, seed: 1}\n"
 
 /* A growing text buffer (open_memstream), so graphs of any size read like printf calls. */
@@ -81,8 +81,10 @@ static char *relu_graph(int relus, size_t pad_to) {
     fflush(t.f);
     while (pad_to && t.len < pad_to) {
         size_t n = pad_to - t.len > sizeof dashes ? sizeof dashes : pad_to - t.len;
-        if (n == 1) fputc('\n', t.f);
-        else fprintf(t.f, "#%.*s\n", (int)(n - 2), dashes);
+        if (n == 1)
+            fputc('\n', t.f);
+        else
+            fprintf(t.f, "#%.*s\n", (int)(n - 2), dashes);
         fflush(t.f);
     }
     return text_close(&t);
@@ -110,10 +112,12 @@ static char *nested_graph(int depth) {
     Text t;
     text_open(&t);
     int levels = depth - 5;
-    fprintf(t.f, "model:\n  input: [1]\n  loss: mse\n  blocks:\n    b:\n      args:\n        deep: ");
+    fprintf(t.f,
+            "model:\n  input: [1]\n  loss: mse\n  blocks:\n    b:\n      args:\n        deep: ");
     for (int i = 0; i < levels; i++) fputc('[', t.f);
     for (int i = 0; i < levels; i++) fputc(']', t.f);
-    fprintf(t.f, "\n      layers: [relu]\n  layers: [{linear: {name: out, out_features: 1}}]\n" SIN_SETTINGS);
+    fprintf(t.f, "\n      layers: [relu]\n  layers: [{linear: {name: out, out_features: "
+                 "1}}]\n" SIN_SETTINGS);
     return text_close(&t);
 }
 
@@ -130,9 +134,13 @@ static char *block_chain_graph(int depth) {
     text_open(&t);
     fprintf(t.f, "model:\n  input: [1]\n  loss: mse\n  blocks:\n");
     for (int i = 1; i <= depth; i++)
-        if (i < depth) fprintf(t.f, "    b%d: {layers: [{block: b%d, name: n%d}]}\n", i, i + 1, i + 1);
-        else fprintf(t.f, "    b%d: {layers: [relu]}\n", i);
-    fprintf(t.f, "  layers: [{linear: {name: out, out_features: 1}}, {block: b1, name: n1}]\n" SIN_SETTINGS);
+        if (i < depth)
+            fprintf(t.f, "    b%d: {layers: [{block: b%d, name: n%d}]}\n", i, i + 1, i + 1);
+        else
+            fprintf(t.f, "    b%d: {layers: [relu]}\n", i);
+    fprintf(
+        t.f,
+        "  layers: [{linear: {name: out, out_features: 1}}, {block: b1, name: n1}]\n" SIN_SETTINGS);
     return text_close(&t);
 }
 
@@ -151,7 +159,9 @@ static char *entries_graph(int n, bool sequence) {
     if (sequence) fprintf(t.f, "list: [");
     for (int i = 0; i < n; i++) fprintf(t.f, sequence ? "%s%d" : "%sa%d: 0", i ? ", " : "", i);
     fprintf(t.f, sequence ? "]}\n" : "}\n");
-    fprintf(t.f, "      layers: [relu]\n  layers: [{linear: {name: out, out_features: 1}}]\n" SIN_SETTINGS);
+    fprintf(
+        t.f,
+        "      layers: [relu]\n  layers: [{linear: {name: out, out_features: 1}}]\n" SIN_SETTINGS);
     return text_close(&t);
 }
 
@@ -159,7 +169,8 @@ Test(yaml_limits, mappings_and_sequences_of_1024_entries) {
     for (int seq = 0; seq <= 1; seq++) {
         char *at = entries_graph(1024, seq), *past = entries_graph(1025, seq);
         expect_loads(at, 1);
-        expect_rejected(past, seq ? "sequence with more than 1024 entries" : "mapping with more than 1024 entries");
+        expect_rejected(past, seq ? "sequence with more than 1024 entries"
+                                  : "mapping with more than 1024 entries");
         free(at), free(past);
     }
 }
@@ -221,7 +232,8 @@ static char *reference_chain_graph(int refs) {
     for (int k = 0; k < refs - 1; k++)
         fprintf(t.f, ", %s: $model.blocks.b.args.%s", chain_arg(k, b1), chain_arg(k - 1, b2));
     fprintf(t.f, "}\n      layers: [relu]\n  layers:\n");
-    fprintf(t.f, "    - {linear: {name: h, out_features: $model.blocks.b.args.%s}}\n", chain_arg(refs - 2, b1));
+    fprintf(t.f, "    - {linear: {name: h, out_features: $model.blocks.b.args.%s}}\n",
+            chain_arg(refs - 2, b1));
     fprintf(t.f, "    - {linear: {name: o, out_features: 1}}\n" SIN_SETTINGS);
     return text_close(&t);
 }
@@ -269,9 +281,12 @@ static char *omniglot_graph(int size) {
     text_open(&t);
     fprintf(t.f, "model:\n  input: [1, %d, %d]\n  loss: cross_entropy\n", size, size);
     fprintf(t.f, "  layers: [flatten, {linear: {name: logits, out_features: 5}}]\n");
-    fprintf(t.f, "maml: {n_way: 5, k_shot: 1, q_query: 1, meta_batch: 1, inner: {steps: 1, lr: 0.1},\n"
-                 "       outer: {optimizer: sgd, lr: 0.1}, eval: {inner_steps: 1, tasks: 1}}\n");
-    fprintf(t.f, "data: {dataset: omniglot, split: background_evaluation, image_size: %d, seed: 1}\n", size);
+    fprintf(t.f,
+            "maml: {n_way: 5, k_shot: 1, q_query: 1, meta_batch: 1, inner: {steps: 1, lr: 0.1},\n"
+            "       outer: {optimizer: sgd, lr: 0.1}, eval: {inner_steps: 1, tasks: 1}}\n");
+    fprintf(t.f,
+            "data: {dataset: omniglot, split: background_evaluation, image_size: %d, seed: 1}\n",
+            size);
     return text_close(&t);
 }
 
@@ -288,13 +303,15 @@ Test(yaml_limits, omniglot_image_size_105) {
  * the last line of its stderr. */
 static int check_with_overrides(int n, char *last, size_t size) {
     const char *env = getenv("MAMLC"), *mamlc = env && *env ? env : "./mamlc";
-    if (access(mamlc, X_OK) != 0) cr_skip_test("no mamlc binary at %s (build it, or set MAMLC)", mamlc);
+    if (access(mamlc, X_OK) != 0)
+        cr_skip_test("no mamlc binary at %s (build it, or set MAMLC)", mamlc);
     const char *log = fuzz_path(1, "stderr.txt");
     char **argv = calloc((size_t)(2 * n + 4), sizeof *argv);
     cr_assert(argv);
     int k = 0;
     argv[k++] = (char *)mamlc, argv[k++] = "check", argv[k++] = "graphs/omniglot_seed.yaml";
-    for (int i = 0; i < n; i++) argv[k++] = "--set", argv[k++] = i % 2 ? "maml.inner.lr=0.4" : "maml.k_shot=2";
+    for (int i = 0; i < n; i++)
+        argv[k++] = "--set", argv[k++] = i % 2 ? "maml.inner.lr=0.4" : "maml.k_shot=2";
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
@@ -316,7 +333,8 @@ static int check_with_overrides(int n, char *last, size_t size) {
 
 Test(cli_limits, set_options_64) {
     char msg[512];
-    cr_expect_eq(check_with_overrides(64, msg, sizeof msg), 0, "64 --set options rejected: %s", msg);
+    cr_expect_eq(check_with_overrides(64, msg, sizeof msg), 0, "64 --set options rejected: %s",
+                 msg);
     cr_expect_eq(check_with_overrides(65, msg, sizeof msg), 2);
     cr_expect(strstr(msg, "too many --set options (at most 64)"), "%s", msg);
 }
@@ -359,8 +377,8 @@ static void st_expect_error(const char *header, size_t n_data, const char *needl
 /* {"t": {"dtype": DT, "shape": [SHAPE], "data_offsets": [0, BYTES]}} */
 static const char *st_header(const char *dtype, const char *shape, long long bytes) {
     static char buf[4096];
-    snprintf(buf, sizeof buf, "{\"t\":{\"dtype\":\"%s\",\"shape\":[%s],\"data_offsets\":[0,%lld]}}", dtype,
-             shape, bytes);
+    snprintf(buf, sizeof buf, "{\"t\":{\"dtype\":\"%s\",\"shape\":[%s],\"data_offsets\":[0,%lld]}}",
+             dtype, shape, bytes);
     return buf;
 }
 
@@ -368,13 +386,15 @@ static const char *st_header(const char *dtype, const char *shape, long long byt
 static const char *repeat(const char *v, int n) {
     static char buf[2048];
     buf[0] = '\0';
-    for (int i = 0; i < n; i++) snprintf(buf + strlen(buf), sizeof buf - strlen(buf), "%s%s", i ? "," : "", v);
+    for (int i = 0; i < n; i++)
+        snprintf(buf + strlen(buf), sizeof buf - strlen(buf), "%s%s", i ? "," : "", v);
     return buf;
 }
 
 Test(safetensors_limits, rank_8) {
     st_expect_ok(st_header("F32", repeat("1", 8), 4), 4, 8);
-    st_expect_error(st_header("F32", repeat("1", 9), 4), 4, "tensor 't': rank 9 exceeds the maximum of 8");
+    st_expect_error(st_header("F32", repeat("1", 9), 4), 4,
+                    "tensor 't': rank 9 exceeds the maximum of 8");
 }
 
 /* Dimensions are int64: INT64_MAX is a valid size (here of an empty tensor), one more is not. */
@@ -387,7 +407,8 @@ Test(safetensors_limits, dimension_int64_max) {
 /* The byte size of a shape must fit in int64: 2^61 - 1 F32 elements do (the file then lacks
  * their data, which is the error), 2^61 do not. */
 Test(safetensors_limits, byte_size_int64_max) {
-    st_expect_error(st_header("F32", "2305843009213693951", 4), 4, "needs 9223372036854775804 bytes");
+    st_expect_error(st_header("F32", "2305843009213693951", 4), 4,
+                    "needs 9223372036854775804 bytes");
     st_expect_error(st_header("F32", "2305843009213693952", 4), 4, "element count of shape");
 }
 
@@ -426,8 +447,8 @@ Test(safetensors_limits, header_length_past_100_mb) {
     tensorset_init(&set);
     MamlError err = {{0}};
     cr_assert_eq(safetensors_read(path, &set, &err), -1);
-    cr_expect(strstr(err.message, "header length 100000001 exceeds the limit of 100000000 bytes"), "%s",
-              err.message);
+    cr_expect(strstr(err.message, "header length 100000001 exceeds the limit of 100000000 bytes"),
+              "%s", err.message);
 }
 
 /* JSON nesting of 16 levels parses (and then fails the format check); 17 is refused by the
@@ -507,7 +528,8 @@ Test(zip_limits, image_sizes_1_to_105, .timeout = 120) {
     for (int f = RESIZE_NEAREST; f <= RESIZE_LANCZOS; f++) {
         for (int size = 1; size <= OMNIGLOT_SRC_SIZE; size++) {
             MamlError err = {{0}};
-            cr_expect_eq(load_seed_archive((ResizeFilter)f, size, &err), 0, "size %d: %s", size, err.message);
+            cr_expect_eq(load_seed_archive((ResizeFilter)f, size, &err), 0, "size %d: %s", size,
+                         err.message);
         }
         MamlError err = {{0}};
         cr_expect_eq(load_seed_archive((ResizeFilter)f, 106, &err), -1);

@@ -47,17 +47,28 @@ static int read_manifest(FixtureCase *cases, int max) {
                 yaml_node_t *vn = yaml_document_get_node(&doc, q->value);
                 if (vn->type != YAML_SCALAR_NODE) continue;
                 const char *v = (char *)vn->data.scalar.value;
-                if (!strcmp(key, "name")) snprintf(fc->name, sizeof fc->name, "%s", v);
-                else if (!strcmp(key, "params_file")) snprintf(fc->params_file, 128, "%s", v);
-                else if (!strcmp(key, "batch_file")) snprintf(fc->batch_file, 128, "%s", v);
-                else if (!strcmp(key, "expected64_file")) snprintf(fc->expected64_file, 128, "%s", v);
-                else if (!strcmp(key, "T")) fc->T = atoi(v);
-                else if (!strcmp(key, "n_way")) fc->n_way = atoi(v);
-                else if (!strcmp(key, "q_query")) fc->q_query = atoi(v);
-                else if (!strcmp(key, "inner_steps")) fc->inner_steps = atoi(v);
-                else if (!strcmp(key, "first_order")) fc->first_order = !strcmp(v, "true");
-                else if (!strcmp(key, "inner_lr")) fc->inner_lr = atof(v);
-                else if (!strcmp(key, "torch_f32_rel_err")) fc->torch_f32_rel_err = atof(v);
+                if (!strcmp(key, "name"))
+                    snprintf(fc->name, sizeof fc->name, "%s", v);
+                else if (!strcmp(key, "params_file"))
+                    snprintf(fc->params_file, 128, "%s", v);
+                else if (!strcmp(key, "batch_file"))
+                    snprintf(fc->batch_file, 128, "%s", v);
+                else if (!strcmp(key, "expected64_file"))
+                    snprintf(fc->expected64_file, 128, "%s", v);
+                else if (!strcmp(key, "T"))
+                    fc->T = atoi(v);
+                else if (!strcmp(key, "n_way"))
+                    fc->n_way = atoi(v);
+                else if (!strcmp(key, "q_query"))
+                    fc->q_query = atoi(v);
+                else if (!strcmp(key, "inner_steps"))
+                    fc->inner_steps = atoi(v);
+                else if (!strcmp(key, "first_order"))
+                    fc->first_order = !strcmp(v, "true");
+                else if (!strcmp(key, "inner_lr"))
+                    fc->inner_lr = atof(v);
+                else if (!strcmp(key, "torch_f32_rel_err"))
+                    fc->torch_f32_rel_err = atof(v);
             }
         }
     }
@@ -203,8 +214,10 @@ Test(maml, second_order_and_first_order_differ_and_each_matches_its_reference) {
     read_fixture(so->expected64_file, &want_so);
     read_fixture(fo->expected64_file, &want_fo);
     double between = compare(&b, &want_so, "fo vs so reference");
-    cr_assert_gt(between, 1e-3, "first- and second-order meta-gradients agree (%g): second-order "
-                 "terms missing", between);
+    cr_assert_gt(between, 1e-3,
+                 "first- and second-order meta-gradients agree (%g): second-order "
+                 "terms missing",
+                 between);
     cr_assert_lt(compare(&a, &want_so, "so"), 1e-9);
     cr_assert_lt(compare(&b, &want_fo, "fo"), 1e-9);
     tensorset_free(&a);
@@ -219,7 +232,10 @@ Test(maml, second_order_and_first_order_differ_and_each_matches_its_reference) {
 
 /* A spec whose eval graph reproduces the training meta-loss: same inner steps and lr. */
 static void load_fd_spec(GraphSpec *spec, int steps, bool first_order) {
-    FixtureCase c = {.n_way = 5, .q_query = 1, .inner_steps = steps, .inner_lr = 0.4,
+    FixtureCase c = {.n_way = 5,
+                     .q_query = 1,
+                     .inner_steps = steps,
+                     .inner_lr = 0.4,
                      .first_order = first_order};
     load_seed_spec(spec, &c);
     spec->maml.eval.inner_steps = steps;
@@ -387,7 +403,8 @@ static void load_overrides(GraphSpec *spec, const char **ov, int n) {
     cr_assert_eq(spec_load("graphs/omniglot_seed.yaml", ov, n, spec, &err), 0, "%s", err.message);
 }
 
-static void run_graph(const GraphSpec *spec, MamlGraphKind kind, const TensorSet *in, TensorSet *out) {
+static void run_graph(const GraphSpec *spec, MamlGraphKind kind, const TensorSet *in,
+                      TensorSet *out) {
     Graph g;
     graph_init(&g);
     MamlError err;
@@ -429,8 +446,8 @@ Test(maml, learnable_inner_lr_at_its_initial_value_reproduces_the_fixed_lr_meta_
     Graph eval;
     graph_init(&eval);
     cr_assert_eq(maml_build(&spec, MAML_EVAL, 2, &eval, NULL, &err), 0, "%s", err.message);
-    for (const char **name = (const char *[]){"inner_lr.conv2.conv2d.step0", "inner_lr.logits.step0",
-                                              NULL};
+    for (const char **name =
+             (const char *[]){"inner_lr.conv2.conv2d.step0", "inner_lr.logits.step0", NULL};
          *name; name++) {
         Tensor *t = tensorset_find(&in, *name);
         char gname[200];

@@ -161,7 +161,8 @@ Test(ref, one_hot_rejects_a_label_out_of_range_naming_it) {
     int64_t lv[3] = {0, 3, 1};
     tensorset_add(&in, "labels", TENSOR_I64, SHAPE(3), lv, &err);
     cr_assert_eq(ref_run(&g, PREC_F64, &in, &out, &err), -1);
-    cr_assert(strstr(err.message, "label 3 at position 1 is out of range [0, 3)"), "%s", err.message);
+    cr_assert(strstr(err.message, "label 3 at position 1 is out of range [0, 3)"), "%s",
+              err.message);
     tensorset_free(&in);
     tensorset_free(&out);
     graph_free(&g);

@@ -80,16 +80,16 @@ static inline void fuzz_put32(FILE *f, uint32_t v) {
 
 /* The fields a local header and a central-directory entry share, from "version needed" on. */
 static inline void fuzz_zip_common(FILE *f, uint32_t crc, uint32_t n, size_t name_len) {
-    fuzz_put16(f, 20);     /* version needed: 2.0 */
-    fuzz_put16(f, 0);      /* flags */
-    fuzz_put16(f, 0);      /* method: stored, so the PNG bytes reach libpng unchanged */
-    fuzz_put16(f, 0);      /* time */
-    fuzz_put16(f, 0x21);   /* date: 1980-01-01 */
+    fuzz_put16(f, 20);   /* version needed: 2.0 */
+    fuzz_put16(f, 0);    /* flags */
+    fuzz_put16(f, 0);    /* method: stored, so the PNG bytes reach libpng unchanged */
+    fuzz_put16(f, 0);    /* time */
+    fuzz_put16(f, 0x21); /* date: 1980-01-01 */
     fuzz_put32(f, crc);
-    fuzz_put32(f, n);      /* compressed size */
-    fuzz_put32(f, n);      /* uncompressed size */
+    fuzz_put32(f, n); /* compressed size */
+    fuzz_put32(f, n); /* uncompressed size */
     fuzz_put16(f, (unsigned)name_len);
-    fuzz_put16(f, 0);      /* extra field length */
+    fuzz_put16(f, 0); /* extra field length */
 }
 
 /* Writes a zip of FUZZ_DRAWINGS stored entries DIR/0001_DD.png (DD = 01..20), each holding the
@@ -119,10 +119,10 @@ static inline void fuzz_write_png_zip(const char *path, const char *dir, const u
         fuzz_put32(f, 0x02014b50);
         fuzz_put16(f, 20); /* version made by */
         fuzz_zip_common(f, crc, (uint32_t)n, (size_t)len);
-        fuzz_put16(f, 0);  /* comment length */
-        fuzz_put16(f, 0);  /* disk number */
-        fuzz_put16(f, 0);  /* internal attributes */
-        fuzz_put32(f, 0);  /* external attributes */
+        fuzz_put16(f, 0); /* comment length */
+        fuzz_put16(f, 0); /* disk number */
+        fuzz_put16(f, 0); /* internal attributes */
+        fuzz_put32(f, 0); /* external attributes */
         fuzz_put32(f, offsets[d]);
         fwrite(name, 1, (size_t)len, f);
     }
@@ -141,7 +141,8 @@ static inline void fuzz_write_png_zip(const char *path, const char *dir, const u
  * libpng's chunk handling and our colour conversions instead of all failing the CRC check. */
 static inline void fuzz_fix_png_crcs(uint8_t *p, size_t n) {
     for (size_t at = 8; at + 12 <= n;) {
-        uint32_t len = (uint32_t)p[at] << 24 | (uint32_t)p[at + 1] << 16 | (uint32_t)p[at + 2] << 8 | p[at + 3];
+        uint32_t len = (uint32_t)p[at] << 24 | (uint32_t)p[at + 1] << 16 |
+                       (uint32_t)p[at + 2] << 8 | p[at + 3];
         if (len > n - at - 12) break;
         uint32_t crc = (uint32_t)crc32(0L, p + at + 4, len + 4);
         for (int i = 0; i < 4; i++) p[at + 8 + len + (size_t)i] = (uint8_t)(crc >> (24 - 8 * i));

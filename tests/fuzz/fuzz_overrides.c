@@ -20,7 +20,8 @@ static const char *graph_path(void) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
     if (access(graph_path(), R_OK) != 0) {
-        fprintf(stderr, "fuzz_overrides: cannot read %s (run from the repository root)\n", graph_path());
+        fprintf(stderr, "fuzz_overrides: cannot read %s (run from the repository root)\n",
+                graph_path());
         exit(2);
     }
     return 0;
