@@ -176,6 +176,7 @@ format:
 lint:
 	clang-tidy --quiet --warnings-as-errors='*' $(LIB_SRC) $(CLI_SRC) -- $(CFLAGS)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability -Icompiler -Iruntime compiler runtime cli
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
 
 clean:
 	rm -rf build build-asan build-fuzz mamlc mamlc-asan
