@@ -1,5 +1,6 @@
 #include "graph.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -492,4 +493,44 @@ int graph_find_input(const Graph *g, const char *name) {
 bool graph_is_data_input(const Graph *g, const char *name) {
     int node = graph_find_input(g, name);
     return node >= 0 && g->nodes[node].input_kind == INPUT_DATA;
+}
+
+/* ---- elementwise arithmetic ---- */
+
+double op_eval_binary(OpKind op, double a, double b) {
+    switch (op) {
+    case OP_ADD:
+        return a + b;
+    case OP_SUB:
+        return a - b;
+    case OP_MUL:
+        return a * b;
+    case OP_DIV:
+        return a / b;
+    case OP_GT:
+        return a > b ? 1.0 : 0.0;
+    case OP_EQ:
+        return a == b ? 1.0 : 0.0;
+    default:
+        return NAN;
+    }
+}
+
+double op_eval_unary(OpKind op, double a) {
+    switch (op) {
+    case OP_NEG:
+        return -a;
+    case OP_EXP:
+        return exp(a);
+    case OP_LOG:
+        return log(a);
+    case OP_RSQRT:
+        return 1.0 / sqrt(a);
+    case OP_SQRT:
+        return sqrt(a);
+    case OP_STOP_GRAD:
+        return a;
+    default:
+        return NAN;
+    }
 }

@@ -162,6 +162,13 @@ int graph_find_input(const Graph *g, const char *name);
 /* Whether name is a data input (the task batch, INPUT_DATA) of g. */
 bool graph_is_data_input(const Graph *g, const char *name);
 
+/* An elementwise op's value in double (unary: NEG, EXP, LOG, RSQRT, SQRT, STOP_GRAD; binary: ADD,
+ * SUB, MUL, DIV, and GT, EQ as 1 or 0); NAN for any other op. The reference interpreter computes
+ * every elementwise node with these and constant folding folds with them, so a folded constant
+ * is the value ref would compute. */
+double op_eval_unary(OpKind op, double a);
+double op_eval_binary(OpKind op, double a, double b);
+
 /* Shape helpers. */
 Shape shape_make(int rank, const int64_t *dims);
 Shape shape_scalar(void);

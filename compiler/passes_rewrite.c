@@ -4,7 +4,6 @@
  * this sweep) and returns the new graph's node that computes the same values: an operand, a fill
  * constant, a fresh node, or a copy of the node when no rule applies. Fill constants (OP_CONST) are
  * the only constants the IR has, so "is the operand the constant c" is one node test. */
-#include <math.h>
 #include <string.h>
 
 #include "passes_internal.h"
@@ -96,37 +95,6 @@ static int replace(Rewrite *rw, PassRule r, int id) {
 
 /* ---- constant folding ---- */
 
-/* The same double arithmetic the reference interpreter uses, so folding in float64 is exact. */
-static double fold_unary(OpKind op, double a) {
-    switch (op) {
-    case OP_NEG:
-        return -a;
-    case OP_EXP:
-        return exp(a);
-    case OP_LOG:
-        return log(a);
-    case OP_RSQRT:
-        return 1.0 / sqrt(a);
-    case OP_SQRT:
-        return sqrt(a);
-    default:
-        return a; /* stop_grad */
-    }
-}
-
-static double fold_binary(OpKind op, double a, double b) {
-    switch (op) {
-    case OP_ADD:
-        return a + b;
-    case OP_SUB:
-        return a - b;
-    case OP_MUL:
-        return a * b;
-    default:
-        return a / b;
-    }
-}
-
 /* The value a mask node has everywhere when it compares two fills: 1 or 0, or -1 if unknown. */
 static int mask_value(const Rewrite *rw, int id) {
     const Node *m = dnode(rw, id);
@@ -134,7 +102,7 @@ static int mask_value(const Rewrite *rw, int id) {
     if ((m->op != OP_GT && m->op != OP_EQ) || !is_fill(rw, m->in[0], &a) ||
         !is_fill(rw, m->in[1], &b))
         return -1;
-    return m->op == OP_GT ? a > b : a == b;
+    return op_eval_binary(m->op, a, b) != 0;
 }
 
 static int fold_select(Rewrite *rw, int i, const int *in) {
@@ -186,13 +154,14 @@ int pass_fold_node(Rewrite *rw, int i) {
     case OP_RSQRT:
     case OP_SQRT:
     case OP_STOP_GRAD:
-        if (all) return fill(rw, RULE_FOLD_ELEMENTWISE, fold_unary(n->op, v[0]), n->shape);
+        if (all) return fill(rw, RULE_FOLD_ELEMENTWISE, op_eval_unary(n->op, v[0]), n->shape);
         break;
     case OP_ADD:
     case OP_SUB:
     case OP_MUL:
     case OP_DIV:
-        if (all) return fill(rw, RULE_FOLD_ELEMENTWISE, fold_binary(n->op, v[0], v[1]), n->shape);
+        if (all)
+            return fill(rw, RULE_FOLD_ELEMENTWISE, op_eval_binary(n->op, v[0], v[1]), n->shape);
         break;
     case OP_BROADCAST:
     case OP_RESHAPE:

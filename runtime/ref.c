@@ -59,54 +59,16 @@ static const Node *in_node(Interp *in, const Node *n, int k) {
     return &in->g->nodes[n->in[k]];
 }
 
-static double apply_binary(OpKind op, double a, double b) {
-    switch (op) {
-    case OP_ADD:
-        return a + b;
-    case OP_SUB:
-        return a - b;
-    case OP_MUL:
-        return a * b;
-    case OP_DIV:
-        return a / b;
-    case OP_GT:
-        return a > b ? 1.0 : 0.0;
-    case OP_EQ:
-        return a == b ? 1.0 : 0.0;
-    default:
-        return NAN;
-    }
-}
-
-static double apply_unary(OpKind op, double a) {
-    switch (op) {
-    case OP_NEG:
-        return -a;
-    case OP_EXP:
-        return exp(a);
-    case OP_LOG:
-        return log(a);
-    case OP_RSQRT:
-        return 1.0 / sqrt(a);
-    case OP_SQRT:
-        return sqrt(a);
-    case OP_STOP_GRAD:
-        return a;
-    default:
-        return NAN;
-    }
-}
-
 static void run_elementwise(Interp *in, const Node *n, double *out, int64_t count) {
     const double *a = in_val(in, n, 0);
     if (n->n_in == 1) {
-        for (int64_t i = 0; i < count; i++) out[i] = apply_unary(n->op, a[i]);
+        for (int64_t i = 0; i < count; i++) out[i] = op_eval_unary(n->op, a[i]);
     } else if (n->op == OP_SELECT) {
         const double *x = in_val(in, n, 1), *y = in_val(in, n, 2);
         for (int64_t i = 0; i < count; i++) out[i] = a[i] != 0.0 ? x[i] : y[i];
     } else {
         const double *b = in_val(in, n, 1);
-        for (int64_t i = 0; i < count; i++) out[i] = apply_binary(n->op, a[i], b[i]);
+        for (int64_t i = 0; i < count; i++) out[i] = op_eval_binary(n->op, a[i], b[i]);
     }
 }
 
