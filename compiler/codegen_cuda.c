@@ -7,7 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "clock.h"
 
 #define PROGRAM "cuda/program.cu.tmpl"
 #define LOOP "cuda/loop.cu.tmpl"
@@ -893,12 +894,6 @@ int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m,
 
 /* ---- mamlc compile --backend cuda ---- */
 
-static double seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static FILE *open_in(const char *dir, const char *name, char *path, size_t size, MamlError *err) {
     snprintf(path, size, "%s/%s", dir, name);
     FILE *f = fopen(path, "w");
@@ -956,7 +951,7 @@ static int write_cuda_files(const char *dir, const Graph *g, const KernelProgram
 
 int codegen_write_cuda_dir(const Graph *g, const char *dir, const CodegenOptions *opt,
                            CudaCompileSummary *summary, MamlError *err) {
-    double t0 = seconds();
+    double t0 = maml_now_s();
     KernelProgram p = {0}, unfused = {0};
     MemPlan m = {0};
     StrBuf src;
@@ -967,7 +962,7 @@ int codegen_write_cuda_dir(const Graph *g, const char *dir, const CodegenOptions
     if (rc == 0) rc = memplan_build(&p, opt->f64 ? 8 : 4, &m, err);
     if (rc == 0) rc = cuda_code_alloc(&code, p.n_kernels, err);
     if (rc == 0) rc = codegen_cuda(g, &p, &m, opt, &src, &code, err);
-    s.seconds = seconds() - t0;
+    s.seconds = maml_now_s() - t0;
     if (rc == 0) rc = kernels_lower(g, false, &unfused, err);
     if (rc == 0) {
         s.kernels = p.n_kernels;

@@ -3,15 +3,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "passes_internal.h"
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 /* ---- emitting nodes through the builders ---- */
 
@@ -403,9 +397,9 @@ static void record(PassReport *r, const char *pass, int round, int nodes, int re
 static int apply(Driver *d, const Stage *st, int round, MamlError *err) {
     Graph *dst = &d->bufs[d->next];
     int rewrites = 0;
-    double t0 = now_ms();
+    double t0 = maml_now_ms();
     if (st->fn(d->cur, dst, d->opt, d->report->rule_hits, &rewrites, err)) return -1;
-    record(d->report, st->name, round, dst->n_nodes, rewrites, now_ms() - t0);
+    record(d->report, st->name, round, dst->n_nodes, rewrites, maml_now_ms() - t0);
     if (d->cur != d->in) graph_free((Graph *)d->cur);
     d->cur = dst;
     d->next ^= 1;
@@ -461,7 +455,7 @@ int passes_optimize_with(const Graph *in, Graph *out, const PassOptions *opt, Pa
     PassReport *r = report ? report : &local;
     memset(r, 0, sizeof *r);
     graph_init(out);
-    double t0 = now_ms();
+    double t0 = maml_now_ms();
     r->nodes_before = in->n_nodes;
     if (graph_check(in, err)) return -1;
     Driver d = {.in = in, .cur = in, .opt = opt, .report = r};
@@ -471,7 +465,7 @@ int passes_optimize_with(const Graph *in, Graph *out, const PassOptions *opt, Pa
     }
     *out = *d.cur;
     r->nodes_after = out->n_nodes;
-    r->total_ms = now_ms() - t0;
+    r->total_ms = maml_now_ms() - t0;
     return 0;
 }
 

@@ -2,15 +2,9 @@
 #include "pipeline.h"
 
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "codegen.h"
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 PipelineOptions pipeline_default_options(void) {
     PipelineOptions o = {
@@ -35,18 +29,18 @@ int compile_pipeline(const Graph *raw, const PipelineOptions *opt, CompiledGraph
     out->f64 = opt->f64;
     if (graph_status(raw, err)) return -1;
     PipelineTimes *t = &out->times;
-    double t0 = now_ms();
+    double t0 = maml_now_ms();
     if (passes_optimize(raw, &out->graph, &out->passes, err)) return -1;
-    double t1 = now_ms();
+    double t1 = maml_now_ms();
     t->passes_ms = t1 - t0;
     if (kernels_lower(&out->graph, !opt->no_fuse, &out->prog, err)) return -1;
-    double t2 = now_ms();
+    double t2 = maml_now_ms();
     t->lower_ms = t2 - t1;
     if (memplan_build(&out->prog, opt->f64 ? 8 : 4, &out->plan, err)) return -1;
-    double t3 = now_ms();
+    double t3 = maml_now_ms();
     t->plan_ms = t3 - t2;
     if (opt->target == PIPELINE_TARGET_C && render_c(out, opt, err)) return -1;
-    t->render_ms = now_ms() - t3;
+    t->render_ms = maml_now_ms() - t3;
     t->total_ms = t->passes_ms + t->lower_ms + t->plan_ms + t->render_ms;
     return 0;
 }
@@ -56,9 +50,9 @@ int compile_pipeline_spec(const GraphSpec *spec, MamlGraphKind kind, int64_t tas
                           CompiledGraph *out, MamlError *err) {
     memset(out, 0, sizeof *out);
     graph_init(raw);
-    double t0 = now_ms();
+    double t0 = maml_now_ms();
     if (maml_build(spec, kind, tasks, raw, stages, err)) return -1;
-    double build = now_ms() - t0;
+    double build = maml_now_ms() - t0;
     if (compile_pipeline(raw, opt, out, err)) return -1;
     out->times.build_ms = build;
     out->times.total_ms += build;

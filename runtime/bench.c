@@ -5,18 +5,12 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "cpu_backend.h"
 #include "cuda_backend.h"
 #include "params.h"
 #include "rng.h"
-
-double bench_now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -214,9 +208,9 @@ static int time_steps(Backend *b, const TensorSet *inputs, int n, double *ms, Ma
     for (int i = 0; i < n; i++) {
         TensorSet outputs;
         tensorset_init(&outputs);
-        double t0 = bench_now_ms();
+        double t0 = maml_now_ms();
         int rc = backend_run(b, inputs, &outputs, err);
-        double t1 = bench_now_ms();
+        double t1 = maml_now_ms();
         tensorset_free(&outputs);
         if (rc) return -1;
         if (ms) ms[i] = t1 - t0;
@@ -253,11 +247,11 @@ static int time_pipelined(Backend *b, const TensorSet *inputs, int n, double *ms
     tensorset_init(&outputs);
     int rc = batch_of(b->graph, inputs, &batch, err);
     SameBatch next = {.backend = b, .batch = &batch};
-    double t0 = bench_now_ms();
+    double t0 = maml_now_ms();
     for (int i = 0; rc == 0 && i < n; i++)
         rc = backend_run_overlapped(b, inputs, i + 1 < n ? stage_same_batch : NULL, &next, &outputs,
                                     err);
-    *ms = (bench_now_ms() - t0) / n;
+    *ms = (maml_now_ms() - t0) / n;
     tensorset_free(&batch);
     tensorset_free(&outputs);
     return rc;

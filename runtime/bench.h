@@ -13,9 +13,6 @@
 #include "spec.h"
 #include "tensor.h"
 
-/* A monotonic clock in milliseconds. */
-double bench_now_ms(void);
-
 /* The median of v[0..n) (sorts v in place); 0 when n is 0. */
 double bench_median(double *v, int n);
 

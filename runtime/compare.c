@@ -5,9 +5,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench.h"
+#include "clock.h"
 
 void compare_group_of(const char *name, char *buf, size_t size) {
     const char *slash = strrchr(name, '/');
@@ -150,12 +150,6 @@ int compare_start_state(const GraphSpec *spec, const Graph *g, uint64_t seed, bo
     return rc;
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 typedef struct {
     StepRun *run;
     int steps;
@@ -165,9 +159,9 @@ typedef struct {
 static int one_step(StepRun *r, int s) {
     TensorSet out;
     tensorset_init(&out);
-    double t0 = now_s();
+    double t0 = maml_now_s();
     int rc = backend_run(r->backend, &r->state, &out, &r->err);
-    r->seconds += now_s() - t0;
+    r->seconds += maml_now_s() - t0;
     const Tensor *loss = tensorset_find(&out, "meta_loss");
     r->losses[s] = rc == 0 && loss ? tensor_get(loss, 0) : NAN;
     if (rc == 0) compare_feed_back(&r->state, &out);

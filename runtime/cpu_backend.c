@@ -11,9 +11,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "codegen.h"
 #include "inputs.h"
 #include "kernel.h"
@@ -249,12 +249,6 @@ static bool trailer_ok(const char *path) {
 
 /* ---- compile and load ---- */
 
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
-
 /* The C compiler's time is kept beside the object (HASH.so.ms), so a report made from a cache hit
  * can still say what the compiler cost; losing the note only loses that figure. */
 static void record_cc_ms(const CpuImpl *c) {
@@ -307,9 +301,9 @@ static int compile_object(const BuildKey *key, CpuImpl *c, const StrBuf *src, Ma
     argv[n++] = "-lm";
     argv[n] = NULL;
     compile_count++;
-    double t0 = now_ms();
+    double t0 = maml_now_ms();
     int status = run_process(argv, out, sizeof out, err);
-    c->cc_ms = now_ms() - t0;
+    c->cc_ms = maml_now_ms() - t0;
     if (status != 0) {
         unlink(tmp);
         if (status < 0) return -1;
@@ -472,9 +466,9 @@ int cpu_backend_run_timed(Backend *b, const TensorSet *inputs, double *kernel_ms
     /* fresh inputs every time: kernels may write in place over inputs that die */
     load_inputs(b, inputs);
     for (int i = 0; i < c->cg.prog.n_kernels; i++) {
-        double t0 = now_ms();
+        double t0 = maml_now_ms();
         c->kernels[i](c->arena);
-        kernel_ms[i] = now_ms() - t0;
+        kernel_ms[i] = maml_now_ms() - t0;
     }
     return 0;
 }

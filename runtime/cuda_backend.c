@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "cuda_driver.h"
 #include "inputs.h"
 #include "kernel_cache.h"
@@ -41,12 +41,6 @@ CudaOptions cuda_default_options(void) {
                      .require_cache = env_require || default_require_cache,
                      .conv = default_conv};
     return o;
-}
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
 
 /* ---- compiling in pieces ---- */
@@ -136,7 +130,7 @@ static void run_jobs(PieceJob *jobs, int n, int threads) {
 
 int cuda_compile_code(Nvrtc *n, const char *text, const CudaCode *code, const NvrtcOptions *opt,
                       int threads, CudaImages *out, MamlError *err) {
-    double t0 = now_ms();
+    double t0 = maml_now_ms();
     memset(out, 0, sizeof *out);
     out->piece_of = maml_calloc((size_t)code->n_functions + 1, sizeof *out->piece_of, err);
     if (!out->piece_of) return -1;
@@ -165,7 +159,7 @@ int cuda_compile_code(Nvrtc *n, const char *text, const CudaCode *code, const Nv
         sb_free(&jobs[p].src);
     }
     free(jobs);
-    out->ms = now_ms() - t0;
+    out->ms = maml_now_ms() - t0;
     return rc;
 }
 

@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "cuda_driver.h"
 
 void nvrtc_image_free(NvrtcImage *img) {
@@ -319,12 +319,6 @@ static int compile_failed(const char *src, const char *name, const char *target,
 
 /* ---- compiling ----------------------------------------------------------------------------- */
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static int read_log(const Nvrtc *n, nvrtcProgram prog, const char *name, NvrtcImage *out,
                     MamlError *err) {
     size_t size = 0;
@@ -373,7 +367,7 @@ static int from_cache(const NvrtcOptions *opt, CacheKey key, const char *name, N
 
 int nvrtc_compile(Nvrtc *n, const char *src, const char *name, const NvrtcOptions *opt,
                   NvrtcImage *out, MamlError *err) {
-    double t0 = now_ms();
+    double t0 = maml_now_ms();
     memset(out, 0, sizeof *out);
     out->lookup = CACHE_MISS;
     OptionList o;
@@ -382,14 +376,14 @@ int nvrtc_compile(Nvrtc *n, const char *src, const char *name, const NvrtcOption
     if (opt->cache && from_cache(opt, key, name, out, err)) return -1;
     if (out->lookup == CACHE_HIT) {
         out->log = maml_strdup("", err);
-        out->ms = now_ms() - t0;
+        out->ms = maml_now_ms() - t0;
         return out->log ? 0 : -1;
     }
     if (run_nvrtc(n, src, name, &o, out, err)) return -1;
     if (opt->warnings_are_errors && strstr(out->log, "warning"))
         return compile_failed(src, name, out->target, "warnings", out->log, true, err);
     if (opt->cache && kernel_cache_put(opt->cache, key, out->image, out->size, err)) return -1;
-    out->ms = now_ms() - t0;
+    out->ms = maml_now_ms() - t0;
     return 0;
 }
 

@@ -14,20 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include "clock.h"
 #include "resize.h"
 
 #define ENTRY_NAME_MAX 1024
 #define PNG_MAX_BYTES (16u << 20) /* far above any 105x105 PNG; guards a corrupt size field */
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Zip scan: list PNG entries, check the layout                                                */
@@ -729,7 +723,7 @@ int omniglot_load(const char *zip_path, ResizeFilter filter, int image_size, Omn
     if (!info) info = &local;
     memset(info, 0, sizeof *info);
     memset(out, 0, sizeof *out);
-    double t0 = now_seconds();
+    double t0 = maml_now_s();
     if (image_size <= 0 || image_size > OMNIGLOT_SRC_SIZE)
         return maml_fail(err, "data.image_size %d must be in 1..%d", image_size, OMNIGLOT_SRC_SIZE);
     ArchiveKey key = {0};
@@ -744,7 +738,7 @@ int omniglot_load(const char *zip_path, ResizeFilter filter, int image_size, Omn
         if (decode_archive(zip_path, filter, image_size, out, err)) return -1;
         info->cache_written = cache[0] && cache_write(cache, out, &key) == 0;
     }
-    info->seconds = now_seconds() - t0;
+    info->seconds = maml_now_s() - t0;
     return 0;
 }
 

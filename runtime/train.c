@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
 #include "checkpoint.h"
+#include "clock.h"
 #include "evaluate.h"
 #include "maml.h"
 #include "omniglot.h"
@@ -48,12 +48,6 @@ typedef struct {
     FILE *log;
     char log_path[1100];
 } Trainer;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Paths                                                                                       */
@@ -174,7 +168,7 @@ static void draw_bar(Trainer *t, double now) {
 
 /* Shows progress after a step: the bar at most ten times a second, lines every interval. */
 static void progress(Trainer *t, bool force) {
-    double now = now_s();
+    double now = maml_now_s();
     if (t->mode == PROGRESS_BAR && (force || now - t->t_drawn >= 0.1)) {
         draw_bar(t, now);
         t->t_drawn = now;
@@ -203,7 +197,7 @@ static int log_row(Trainer *t, double val_acc, double val_loss, MamlError *err) 
     csv_num(f, t->r->meta_loss, "%.9g");
     csv_num(f, t->r->meta_acc, "%.6g");
     csv_num(f, val_acc, "%.6g");
-    csv_num(f, t->seconds0 + now_s() - t->t_start, "%.3f");
+    csv_num(f, t->seconds0 + maml_now_s() - t->t_start, "%.3f");
     csv_num(f, val_loss, "%.9g");
     fputc('\n', f);
     if (fflush(f) != 0 || ferror(f))
@@ -412,7 +406,7 @@ static int fetch_state(Trainer *t, MamlError *err) {
 static int save(Trainer *t, MamlError *err) {
     if (fetch_state(t, err)) return -1;
     CheckpointMeta meta = {.step = t->step, .seed = t->seed, .data_rng = t->data_rng};
-    meta.seconds = t->seconds0 + now_s() - t->t_start;
+    meta.seconds = t->seconds0 + maml_now_s() - t->t_start;
     const char *base = strrchr(t->o->graph, '/');
     snprintf(meta.graph, sizeof meta.graph, "%s", base ? base + 1 : t->o->graph);
     if (checkpoint_save(t->r->checkpoint, &t->graph, &t->state, &meta, err)) {
@@ -499,7 +493,7 @@ static int run_step(Trainer *t, MamlError *err) {
 /* After step `step`: validation, log row, progress, checkpoint. */
 static int after_step(Trainer *t, MamlError *err) {
     const TrainOptions *o = t->o;
-    bool timed_out = o->time_limit_s > 0 && now_s() - t->t_start >= o->time_limit_s;
+    bool timed_out = o->time_limit_s > 0 && maml_now_s() - t->t_start >= o->time_limit_s;
     bool last = t->step == o->steps || timed_out;
     t->finished = last;
     if (timed_out && t->step < o->steps)
@@ -566,7 +560,7 @@ TrainStatus train_run(const TrainOptions *o, TrainResult *r, MamlError *err) {
     tensorset_init(&t.outputs);
     TrainStatus status = TRAIN_BAD_INPUT;
     if (setup(&t, err) == 0) {
-        t.t_start = now_s();
+        t.t_start = maml_now_s();
         if (t.step >= o->steps) {
             note(&t, "%s is at step %ld already; nothing to do for --steps %ld", r->checkpoint,
                  t.step, o->steps);

@@ -24,7 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "clock.h"
 
 #define MAX_ARGS 32
 #define MAX_EMU 8
@@ -96,12 +97,6 @@ static int n_pinned;
 static void *emu[MAX_EMU];
 static int n_emu = -1;
 
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
-
 static CUresult push(OpList *l, const Op *op) {
     if (l->n == l->cap) {
         int cap = l->cap ? 2 * l->cap : 64;
@@ -143,7 +138,7 @@ static void run_op(CUstream s, Op *op) {
         break;
     case OP_RECORD:
         op->event->done = op->generation;
-        op->event->ms = now_ms();
+        op->event->ms = maml_now_ms();
         break;
     case OP_WAIT: {
         CUevent e = op->event;

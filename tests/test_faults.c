@@ -29,10 +29,10 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "clock.h"
 #include "cuda_backend.h"
 #include "cuda_driver.h"
 #include "maml.h"
@@ -111,12 +111,6 @@ static void assert_same_bytes(const char *path, const char *want, long want_size
     cr_assert(n == want_size && memcmp(got, want, (size_t)n) == 0,
               "%s: %s changed (%ld bytes, was %ld)", why, path, n, want_size);
     free(got);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Entries of dir whose name contains `part`. */
@@ -203,11 +197,11 @@ static pid_t spawn(const ChildOptions *o, const char *const *args) {
 
 /* Waits for pid; kills it and fails after timeout_s. Returns the wait status. */
 static int wait_child(pid_t pid, double timeout_s, const char *output) {
-    double t0 = now_s();
+    double t0 = maml_now_s();
     for (;;) {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) return st;
-        if (now_s() - t0 > timeout_s) {
+        if (maml_now_s() - t0 > timeout_s) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
             char *out = slurp(output, NULL);
@@ -294,7 +288,7 @@ static void assert_log_is_1_to(const char *log, long last) {
 
 /* Waits until log has at least `rows` rows while pid runs. */
 static void wait_for_rows(const char *log, int rows, pid_t pid, const char *output) {
-    double t0 = now_s();
+    double t0 = maml_now_s();
     long last;
     while (log_rows(log, &last) < rows) {
         int st;
@@ -304,7 +298,7 @@ static void wait_for_rows(const char *log, int rows, pid_t pid, const char *outp
             cr_assert_fail("mamlc ended (status %d) before %d log rows; output:\n%s", st, rows,
                            out ? out : "");
         }
-        if (now_s() - t0 > 60) {
+        if (maml_now_s() - t0 > 60) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
             cr_assert_fail("no %d log rows within 60 s", rows);

@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "fuzz/fuzz_common.h"
 #include "omniglot.h"
 #include "safetensors.h"
@@ -92,12 +92,6 @@ static uint8_t *read_all(const char *path, size_t *n) {
     return buf;
 }
 
-static double seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Replays one stored input; returns the harness status with err filled. A failure must say why,
  * and nothing may take long (the fuzzers' timeout is 10 s; these inputs are tiny). */
 static int replay(Harness h, const char *target, const char *name, MamlError *err) {
@@ -105,9 +99,9 @@ static int replay(Harness h, const char *target, const char *name, MamlError *er
     snprintf(path, sizeof path, "%s/%s/%s", REGRESSIONS, target, name);
     size_t n;
     uint8_t *data = read_all(path, &n);
-    double t0 = seconds();
+    double t0 = maml_now_s();
     int rc = h(data, n, err);
-    double took = seconds() - t0;
+    double took = maml_now_s() - t0;
     free(data);
     cr_expect(rc == 0 || err->message[0], "%s: failed without a message", path);
     cr_expect_lt(took, 2.0, "%s took %.1f s", path, took);
@@ -197,10 +191,10 @@ Test(fuzz_yaml, huge_mapping_is_refused_quickly, .timeout = 10) {
     size_t n = (size_t)snprintf(text, cap, "model: {blocks: {b: {args: {");
     for (int i = 0; n + 32 < cap - 64; i++) n += (size_t)snprintf(text + n, cap - n, "k%d: 0, ", i);
     n += (size_t)snprintf(text + n, cap - n, "z: 0}}}}\n");
-    double t0 = seconds();
+    double t0 = maml_now_s();
     MamlError err = {{0}};
     cr_assert_eq(run_yaml((const uint8_t *)text, n, &err), -1);
-    cr_expect_lt(seconds() - t0, 2.0);
+    cr_expect_lt(maml_now_s() - t0, 2.0);
     cr_expect(strstr(err.message, "graph.yaml:1:28: mapping with more than 1024 entries"), "%s",
               err.message);
     free(text);
