@@ -30,6 +30,9 @@ typedef struct {
 int codegen_c(const Graph *g, const KernelProgram *p, const MemPlan *m, const CodegenOptions *opt,
               StrBuf *out, MamlError *err);
 
+/* Writes s as a JSON string literal (quotes and escapes included). */
+void json_write_string(FILE *f, const char *s);
+
 /* Writes the launch plan as JSON: arena size, buffers (offsets, inputs by name), kernels in order
  * with the nodes they fuse, outputs. */
 int codegen_write_plan_json(FILE *f, const Graph *g, const KernelProgram *p, const MemPlan *m,

@@ -6,7 +6,7 @@
 
 #include "codegen.h"
 
-static void json_string(FILE *f, const char *s) {
+void json_write_string(FILE *f, const char *s) {
     fputc('"', f);
     for (; s && *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -28,7 +28,7 @@ static void json_buffers(FILE *f, const KernelProgram *p, const MemPlan *m) {
                 kb->kind == BUF_INPUT ? "input" : "temp", kb->node, (long long)kb->numel);
         if (kb->name) {
             fprintf(f, "\"name\": ");
-            json_string(f, kb->name);
+            json_write_string(f, kb->name);
             fprintf(f, ", ");
         }
         fprintf(f,
@@ -51,7 +51,7 @@ static int json_kernels(FILE *f, const Graph *g, const KernelProgram *p, const M
         kernel_describe(g, k, what, sizeof what);
         fprintf(f, "    {\"name\": \"%s\", \"kind\": \"%s\", \"root\": %d, \"fuses\": ", k->name,
                 kernel_kind_name(k->kind), k->root);
-        json_string(f, what);
+        json_write_string(f, what);
         fprintf(f, ", \"nodes\": [");
         for (int j = 0; j < k->n_nodes; j++) fprintf(f, "%s%d", j ? ", " : "", k->nodes[j]);
         fprintf(f, "], \"reads\": [");
@@ -87,7 +87,7 @@ int codegen_write_plan_json(FILE *f, const Graph *g, const KernelProgram *p, con
         const KOutput *o = &p->outputs[i];
         char shape[128];
         fprintf(f, "    {\"name\": ");
-        json_string(f, o->name);
+        json_write_string(f, o->name);
         fprintf(f, ", \"buffer\": %d, \"shape\": %s}%s\n", o->buf,
                 shape_str(o->shape, shape, sizeof shape), i + 1 < p->n_outputs ? "," : "");
     }

@@ -115,7 +115,4 @@ void pipeline_report_json(const CompiledGraph *c, const PipelineReportInfo *info
 int pipeline_write_dir(const CompiledGraph *c, const PipelineReportInfo *info, const char *dir,
                        MamlError *err);
 
-/* Writes s as a JSON string literal (quotes and escapes included). */
-void json_write_string(FILE *f, const char *s);
-
 #endif

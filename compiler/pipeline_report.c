@@ -8,20 +8,6 @@
 #include "codegen.h"
 #include "pipeline.h"
 
-void json_write_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 int pipeline_count_kernels(const Graph *g, bool fuse, int *n, MamlError *err) {
     KernelProgram p;
     memset(&p, 0, sizeof p);

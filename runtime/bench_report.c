@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "codegen.h"
 
 /* One row of the kernel table, derived from the timings and the kernel's estimates. */
 typedef struct {

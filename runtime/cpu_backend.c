@@ -411,18 +411,6 @@ static int obtain_object(const BuildKey *key, CpuImpl *c, const StrBuf *src, siz
 
 /* ---- running ---- */
 
-static void copy_in(const Tensor *t, void *dst, bool f64) {
-    int64_t count = shape_numel(t->shape);
-    if (f64 && t->dtype == TENSOR_F64)
-        memcpy(dst, t->data, (size_t)count * 8);
-    else if (!f64 && t->dtype == TENSOR_F32)
-        memcpy(dst, t->data, (size_t)count * 4);
-    else if (f64)
-        for (int64_t i = 0; i < count; i++) ((double *)dst)[i] = tensor_get(t, i);
-    else
-        for (int64_t i = 0; i < count; i++) ((float *)dst)[i] = (float)tensor_get(t, i);
-}
-
 static void load_inputs(Backend *b, const TensorSet *inputs) {
     CpuImpl *c = b->impl;
     bool f64 = b->prec == PREC_F64;
@@ -430,7 +418,7 @@ static void load_inputs(Backend *b, const TensorSet *inputs) {
     for (int i = 0; i < c->cg.prog.n_bufs; i++) {
         const KBuffer *kb = &c->cg.prog.bufs[i];
         if (kb->kind == BUF_INPUT)
-            copy_in(tensorset_find(inputs, kb->name), arena + c->cg.plan.offset[i], f64);
+            tensor_copy_reals(tensorset_find(inputs, kb->name), arena + c->cg.plan.offset[i], f64);
     }
 }
 

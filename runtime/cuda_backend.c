@@ -465,18 +465,6 @@ static bool fed_back(const CudaImpl *c, int b) {
 
 /* ---- inputs and outputs ---- */
 
-static void copy_in(const Tensor *t, void *dst, bool f64) {
-    int64_t count = shape_numel(t->shape);
-    if (f64 && t->dtype == TENSOR_F64)
-        memcpy(dst, t->data, (size_t)count * 8);
-    else if (!f64 && t->dtype == TENSOR_F32)
-        memcpy(dst, t->data, (size_t)count * 4);
-    else if (f64)
-        for (int64_t i = 0; i < count; i++) ((double *)dst)[i] = tensor_get(t, i);
-    else
-        for (int64_t i = 0; i < count; i++) ((float *)dst)[i] = (float)tensor_get(t, i);
-}
-
 /* The step whose batch comes from slot (-1: the pinned inputs): its graph, or with sync_each its
  * kernels one at a time. */
 static int enqueue_run(CudaImpl *c, int slot, MamlError *err) {
@@ -498,7 +486,8 @@ static int cuda_launch(Backend *b, const TensorSet *inputs, MamlError *err) {
     for (int i = 0; i < p->n_bufs; i++)
         if (p->bufs[i].kind == BUF_INPUT && (slot < 0 || !p->bufs[i].is_data) &&
             !(kept && fed_back(c, i)))
-            copy_in(tensorset_find(inputs, p->bufs[i].name), c->host + c->cg.plan.offset[i], f64);
+            tensor_copy_reals(tensorset_find(inputs, p->bufs[i].name),
+                              c->host + c->cg.plan.offset[i], f64);
     c->staged_slot = -1;
     c->running_slot = slot;
     const MemPlan *m = &c->cg.plan;
@@ -530,7 +519,8 @@ static int cuda_stage(Backend *b, const TensorSet *data, MamlError *err) {
     char *host = c->slot_bytes ? c->slot_host + slot * c->slot_bytes : NULL;
     for (int i = 0; host && i < p->n_bufs; i++)
         if (p->bufs[i].kind == BUF_INPUT && p->bufs[i].is_data)
-            copy_in(tensorset_find(data, p->bufs[i].name), host + c->cg.plan.offset[i], f64);
+            tensor_copy_reals(tensorset_find(data, p->bufs[i].name), host + c->cg.plan.offset[i],
+                              f64);
     if (CU_CHECK(d, err, "staged batch", cuStreamWaitEvent, c->copy_stream, c->slot_read[slot], 0))
         return -1;
     if (c->slot_bytes > 0 &&

@@ -209,3 +209,15 @@ void tensor_set(Tensor *t, int64_t i, double v) {
         break;
     }
 }
+
+void tensor_copy_reals(const Tensor *t, void *dst, bool f64) {
+    int64_t count = shape_numel(t->shape);
+    if (f64 && t->dtype == TENSOR_F64)
+        memcpy(dst, t->data, (size_t)count * 8);
+    else if (!f64 && t->dtype == TENSOR_F32)
+        memcpy(dst, t->data, (size_t)count * 4);
+    else if (f64)
+        for (int64_t i = 0; i < count; i++) ((double *)dst)[i] = tensor_get(t, i);
+    else
+        for (int64_t i = 0; i < count; i++) ((float *)dst)[i] = (float)tensor_get(t, i);
+}

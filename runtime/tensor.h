@@ -3,6 +3,7 @@
 #ifndef MAMLC_TENSOR_H
 #define MAMLC_TENSOR_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -54,5 +55,9 @@ double tensor_get(const Tensor *t, int64_t i);
 
 /* Stores v into element i, converting to the tensor's dtype. */
 void tensor_set(Tensor *t, int64_t i, double v);
+
+/* Copies t's values into dst as reals, float64 (f64) or float32: one memcpy when the dtypes agree,
+ * else converted value by value. */
+void tensor_copy_reals(const Tensor *t, void *dst, bool f64);
 
 #endif
