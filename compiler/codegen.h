@@ -30,6 +30,13 @@ typedef struct {
 int codegen_c(const Graph *g, const KernelProgram *p, const MemPlan *m, const CodegenOptions *opt,
               StrBuf *out, MamlError *err);
 
+/* Opens DIR/name for writing (its path into path), or fails naming it. */
+FILE *codegen_open_output(const char *dir, const char *name, char *path, size_t size,
+                          MamlError *err);
+/* Closes f, and returns rc, or a failure naming path when a write or the close failed and rc was
+ * 0 (a full disk shows at the close). */
+int codegen_close_output(FILE *f, const char *path, int rc, MamlError *err);
+
 /* Writes s as a JSON string literal (quotes and escapes included). */
 void json_write_string(FILE *f, const char *s);
 

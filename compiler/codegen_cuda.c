@@ -894,19 +894,6 @@ int codegen_cuda(const Graph *g, const KernelProgram *p, const MemPlan *m,
 
 /* ---- mamlc compile --backend cuda ---- */
 
-static FILE *open_in(const char *dir, const char *name, char *path, size_t size, MamlError *err) {
-    snprintf(path, size, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    if (!f) maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
-    return f;
-}
-
-static int close_checked(FILE *f, const char *path, int rc, MamlError *err) {
-    if (fclose(f) != 0 && rc == 0)
-        return maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
-    return rc;
-}
-
 static void write_launch(FILE *f, const Kernel *k, const CudaLaunch *l, const CudaCode *code) {
     char grid[64];
     snprintf(grid, sizeof grid, "(%u, %u, %u)", l->grid[0], l->grid[1], l->grid[2]);
@@ -931,14 +918,14 @@ static int write_cuda_files(const char *dir, const Graph *g, const KernelProgram
                             const MemPlan *m, const StrBuf *src, const CudaCode *code,
                             const CudaCompileSummary *s, MamlError *err) {
     char path[2048];
-    FILE *f = open_in(dir, "kernels.cu", path, sizeof path, err);
+    FILE *f = codegen_open_output(dir, "kernels.cu", path, sizeof path, err);
     if (!f) return -1;
     int rc =
         fwrite(src->data, 1, src->len, f) == src->len ? 0 : maml_fail(err, "%s: short write", path);
-    if (close_checked(f, path, rc, err)) return -1;
-    if (!(f = open_in(dir, "plan.json", path, sizeof path, err))) return -1;
-    rc = close_checked(f, path, codegen_write_plan_json(f, g, p, m, err), err);
-    if (rc || !(f = open_in(dir, "report.txt", path, sizeof path, err))) return -1;
+    if (codegen_close_output(f, path, rc, err)) return -1;
+    if (!(f = codegen_open_output(dir, "plan.json", path, sizeof path, err))) return -1;
+    rc = codegen_close_output(f, path, codegen_write_plan_json(f, g, p, m, err), err);
+    if (rc || !(f = codegen_open_output(dir, "report.txt", path, sizeof path, err))) return -1;
     fprintf(f,
             "mamlc compile --backend cuda: lowering, memory plan and CUDA rendering took %.3f s "
             "(NVRTC runs when the backend opens)\n",
@@ -946,7 +933,7 @@ static int write_cuda_files(const char *dir, const Graph *g, const KernelProgram
     fprintf(f, "without fusion: %d kernels\n", s->unfused_kernels);
     rc = codegen_write_report(f, g, p, m, err);
     if (rc == 0) write_launches(f, p, code);
-    return close_checked(f, path, rc, err);
+    return codegen_close_output(f, path, rc, err);
 }
 
 int codegen_write_cuda_dir(const Graph *g, const char *dir, const CodegenOptions *opt,

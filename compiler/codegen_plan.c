@@ -137,3 +137,18 @@ int codegen_write_report(FILE *f, const Graph *g, const KernelProgram *p, const 
     if (ferror(f)) return maml_fail(err, "cannot write the report: %s", strerror(errno));
     return 0;
 }
+
+FILE *codegen_open_output(const char *dir, const char *name, char *path, size_t size,
+                          MamlError *err) {
+    snprintf(path, size, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
+    return f;
+}
+
+int codegen_close_output(FILE *f, const char *path, int rc, MamlError *err) {
+    bool bad = ferror(f) != 0;
+    if (fclose(f) != 0) bad = true;
+    if (bad && rc == 0) return maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
+    return rc;
+}

@@ -114,36 +114,22 @@ void pipeline_report_json(const CompiledGraph *c, const PipelineReportInfo *info
     fprintf(f, "}\n");
 }
 
-static FILE *open_in(const char *dir, const char *name, char *path, size_t size, MamlError *err) {
-    snprintf(path, size, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    if (!f) maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
-    return f;
-}
-
-static int close_checked(FILE *f, const char *path, int rc, MamlError *err) {
-    bool bad = ferror(f) != 0;
-    if (fclose(f) != 0) bad = true;
-    if (bad && rc == 0) return maml_fail(err, "%s: cannot write: %s", path, strerror(errno));
-    return rc;
-}
-
 int pipeline_write_dir(const CompiledGraph *c, const PipelineReportInfo *info, const char *dir,
                        MamlError *err) {
     char path[2048];
-    FILE *f = open_in(dir, "kernels.c", path, sizeof path, err);
+    FILE *f = codegen_open_output(dir, "kernels.c", path, sizeof path, err);
     if (!f) return -1;
     size_t len = c->source.len;
     int rc = len && fwrite(c->source.data, 1, len, f) != len
                  ? maml_fail(err, "%s: short write", path)
                  : 0;
-    if (close_checked(f, path, rc, err)) return -1;
-    if (!(f = open_in(dir, "plan.json", path, sizeof path, err))) return -1;
+    if (codegen_close_output(f, path, rc, err)) return -1;
+    if (!(f = codegen_open_output(dir, "plan.json", path, sizeof path, err))) return -1;
     rc = codegen_write_plan_json(f, &c->graph, &c->prog, &c->plan, err);
-    if (close_checked(f, path, rc, err)) return -1;
-    if (!(f = open_in(dir, "report.txt", path, sizeof path, err))) return -1;
+    if (codegen_close_output(f, path, rc, err)) return -1;
+    if (!(f = codegen_open_output(dir, "report.txt", path, sizeof path, err))) return -1;
     pipeline_report_text(c, info, f);
     fputc('\n', f);
     rc = codegen_write_report(f, &c->graph, &c->prog, &c->plan, err);
-    return close_checked(f, path, rc, err);
+    return codegen_close_output(f, path, rc, err);
 }
