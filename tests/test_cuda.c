@@ -1963,17 +1963,22 @@ static void emu_primitives(bool fuse, bool f64) {
     rendered_free(&r);
 }
 
-/* --conv tensor on the convolution family at every kernel, stride and padding setting, with channel
- * counts (20 in, 24 out) that fill tensor-core tiles only partly: every tile edge is exercised. */
+/* The convolution family at every kernel, stride and padding setting, with channel counts (20 in,
+ * 24 out) that fill tensor-core tiles only partly, rendered for conv mode conv. */
+static void render_conv_settings(Rendered *r, CudaConvMode conv) {
+    memset(r, 0, sizeof *r);
+    r->conv = conv;
+    graph_init(&r->raw);
+    add_conv_ops(&r->raw, "tc_", 20, 24);
+    MamlError err;
+    cr_assert_eq(graph_status(&r->raw, &err), 0, "%s", err.message);
+    render_graph(r, true, false);
+}
+
+/* --conv tensor on the convolution settings: every tile edge is exercised. */
 Test(cuda_emu, tensor_core_convolutions_at_every_setting_match_c_and_ref, .timeout = 600) {
     Rendered r;
-    memset(&r, 0, sizeof r);
-    r.conv = CUDA_CONV_TENSOR;
-    graph_init(&r.raw);
-    add_conv_ops(&r.raw, "tc_", 20, 24);
-    MamlError err;
-    cr_assert_eq(graph_status(&r.raw, &err), 0, "%s", err.message);
-    render_graph(&r, true, false);
+    render_conv_settings(&r, CUDA_CONV_TENSOR);
     /* all 15 but the 1x1 grad_weight, whose 20 columns would be mostly padding */
     cr_assert_eq(tensor_functions(&r), 14, "%d tensor-core functions", tensor_functions(&r));
     TensorSet in;
@@ -2539,20 +2544,17 @@ static Backend *fake_auto_open(const Graph *g, const char *cache_dir, CudaBacken
     return b;
 }
 
-/* --conv auto where no cuDNN loads: each kernel with a tensor-core form is timed in both forms
- * and runs the faster; the choices are remembered (a second open measures nothing), and both the
- * measured mix and its opposite (every remembered choice flipped) give ref's meta-gradient, so
- * every kernel has run in both forms through auto. */
+/* --conv auto where no cuDNN loads, on the convolution settings: each kernel with a tensor-core
+ * form is timed in both forms and runs the faster; the choices are remembered (a second open
+ * measures nothing), and both the measured mix and its opposite (every remembered choice flipped)
+ * match ref, so every kernel has run in both forms through auto. */
 Test(fake_driver, auto_without_cudnn_picks_between_the_two_forms_and_each_mix_matches_ref,
      .timeout = 900) {
-    skip_under_sanitizers();
-    const char *params = "params_p5_default.safetensors",
-               *batch = "batch_so_T2_5w1s_q1_in1.safetensors";
     Rendered gen, ten;
-    TensorSet in, unused, got;
-    render_fixture(&gen, &in, params, batch, 2, 1, false);
-    render_fixture(&ten, &unused, params, batch, 2, 1, true);
-    tensorset_free(&unused);
+    TensorSet in, got;
+    render_conv_settings(&gen, CUDA_CONV_GENERATED);
+    render_conv_settings(&ten, CUDA_CONV_TENSOR);
+    primitive_inputs(&gen.raw, &in);
     Rendered *rs[2] = {&gen, &ten}; /* auto's kernels.cu holds the functions of both */
     use_fake_driver(rs, 2);
     setenv("MAMLC_CUDNN", "/nonexistent/libcudnn.so.9", 1);
