@@ -169,7 +169,7 @@ gpu-check: all $(BUILD)/gpu_compare
 	scripts/gpu_check.sh
 
 format:
-	clang-format -i compiler/*.[ch] runtime/*.[ch] cli/*.[ch] tests/*.[ch]
+	clang-format -i $$(git ls-files '*.c' '*.h')
 
 # clang-tidy (checks in .clang-tidy) and cppcheck; any warning fails the target, so the code base
 # stays at zero.
