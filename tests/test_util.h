@@ -2,9 +2,11 @@
 #ifndef MAMLC_TEST_UTIL_H
 #define MAMLC_TEST_UTIL_H
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ../shared, or $MAMLC_SHARED when set. */
@@ -21,11 +23,39 @@ static inline const char *shared_path(int slot, const char *rel) {
     return bufs[slot & 3];
 }
 
-/* Creates a fresh temporary directory and returns its path (static buffer, one per slot). */
+/* Every directory temp_dir made in this process, with the process that made it: removed with all
+ * it holds when that process exits (Criterion runs each test in a process of its own), so a test
+ * run leaves nothing in /tmp, also when an assertion ends the test early. A forked child that
+ * exits does not remove its parent's. */
+static char temp_dirs_made[64][64];
+static int n_temp_dirs_made;
+static pid_t temp_dirs_owner;
+
+static inline int temp_dir_remove_entry(const char *path, const struct stat *st, int flag,
+                                        struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    chmod(path, 0700); /* a directory a test made read-only */
+    remove(path);
+    return 0;
+}
+
+__attribute__((destructor)) static void temp_dirs_remove(void) {
+    if (getpid() != temp_dirs_owner) return;
+    for (int i = 0; i < n_temp_dirs_made; i++)
+        nftw(temp_dirs_made[i], temp_dir_remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Creates a fresh temporary directory and returns its path (static buffer, one per slot); it is
+ * removed when the test's process exits. */
 static inline const char *temp_dir(int slot) {
     static char bufs[4][64];
     snprintf(bufs[slot & 3], sizeof bufs[0], "/tmp/mamlc-test-XXXXXX");
-    return mkdtemp(bufs[slot & 3]);
+    const char *d = mkdtemp(bufs[slot & 3]);
+    if (d && n_temp_dirs_made < 64) {
+        if (getpid() != temp_dirs_owner) n_temp_dirs_made = 0, temp_dirs_owner = getpid();
+        snprintf(temp_dirs_made[n_temp_dirs_made++], sizeof temp_dirs_made[0], "%s", d);
+    }
+    return d;
 }
 
 /* Writes text to path; returns 0 on success. */
