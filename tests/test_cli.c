@@ -192,23 +192,15 @@ Test(cli, compile_conv_tensor_and_auto_render_tensor_core_kernels_and_cudnn_is_r
                  "compile graphs/omniglot_seed.yaml -o %s --backend cuda --conv tensor", dir);
     cr_assert_eq(rc, 0, "%s", out);
     snprintf(path, sizeof path, "%s/kernels.cu", dir);
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "%s not written", path);
     static char text[1 << 22];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = '\0';
+    cr_assert_geq(read_text_file(path, text, sizeof text), 0, "%s not written", path);
     cr_assert(strstr(text, "mma.sync.aligned.m16n8k8") && strstr(text, "mma_gemm_tile<"),
               "no tensor-core kernel in %s", path);
     rc = run(out, sizeof out, "compile graphs/omniglot_seed.yaml -o %s --backend cuda --conv auto",
              dir);
     cr_assert_eq(rc, 0, "%s", out);
     snprintf(path, sizeof path, "%s/report.txt", dir);
-    f = fopen(path, "rb");
-    cr_assert(f, "%s not written", path);
-    n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = '\0';
+    cr_assert_geq(read_text_file(path, text, sizeof text), 0, "%s not written", path);
     cr_assert(strstr(text, "k10_conv2d ") && strstr(text, "  or on tensor cores "),
               "auto's report lists the tensor-core forms: %s", path);
     const char *bad[] = {"--backend cuda --conv cudnn", "--backend cpu --conv auto",

@@ -249,12 +249,8 @@ Test(kernel_cache, concurrent_writers_never_show_a_torn_entry) {
 
 /* The text of section `name` ("@@ name" up to the next "@@ " line) of a template file. */
 static char *template_section(const char *path, const char *name) {
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open %s", path);
     static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
+    cr_assert_geq(read_text_file(path, buf, sizeof buf), 0, "cannot open %s", path);
     char head[128];
     snprintf(head, sizeof head, "@@ %s\n", name);
     char *s = strstr(buf, head);
@@ -1115,11 +1111,8 @@ Test(cuda_codegen, compile_dir_writes_kernels_cu_plan_and_report) {
     }
     char path[1200];
     snprintf(path, sizeof path, "%s/report.txt", dir);
-    FILE *f = fopen(path, "r");
     static char buf[1 << 18];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
+    cr_assert_geq(read_text_file(path, buf, sizeof buf), 0, "cannot open %s", path);
     cr_assert(strstr(buf, "CUDA launches"), "report without the launch table");
     cr_log_info("sinusoid: %d kernels as %d functions, %lld bytes of CUDA C, rendered in %.3f s",
                 s.kernels, s.functions, s.source_bytes, s.seconds);
@@ -2397,11 +2390,7 @@ static int count_lines_in(const char *path) {
 
 /* The whole of a small text file (at most size - 1 bytes), NUL-terminated. */
 static void read_text(const char *path, char *buf, size_t size) {
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "%s: cannot open", path);
-    size_t n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    fclose(f);
+    cr_assert_geq(read_text_file(path, buf, size), 0, "%s: cannot open", path);
 }
 
 Test(cuda_conv, auto_choices_round_trip_and_replace_atomically) {

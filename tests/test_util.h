@@ -58,6 +58,17 @@ static inline const char *temp_dir(int slot) {
     return d;
 }
 
+/* Reads the file at path into buf (at most size - 1 bytes), NUL-terminated; returns the bytes
+ * read, or -1 when it cannot be opened. */
+static inline long read_text_file(const char *path, char *buf, size_t size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, size - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return (long)n;
+}
+
 /* Writes text to path; returns 0 on success. */
 static inline int write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
