@@ -1,7 +1,8 @@
 # libFuzzer targets (tests/fuzz/), built with clang into $(FUZZ_BUILD), apart from the gcc build.
 #
 #   make fuzz-build            build the four fuzzers
-#   make fuzz-ci               run each for FUZZ_SECONDS (60), fail on any crash, leak or hang
+#   make fuzz-ci               run each for FUZZ_SECONDS (60), FUZZ_JOBS (2) at a time; fail on
+#                              any crash, leak or hang
 #   make fuzz                  the same for 600 s each
 #   make fuzz-clean            remove $(FUZZ_BUILD) (working corpora, crash artifacts, logs)
 #   make valgrind              valgrind memcheck on mamlc check, compile and grad for every shipped

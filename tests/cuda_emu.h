@@ -257,46 +257,49 @@ static inline float __uint_as_float(unsigned u) {
 }
 
 namespace emu {
-static float mma_a[MAX_THREADS][4], mma_b[MAX_THREADS][2];
+/* Each warp's operands of its current mma, as dense tiles: A[16][8] and B transposed, Bt[8][8]
+ * (column n of B is Bt[n]), so that a lane's results read rows of both. */
+static float mma_A[MAX_THREADS / 32][16][8], mma_Bt[MAX_THREADS / 32][8][8];
 }
 
 /* The float nearest to x toward zero. */
 static inline float emu_round_toward_zero(double x) {
     float f = (float)x;
-    return fabs((double)f) > fabs(x) ? nextafterf(f, 0.0f) : f;
+    if (fabs((double)f) <= fabs(x)) return f; /* also NaN */
+    /* f is one ulp too far out, and not zero: one step back toward zero (infinity: FLT_MAX) */
+    return __uint_as_float(__float_as_uint(f) - 1u);
 }
 
 /* mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 as the PTX ISA lays its fragments out over
  * the warp (g = lane / 4, q = lane % 4): a = A[g][q], A[g+8][q], A[g][q+4], A[g+8][q+4];
  * b = B[q][g], B[q+4][g]; d = D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1]. Every lane posts
- * its fragments, then each computes its own four results. The low 13 bits of each operand are
- * ignored, as the tensor cores ignore them. The summation follows what has been measured of the
- * tensor cores up to the A100 (Fasi et al., "Numerical behavior of NVIDIA tensor cores", 2021):
- * products exact, each group of four added to the accumulator at once and the sum truncated
- * (rounded toward zero) to float, not rounded to nearest. That is the pessimistic case: truncation
- * errors all lean one way and add up along a convolution's depth, so kernels that pass here keep
- * their bound on a GPU whose tensor cores round more carefully. */
+ * its fragments into its warp's tiles, then each computes its own four results. The low 13 bits
+ * of each operand are ignored, as the tensor cores ignore them. The summation follows what has
+ * been measured of the tensor cores up to the A100 (Fasi et al., "Numerical behavior of NVIDIA
+ * tensor cores", 2021): products exact, each group of four added to the accumulator at once and
+ * the sum truncated (rounded toward zero) to float, not rounded to nearest. That is the
+ * pessimistic case: truncation errors all lean one way and add up along a convolution's depth, so
+ * kernels that pass here keep their bound on a GPU whose tensor cores round more carefully. */
 static inline void mma_tf32(float d[4], const float a[4], const float b[2]) {
     using namespace emu;
-    const int me = current, base = me & ~31, g = (me & 31) / 4, q = me % 4;
-    for (int r = 0; r < 4; r++) mma_a[me][r] = __uint_as_float(__float_as_uint(a[r]) & 0xffffe000u);
-    for (int r = 0; r < 2; r++) mma_b[me][r] = __uint_as_float(__float_as_uint(b[r]) & 0xffffe000u);
+    const int me = current, g = (me & 31) / 4, q = me % 4;
+    float(*A)[8] = mma_A[me / 32], (*Bt)[8] = mma_Bt[me / 32];
+    for (int r = 0; r < 4; r++)
+        A[g + r % 2 * 8][q + r / 2 * 4] = __uint_as_float(__float_as_uint(a[r]) & 0xffffe000u);
+    for (int r = 0; r < 2; r++)
+        Bt[g][q + r * 4] = __uint_as_float(__float_as_uint(b[r]) & 0xffffe000u);
     wait(WAIT_WARP);
     for (int r = 0; r < 4; r++) {
-        const int row = g + r / 2 * 8, col = 2 * q + r % 2;
+        const float *row = A[g + r / 2 * 8], *col = Bt[2 * q + r % 2];
         float s = d[r];
         for (int k0 = 0; k0 < 8; k0 += 4) {
             double sum = s; /* the products are exact; a double holds their sum all but exactly */
-            for (int k = k0; k < k0 + 4; k++) {
-                const float av = mma_a[base + row % 8 * 4 + k % 4][row / 8 + 2 * (k / 4)];
-                const float bv = mma_b[base + col * 4 + k % 4][k / 4];
-                sum += (double)av * bv;
-            }
+            for (int k = k0; k < k0 + 4; k++) sum += (double)row[k] * col[k];
             s = emu_round_toward_zero(sum);
         }
         d[r] = s;
     }
-    wait(WAIT_WARP); /* every lane has read the fragments before any posts its next ones */
+    wait(WAIT_WARP); /* every lane has read the tiles before any posts its next fragments */
 }
 
 /* Round-to-nearest arithmetic that the GPU never contracts into an FMA; g++ in ISO mode
