@@ -152,6 +152,7 @@ bench-cpu: all
 # its dependencies, in gpucheck/testlib: only the tests see them) into build/gpucheck/, for a GPU machine
 # that has neither the build dependencies nor ../shared (carry mamlc, build/gpu_compare and
 # build/gpucheck, build/tests/test_cuda and build/tests/test_faults there and run scripts/gpu_check.sh).
+# It also copies the two Omniglot archives there, for scripts/gpu_protocol.sh (the 20-way run).
 SHARED ?= ../shared
 $(BUILD)/gpu_compare: scripts/gpu_compare.c $(BUILD)/libmamlc.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)
@@ -159,7 +160,10 @@ $(BUILD)/gpu_compare: scripts/gpu_compare.c $(BUILD)/libmamlc.a
 .PHONY: gpu-check gpu-check-prep
 gpu-check-prep: all $(BUILD)/gpu_compare $(BUILD)/tests/test_cuda $(BUILD)/tests/test_faults
 	@mkdir -p $(BUILD)/gpucheck/shared/fixtures/pytorch_maml $(BUILD)/gpucheck/lib $(BUILD)/gpucheck/testlib
+	@mkdir -p $(BUILD)/gpucheck/shared/data/omniglot
 	cp -f $(SHARED)/fixtures/pytorch_maml/* $(BUILD)/gpucheck/shared/fixtures/pytorch_maml/
+	cp -f $(SHARED)/data/omniglot/images_background.zip $(SHARED)/data/omniglot/images_evaluation.zip \
+	    $(BUILD)/gpucheck/shared/data/omniglot/
 	cp -f "$$($(CC) -print-file-name=libgomp.so.1)" $(BUILD)/gpucheck/lib/
 	ldd $(BUILD)/tests/test_cuda $(BUILD)/tests/test_faults | awk '/=> \// {print $$3}' | \
 	    grep -Ev '/(libc|libm|libdl|libpthread|librt|libgomp)\.so' | sort -u | \

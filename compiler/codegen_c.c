@@ -197,7 +197,7 @@ static int emit_stores(LoopCtx *L, KPhase phase) {
         var_s(&vs, "var", var);
         var_s(&vs, "v", v);
         var_s(&vs, "index", idx.data ? idx.data : "0");
-        int rc = line(L, "store", &vs);
+        int rc = idx.failed ? maml_fail(L->c->err, "out of memory") : line(L, "store", &vs);
         sb_free(&idx);
         if (rc) return -1;
     }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Continues the MAML paper's 20-way 1-shot run (results/omniglot_20w1s, README: "The MAML paper's
+# 20-way 1-shot protocol") on a GPU for a while, so that a short lease of a GPU machine moves
+# the run that the CPU advances session by session. Usage:
+#   scripts/gpu_protocol.sh [SECONDS] [OUT_DIR]
+# SECONDS (default 300) is the training time limit; OUT_DIR (default $OUT when set, else
+# build/gpu-protocol) receives omniglot_20w1s/ (the run directory: checkpoint.safetensors and
+# log.csv, to be copied back into results/ and committed) and gpu_protocol.log. When the run
+# reaches its 60,000 steps, the script also evaluates it on 600 test tasks (eval.txt).
+# The run starts from results/omniglot_20w1s (the committed checkpoint), or from OUT_DIR's copy
+# when that one is further along (a second call in one lease). Omniglot comes from $OMNIGLOT,
+# ../shared/data/omniglot or build/gpucheck/shared/data/omniglot (`make gpu-check-prep` puts the
+# two archives there for a machine without ../shared). PROTOCOL_BACKEND (default cuda) and
+# PROTOCOL_CONV (default generated) pick the backend and the convolution lowering; with
+# PROTOCOL_BACKEND=cpu the script runs here as a dry run of itself.
+set -u -o pipefail
+cd "$(dirname "$0")/.." || exit 1
+SECONDS_LIMIT=${1:-300}
+OUT_DIR=${2:-${OUT:-build/gpu-protocol}}
+BACKEND=${PROTOCOL_BACKEND:-cuda}
+CONV=${PROTOCOL_CONV:-generated}
+GRAPH=graphs/omniglot_20w1s.yaml
+SOURCE=results/omniglot_20w1s
+RUN=$OUT_DIR/omniglot_20w1s
+STEPS=60000
+mkdir -p "$OUT_DIR"
+exec > >(tee "$OUT_DIR/gpu_protocol.log") 2>&1
+[ -d build/gpucheck/lib ] && export LD_LIBRARY_PATH="$PWD/build/gpucheck/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+fail() {
+    echo "gpu-protocol: $*"
+    exit 1
+}
+
+# The step a run directory's checkpoint holds (0 when it has none).
+checkpoint_step() {
+    local ckpt=$1/checkpoint.safetensors
+    [ -f "$ckpt" ] || { echo 0; return; }
+    head -c 1024 "$ckpt" | tr -d '\0' | grep -ao '"step":"[0-9]*"' | head -n1 | tr -dc '0-9'
+}
+
+DATA=${OMNIGLOT:-}
+for d in ../shared/data/omniglot build/gpucheck/shared/data/omniglot; do
+    [ -z "$DATA" ] && [ -f "$d/images_background.zip" ] && DATA=$d
+done
+[ -n "$DATA" ] || fail "no Omniglot archives (set OMNIGLOT=DIR or run make gpu-check-prep)"
+[ -x ./mamlc ] || fail "no ./mamlc (build it, or carry it here)"
+from=$(checkpoint_step "$SOURCE")
+[ "$from" -gt 0 ] || fail "$SOURCE holds no checkpoint to continue"
+if [ "$(checkpoint_step "$RUN")" -lt "$from" ]; then
+    if ! { rm -rf "$RUN" && mkdir -p "$RUN" && cp "$SOURCE"/checkpoint.safetensors "$SOURCE"/log.csv "$RUN"/; }; then
+        fail "cannot copy $SOURCE to $RUN"
+    fi
+fi
+echo "gpu-protocol: $GRAPH from step $(checkpoint_step "$RUN") for up to ${SECONDS_LIMIT} s on $BACKEND (--conv $CONV), data $DATA"
+conv_flag=()
+[ "$BACKEND" = cuda ] && conv_flag=(--conv "$CONV")
+./mamlc train "$GRAPH" --data "$DATA" --steps "$STEPS" --backend "$BACKEND" "${conv_flag[@]}" \
+    --out "$RUN" --resume --val-every 2000 --val-tasks 200 --ckpt-every 250 \
+    --time-limit "$SECONDS_LIMIT" --progress lines
+rc=$?
+reached=$(checkpoint_step "$RUN")
+echo "gpu-protocol: train exited $rc; checkpoint at step $reached of $STEPS in $RUN"
+if [ "$rc" = 0 ] && [ "$reached" -ge "$STEPS" ]; then
+    ./mamlc eval "$GRAPH" --data "$DATA" --checkpoint "$RUN/checkpoint.safetensors" --tasks 600 \
+        --backend "$BACKEND" "${conv_flag[@]}" | tee "$OUT_DIR/eval.txt"
+    rc=$?
+fi
+exit "$rc"
