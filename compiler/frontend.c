@@ -61,7 +61,7 @@
  * Limits: 1 MiB files, 32 nesting levels, 64 layers after expansion, 16 nested blocks, reference
  * chains of 16, sizes up to 65536.
  *
- * The tree is built from libyaml's event stream so that every node keeps its mark; every error
+ * The document is read into a tree whose nodes keep their source marks (ynode.h), so every error
  * carries file:line:column (overrides: "--set KEY=VALUE"). */
 #include <errno.h>
 #include <fnmatch.h>
@@ -70,159 +70,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <yaml.h>
 
 #include "spec.h"
+#include "ynode.h"
 
-/* Limits that keep hostile or runaway inputs from exhausting memory or stack. */
-#define SPEC_MAX_FILE_BYTES (1 << 20) /* a graph file is a few KiB */
-#define SPEC_MAX_DEPTH 32             /* YAML nesting levels */
-#define SPEC_MAX_LAYERS 64            /* layers after block expansion */
-#define SPEC_MAX_BLOCK_DEPTH 16       /* nested block instances */
-#define SPEC_MAX_DIM 65536            /* any size or count in the file */
-#define SPEC_MAX_REF_HOPS 16          /* $a -> $b -> ... references in a row */
-/* Entries of one YAML mapping or sequence: the duplicate-key check is quadratic, and a 1 MiB
- * mapping of 100k keys took half a minute; no graph needs more than a few dozen. */
-#define SPEC_MAX_ENTRIES 1024
-#define OMNIGLOT_DRAWINGS 20 /* drawings per Omniglot character */
+/* Limits that keep hostile or runaway inputs from exhausting memory or stack (the file's size
+ * and nesting: ynode.h). */
+#define SPEC_MAX_LAYERS 64      /* layers after block expansion */
+#define SPEC_MAX_BLOCK_DEPTH 16 /* nested block instances */
+#define SPEC_MAX_DIM 65536      /* any size or count in the file */
+#define SPEC_MAX_REF_HOPS 16    /* $a -> $b -> ... references in a row */
+#define OMNIGLOT_DRAWINGS 20    /* drawings per Omniglot character */
 #define OMNIGLOT_CHARACTERS 1623
 #define OMNIGLOT_BACKGROUND 964
 #define OMNIGLOT_EVALUATION 659
 #define OMNIGLOT_PNG_SIZE 105
 
 /* ---------------------------------------------------------------------------------------
- * The YAML tree */
-
-typedef enum { Y_SCALAR, Y_SEQ, Y_MAP } YKind;
-
-typedef struct YNode {
-    YKind kind;
-    SourceLoc loc;
-    char *text;          /* scalar */
-    bool quoted;         /* scalar: quoted or tagged !!str, so never a number or reference */
-    char *override_path; /* a key added by --set: its full dotted path, for messages */
-    struct YNode **keys; /* map: key scalars, parallel to items */
-    struct YNode **items;
-    int n, cap;
-} YNode;
-
-static void ynode_free(YNode *n) {
-    if (!n) return;
-    for (int i = 0; i < n->n; i++) {
-        if (n->keys) ynode_free(n->keys[i]);
-        ynode_free(n->items[i]);
-    }
-    free(n->keys);
-    free(n->items);
-    free(n->text);
-    free(n->override_path);
-    free(n);
-}
-
-static YNode *ynode_new(YKind kind, SourceLoc loc, MamlError *err) {
-    YNode *n = maml_calloc(1, sizeof *n, err);
-    if (n) n->kind = kind, n->loc = loc;
-    return n;
-}
-
-/* Appends item (and key, for mappings); takes ownership of both, also on failure. */
-static int ynode_append(YNode *n, YNode *key, YNode *item, MamlError *err) {
-    if (n->n == n->cap) {
-        int cap = n->cap ? 2 * n->cap : 4;
-        YNode **items = maml_realloc(n->items, (size_t)cap, sizeof *items, err);
-        if (items) n->items = items;
-        YNode **keys = items && n->kind == Y_MAP
-                           ? maml_realloc(n->keys, (size_t)cap, sizeof *keys, err)
-                           : NULL;
-        if (keys) n->keys = keys;
-        if (!items || (n->kind == Y_MAP && !keys)) {
-            ynode_free(key);
-            ynode_free(item);
-            return -1;
-        }
-        n->cap = cap;
-    }
-    if (n->kind == Y_MAP) n->keys[n->n] = key;
-    n->items[n->n++] = item;
-    return 0;
-}
-
-static YNode *map_find(const YNode *map, const char *key) {
-    if (!map || map->kind != Y_MAP) return NULL;
-    for (int i = 0; i < map->n; i++)
-        if (strcmp(map->keys[i]->text, key) == 0) return map->items[i];
-    return NULL;
-}
-
-static int map_index(const YNode *map, const char *key) {
-    for (int i = 0; map && map->kind == Y_MAP && i < map->n; i++)
-        if (strcmp(map->keys[i]->text, key) == 0) return i;
-    return -1;
-}
-
-/* ---------------------------------------------------------------------------------------
- * Scalars: YAML 1.2 core schema */
-
-typedef enum { S_NULL, S_BOOL, S_INT, S_FLOAT, S_STR } ScalarType;
-
-static bool all_in(const char *s, const char *set) {
-    return *s && strspn(s, set) == strlen(s);
-}
-
-static bool is_core_int(const char *t) {
-    if (strncmp(t, "0o", 2) == 0) return all_in(t + 2, "01234567");
-    if (strncmp(t, "0x", 2) == 0) return all_in(t + 2, "0123456789abcdefABCDEF");
-    if (*t == '-' || *t == '+') t++;
-    return all_in(t, "0123456789");
-}
-
-static bool is_core_float(const char *t) {
-    if (*t == '-' || *t == '+') t++;
-    if (!strcmp(t, ".inf") || !strcmp(t, ".Inf") || !strcmp(t, ".INF")) return true;
-    if (!strcmp(t, ".nan") || !strcmp(t, ".NaN") || !strcmp(t, ".NAN")) return true;
-    size_t digits = strspn(t, "0123456789");
-    t += digits;
-    if (*t == '.') {
-        size_t frac = strspn(t + 1, "0123456789");
-        if (!digits && !frac) return false;
-        t += 1 + frac;
-    } else if (!digits) {
-        return false;
-    }
-    if (*t == 'e' || *t == 'E') {
-        t++;
-        if (*t == '-' || *t == '+') t++;
-        if (!all_in(t, "0123456789")) return false;
-        t += strlen(t);
-    }
-    return *t == '\0';
-}
-
-static ScalarType scalar_type(const YNode *n) {
-    const char *t = n->text;
-    if (n->quoted) return S_STR;
-    if (!*t || !strcmp(t, "~") || !strcmp(t, "null") || !strcmp(t, "Null") || !strcmp(t, "NULL"))
-        return S_NULL;
-    if (!strcmp(t, "true") || !strcmp(t, "True") || !strcmp(t, "TRUE") || !strcmp(t, "false") ||
-        !strcmp(t, "False") || !strcmp(t, "FALSE"))
-        return S_BOOL;
-    if (is_core_int(t)) return S_INT;
-    if (is_core_float(t)) return S_FLOAT;
-    return S_STR;
-}
-
-/* "'abc'", "3.5", "null", "a mapping": how a value is shown in messages. */
-static const char *describe(const YNode *n, char *buf, size_t size) {
-    if (n->kind == Y_MAP) return "a mapping";
-    if (n->kind == Y_SEQ) return "a sequence";
-    ScalarType t = scalar_type(n);
-    if (t == S_NULL) return "null";
-    if (t == S_STR)
-        snprintf(buf, size, "'%.60s%s'", n->text, strlen(n->text) > 60 ? "..." : "");
-    else
-        snprintf(buf, size, "%.60s", n->text);
-    return buf;
-}
+ * Names */
 
 /* dst = a b c; false when that does not fit in size bytes. */
 static bool concat3(char *dst, size_t size, const char *a, const char *b, const char *c) {
@@ -236,228 +101,8 @@ static bool concat3(char *dst, size_t size, const char *a, const char *b, const 
 
 static bool is_identifier(const char *s) {
     if (!*s || (*s >= '0' && *s <= '9')) return false;
-    return all_in(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
-}
-
-/* ---------------------------------------------------------------------------------------
- * Building the tree from libyaml events */
-
-typedef struct {
-    yaml_parser_t parser;
-    const char *text;
-    const char *label; /* SourceLoc.file of every node */
-    bool override;     /* nodes of a --set value carry no line/column */
-    MamlError *err;
-} Reader;
-
-static SourceLoc mark_loc(const Reader *r, yaml_mark_t m) {
-    if (r->override) return (SourceLoc){r->label, 0, 0};
-    return (SourceLoc){r->label, (int)m.line + 1, (int)m.column + 1};
-}
-
-/* Line and column of a byte offset, for libyaml's reader errors that only give an offset. */
-static SourceLoc offset_loc(const Reader *r, size_t offset) {
-    SourceLoc loc = {r->label, 1, 1};
-    if (r->override) return (SourceLoc){r->label, 0, 0};
-    for (size_t i = 0; i < offset && r->text[i]; i++) {
-        if (r->text[i] == '\n')
-            loc.line++, loc.column = 1;
-        else if (((unsigned char)r->text[i] & 0xC0) != 0x80)
-            loc.column++;
-    }
-    return loc;
-}
-
-static int syntax_error(Reader *r) {
-    const yaml_parser_t *p = &r->parser;
-    const char *problem = p->problem ? p->problem : "cannot parse the document";
-    if (p->error == YAML_MEMORY_ERROR) return maml_fail(r->err, "out of memory while parsing YAML");
-    if (p->error == YAML_READER_ERROR)
-        return maml_fail_at(r->err, offset_loc(r, p->problem_offset), "invalid YAML text: %s",
-                            problem);
-    if (p->context && r->override) /* a --set value: its own line and column mean little */
-        return maml_fail_at(r->err, mark_loc(r, p->problem_mark), "YAML syntax error: %s (%s)",
-                            problem, p->context);
-    if (p->context)
-        return maml_fail_at(r->err, mark_loc(r, p->problem_mark),
-                            "YAML syntax error: %s (%s that starts at line %d, column %d)", problem,
-                            p->context, (int)p->context_mark.line + 1,
-                            (int)p->context_mark.column + 1);
-    return maml_fail_at(r->err, mark_loc(r, p->problem_mark), "YAML syntax error: %s", problem);
-}
-
-static int next_event(Reader *r, yaml_event_t *ev) {
-    if (!yaml_parser_parse(&r->parser, ev)) return syntax_error(r);
-    return 0;
-}
-
-/* Core-schema tag check: an explicit tag must agree with what the node is. */
-static const char *const std_tags[] = {"str", "int", "float", "bool", "null", "seq", "map"};
-
-static int check_tag(Reader *r, const yaml_event_t *ev, const unsigned char *tag,
-                     const char *want) {
-    if (!tag) return 0;
-    const char *t = (const char *)tag;
-    const char *prefix = "tag:yaml.org,2002:";
-    if (strncmp(t, prefix, strlen(prefix)) == 0) {
-        t += strlen(prefix);
-        for (size_t i = 0; i < sizeof std_tags / sizeof *std_tags; i++)
-            if (strcmp(t, std_tags[i]) == 0 && (!want || strcmp(t, want) == 0)) return 0;
-    }
-    return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "unsupported YAML tag '%s' here",
-                        (const char *)tag);
-}
-
-static int read_node(Reader *r, yaml_event_t *ev, int depth, YNode **out);
-
-/* Whether scalar n (typed as plain text) is what its core-schema tag says. */
-static bool tag_fits(const YNode *n, const char *tag) {
-    ScalarType t = scalar_type(n);
-    if (strstr(tag, ":int")) return t == S_INT;
-    if (strstr(tag, ":float")) return t == S_INT || t == S_FLOAT;
-    if (strstr(tag, ":bool")) return t == S_BOOL;
-    if (strstr(tag, ":null")) return t == S_NULL;
-    return true;
-}
-
-static int read_scalar(Reader *r, yaml_event_t *ev, YNode **out) {
-    const char *tag = (const char *)ev->data.scalar.tag;
-    bool quoted = ev->data.scalar.style != YAML_PLAIN_SCALAR_STYLE;
-    if (tag && check_tag(r, ev, ev->data.scalar.tag, NULL)) return -1;
-    if (tag && (strstr(tag, ":seq") || strstr(tag, ":map")))
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "tag '%s' on a scalar", tag);
-    /* !!str makes a string; !!int and friends type the text as if it were plain, and must fit */
-    if (tag) quoted = strstr(tag, ":str") != NULL;
-    if (strlen((const char *)ev->data.scalar.value) != ev->data.scalar.length)
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "NUL character in a scalar");
-    YNode *n = ynode_new(Y_SCALAR, mark_loc(r, ev->start_mark), r->err);
-    if (!n) return -1;
-    n->quoted = quoted;
-    n->text = maml_strdup((const char *)ev->data.scalar.value, r->err);
-    if (!n->text) return ynode_free(n), -1;
-    if (tag && !tag_fits(n, tag)) {
-        maml_fail_at(r->err, n->loc, "'%s' is not a valid %s", n->text, strrchr(tag, ':') + 1);
-        return ynode_free(n), -1;
-    }
-    *out = n;
-    return 0;
-}
-
-/* Reads the children of a sequence or mapping until its end event. */
-static int read_children(Reader *r, YNode *n, yaml_event_type_t end, int depth) {
-    for (;;) {
-        yaml_event_t ev;
-        if (next_event(r, &ev)) return -1;
-        if (ev.type == end) return yaml_event_delete(&ev), 0;
-        if (n->n == SPEC_MAX_ENTRIES) {
-            yaml_event_delete(&ev);
-            return maml_fail_at(r->err, n->loc, "%s with more than %d entries",
-                                n->kind == Y_MAP ? "mapping" : "sequence", SPEC_MAX_ENTRIES);
-        }
-        YNode *key = NULL, *item = NULL;
-        int rc = read_node(r, &ev, depth + 1, n->kind == Y_MAP ? &key : &item);
-        yaml_event_delete(&ev);
-        if (rc) return -1;
-        if (n->kind == Y_MAP) {
-            if (key->kind != Y_SCALAR) {
-                rc = maml_fail_at(r->err, key->loc, "mapping keys must be scalars");
-            } else if (map_index(n, key->text) >= 0) {
-                rc = maml_fail_at(r->err, key->loc, "duplicate key '%s' (first at line %d)",
-                                  key->text, n->keys[map_index(n, key->text)]->loc.line);
-            } else if (!(rc = next_event(r, &ev))) {
-                rc = read_node(r, &ev, depth + 1, &item);
-                yaml_event_delete(&ev);
-            }
-            if (rc) return ynode_free(key), -1;
-        }
-        if (ynode_append(n, key, item, r->err)) return -1;
-    }
-}
-
-static int read_collection(Reader *r, yaml_event_t *ev, int depth, YNode **out) {
-    bool is_map = ev->type == YAML_MAPPING_START_EVENT;
-    const unsigned char *tag = is_map ? ev->data.mapping_start.tag : ev->data.sequence_start.tag;
-    if (check_tag(r, ev, tag, is_map ? "map" : "seq")) return -1;
-    YNode *n = ynode_new(is_map ? Y_MAP : Y_SEQ, mark_loc(r, ev->start_mark), r->err);
-    if (!n) return -1;
-    if (read_children(r, n, is_map ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT, depth))
-        return ynode_free(n), -1;
-    *out = n;
-    return 0;
-}
-
-/* Builds the node that starts with event ev (owned by the caller). */
-static int read_node(Reader *r, yaml_event_t *ev, int depth, YNode **out) {
-    if (depth > SPEC_MAX_DEPTH)
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark),
-                            "document nested deeper than %d levels", SPEC_MAX_DEPTH);
-    switch (ev->type) {
-    case YAML_SCALAR_EVENT:
-        return read_scalar(r, ev, out);
-    case YAML_SEQUENCE_START_EVENT:
-    case YAML_MAPPING_START_EVENT:
-        return read_collection(r, ev, depth, out);
-    case YAML_ALIAS_EVENT:
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark),
-                            "YAML aliases (*%s) are not supported; use blocks or $references",
-                            (const char *)ev->data.alias.anchor);
-    default:
-        return maml_fail_at(r->err, mark_loc(r, ev->start_mark), "unexpected YAML event");
-    }
-}
-
-/* Expects the stream to hold exactly one document and returns its root (NULL when empty). */
-static int read_stream(Reader *r, YNode **root) {
-    yaml_event_t ev;
-    if (next_event(r, &ev)) return -1; /* STREAM-START */
-    yaml_event_delete(&ev);
-    if (next_event(r, &ev)) return -1;
-    if (ev.type == YAML_STREAM_END_EVENT) return yaml_event_delete(&ev), 0;
-    yaml_event_delete(&ev); /* DOCUMENT-START */
-    if (next_event(r, &ev)) return -1;
-    int rc = read_node(r, &ev, 1, root);
-    yaml_event_delete(&ev);
-    if (rc || next_event(r, &ev)) return -1; /* DOCUMENT-END */
-    yaml_event_delete(&ev);
-    if (next_event(r, &ev)) return -1;
-    if (ev.type != YAML_STREAM_END_EVENT)
-        rc = maml_fail_at(r->err, mark_loc(r, ev.start_mark),
-                          "a graph file holds one YAML document");
-    yaml_event_delete(&ev);
-    return rc;
-}
-
-static int parse_yaml(const char *text, size_t len, const char *label, bool override, YNode **root,
-                      MamlError *err) {
-    Reader r = {.text = text, .label = label, .override = override, .err = err};
-    *root = NULL;
-    if (!yaml_parser_initialize(&r.parser)) return maml_fail(err, "cannot initialise libyaml");
-    yaml_parser_set_input_string(&r.parser, (const unsigned char *)text, len);
-    int rc = read_stream(&r, root);
-    yaml_parser_delete(&r.parser);
-    if (rc) ynode_free(*root), *root = NULL;
-    return rc;
-}
-
-static int read_file(const char *path, char **text, size_t *len, MamlError *err) {
-    SourceLoc loc = {path, 0, 0};
-    FILE *f = fopen(path, "rb");
-    if (!f) return maml_fail_at(err, loc, "cannot open: %s", strerror(errno));
-    char *buf = maml_alloc(SPEC_MAX_FILE_BYTES + 1, err);
-    if (!buf) return fclose(f), -1;
-    size_t n = fread(buf, 1, SPEC_MAX_FILE_BYTES + 1, f);
-    int rc = 0;
-    if (ferror(f))
-        rc = maml_fail_at(err, loc, "cannot read: %s", strerror(errno));
-    else if (n > SPEC_MAX_FILE_BYTES)
-        rc = maml_fail_at(err, loc, "file is larger than the limit of %d bytes",
-                          SPEC_MAX_FILE_BYTES);
-    fclose(f);
-    if (rc) return free(buf), -1;
-    buf[n] = '\0';
-    *text = buf;
-    *len = n;
-    return 0;
+    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") ==
+           strlen(s);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -503,7 +148,7 @@ static const YNode *doc_lookup(const YNode *root, const char *path) {
     const YNode *node = root;
     char *save = NULL;
     for (char *tok = strtok_r(buf, ".", &save); tok && node; tok = strtok_r(NULL, ".", &save))
-        node = map_find(node, tok);
+        node = ynode_find(node, tok);
     return node;
 }
 
@@ -588,14 +233,14 @@ static int type_error(const Ctx *c, const YNode *raw, const YNode *v, const char
                       const char *want) {
     char buf[96];
     return value_error(c, raw, v, "'%s' must be %s, got %s", key, want,
-                       describe(v, buf, sizeof buf));
+                       ynode_describe(v, buf, sizeof buf));
 }
 
 static int as_int(const Ctx *c, const Scope *s, const YNode *raw, const char *key, int64_t lo,
                   int64_t hi, int64_t *out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, key, &v)) return -1;
-    if (v->kind != Y_SCALAR || scalar_type(v) != S_INT)
+    if (v->kind != Y_SCALAR || ynode_scalar_type(v) != S_INT)
         return type_error(c, raw, v, key, "an integer");
     const char *t = v->text;
     int base = !strncmp(t, "0o", 2) ? 8 : !strncmp(t, "0x", 2) ? 16 : 10;
@@ -619,7 +264,7 @@ static int as_number(const Ctx *c, const Scope *s, const YNode *raw, const char 
                      double *out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, key, &v)) return -1;
-    ScalarType t = v->kind == Y_SCALAR ? scalar_type(v) : S_STR;
+    ScalarType t = v->kind == Y_SCALAR ? ynode_scalar_type(v) : S_STR;
     if (t != S_INT && t != S_FLOAT) return type_error(c, raw, v, key, "a number");
     const char *digits = v->text + (v->text[0] == '-' || v->text[0] == '+');
     double x = strtod(v->text, NULL);
@@ -642,7 +287,7 @@ static int as_number(const Ctx *c, const Scope *s, const YNode *raw, const char 
 static int as_bool(const Ctx *c, const Scope *s, const YNode *raw, const char *key, bool *out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, key, &v)) return -1;
-    if (v->kind != Y_SCALAR || scalar_type(v) != S_BOOL)
+    if (v->kind != Y_SCALAR || ynode_scalar_type(v) != S_BOOL)
         return type_error(c, raw, v, key, "true or false");
     *out = v->text[0] == 't' || v->text[0] == 'T';
     return 0;
@@ -652,7 +297,7 @@ static int as_string(const Ctx *c, const Scope *s, const YNode *raw, const char 
                      const char **out) {
     const YNode *v = NULL;
     if (deref(c, s, raw, key, &v)) return -1;
-    if (v->kind != Y_SCALAR || scalar_type(v) != S_STR)
+    if (v->kind != Y_SCALAR || ynode_scalar_type(v) != S_STR)
         return type_error(c, raw, v, key, "a string");
     *out = v->text;
     return 0;
@@ -670,7 +315,7 @@ static int as_enum(const Ctx *c, const Scope *s, const YNode *raw, const char *k
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s",
                  i ? (i == n - 1 ? " or " : ", ") : "", names[i]);
     return value_error(c, raw, v, "'%s' must be %s, got %s", key, list,
-                       describe(v, buf, sizeof buf));
+                       ynode_describe(v, buf, sizeof buf));
 }
 
 static int as_map(const Ctx *c, const Scope *s, const YNode *raw, const char *key,
@@ -716,13 +361,13 @@ static int check_keys(const Ctx *c, const YNode *map, const char *where,
 
 /* Where key is written in map (for errors about the key itself rather than its value). */
 static SourceLoc key_loc(const YNode *map, const char *key) {
-    int i = map_index(map, key);
+    int i = ynode_index(map, key);
     return i >= 0 ? map->keys[i]->loc : map->loc;
 }
 
 static int require(const Ctx *c, const YNode *map, const char *where, const char *key,
                    const YNode **out) {
-    *out = map_find(map, key);
+    *out = ynode_find(map, key);
     if (*out) return 0;
     return maml_fail_at(c->err, map->loc, "missing '%s' in %s", key, where);
 }
@@ -730,7 +375,7 @@ static int require(const Ctx *c, const YNode *map, const char *where, const char
 /* Integer setting in [lo, SPEC_MAX_DIM]; required or, with `optional`, left alone when absent. */
 static int get_int(const Ctx *c, const Scope *s, const YNode *map, const char *where,
                    const char *key, int lo, bool optional, int *out) {
-    const YNode *raw = map_find(map, key);
+    const YNode *raw = ynode_find(map, key);
     if (!raw && optional) return 0;
     int64_t x;
     if ((!raw && require(c, map, where, key, &raw)) || as_int(c, s, raw, key, lo, SPEC_MAX_DIM, &x))
@@ -741,20 +386,20 @@ static int get_int(const Ctx *c, const Scope *s, const YNode *map, const char *w
 
 static int get_number(const Ctx *c, const Scope *s, const YNode *map, const char *where,
                       const char *key, NumRule rule, bool optional, double *out) {
-    const YNode *raw = map_find(map, key);
+    const YNode *raw = ynode_find(map, key);
     if (!raw && optional) return 0;
     if (!raw && require(c, map, where, key, &raw)) return -1;
     return as_number(c, s, raw, key, rule, out);
 }
 
 static int get_bool(const Ctx *c, const Scope *s, const YNode *map, const char *key, bool *out) {
-    const YNode *raw = map_find(map, key);
+    const YNode *raw = ynode_find(map, key);
     return raw ? as_bool(c, s, raw, key, out) : 0;
 }
 
 static int get_enum(const Ctx *c, const YNode *map, const char *where, const char *key,
                     const char *const *names, int n, bool optional, int *out) {
-    const YNode *raw = map_find(map, key);
+    const YNode *raw = ynode_find(map, key);
     if (!raw && optional) return 0;
     if (!raw && require(c, map, where, key, &raw)) return -1;
     return as_enum(c, NULL, raw, key, names, n, out);
@@ -768,7 +413,7 @@ static int get_enum(const Ctx *c, const YNode *map, const char *where, const cha
 static int override_child(YNode *map, const char *key, const char *prefix, const char *path,
                           const char *label, YNode **out, MamlError *err) {
     SourceLoc loc = {label, 0, 0};
-    YNode *child = (YNode *)map_find(map, key);
+    YNode *child = (YNode *)ynode_find(map, key);
     if (child) {
         if (child->kind != Y_MAP)
             return maml_fail_at(err, loc, "unknown setting '%s' ('%s' is a value, not a mapping)",
@@ -791,7 +436,7 @@ static int override_child(YNode *map, const char *key, const char *prefix, const
 /* Puts value under key in map, replacing an existing value. Takes ownership of value. */
 static int override_put(YNode *map, const char *key, const char *path, YNode *value,
                         MamlError *err) {
-    int i = map_index(map, key);
+    int i = ynode_index(map, key);
     if (i >= 0) {
         ynode_free(map->items[i]);
         map->items[i] = value;
@@ -804,7 +449,7 @@ static int override_put(YNode *map, const char *key, const char *path, YNode *va
 }
 
 static int parse_override_value(const char *text, const char *label, YNode **out, MamlError *err) {
-    if (parse_yaml(text, strlen(text), label, true, out, err)) return -1;
+    if (ynode_parse(text, strlen(text), label, true, out, err)) return -1;
     if (*out) return 0;
     /* an empty value is YAML's null, which the type checks then reject where it matters */
     *out = ynode_new(Y_SCALAR, (SourceLoc){label, 0, 0}, err);
@@ -989,7 +634,7 @@ static int add_layer(Ctx *c, const Scope *s, int kind, const YNode *at, const YN
 static int expand_list(Ctx *c, const Scope *s, const YNode *seq, const char *prefix, int depth);
 
 static int find_block(const Ctx *c, const YNode *name_node, const char *name, const YNode **def) {
-    *def = map_find(c->blocks, name);
+    *def = ynode_find(c->blocks, name);
     if (*def) return 0;
     return maml_fail_at(c->err, name_node->loc, "unknown block '%s'", name);
 }
@@ -997,7 +642,7 @@ static int find_block(const Ctx *c, const YNode *name_node, const char *name, co
 /* Binds a block's arguments: its defaults, replaced by what the instance passes. */
 static int bind_args(const Ctx *c, const Scope *caller, const char *block, const YNode *def,
                      const YNode *inst, const YNode *args, Scope *ns) {
-    const YNode *params = map_find(def, "args");
+    const YNode *params = ynode_find(def, "args");
     int n = params ? params->n : 0;
     ns->block = block;
     ns->names = params ? (const YNode *const *)params->keys : NULL;
@@ -1005,7 +650,7 @@ static int bind_args(const Ctx *c, const Scope *caller, const char *block, const
     ns->values = maml_calloc((size_t)n, sizeof *ns->values, c->err);
     if (!ns->values) return -1;
     for (int i = 0; args && i < args->n; i++) {
-        int j = map_index(params, args->keys[i]->text);
+        int j = ynode_index(params, args->keys[i]->text);
         if (j < 0)
             return maml_fail_at(c->err, args->keys[i]->loc, "block '%s' has no argument '%s'",
                                 block, args->keys[i]->text);
@@ -1014,7 +659,7 @@ static int bind_args(const Ctx *c, const Scope *caller, const char *block, const
     for (int j = 0; j < n; j++) {
         if (ns->values[j]) continue;
         const YNode *d = params->items[j];
-        if (d->kind == Y_SCALAR && scalar_type(d) == S_NULL)
+        if (d->kind == Y_SCALAR && ynode_scalar_type(d) == S_NULL)
             return maml_fail_at(c->err, inst->loc, "block '%s' needs argument '%s'", block,
                                 params->keys[j]->text);
         if (deref(c, NULL, d, params->keys[j]->text, &ns->values[j])) return -1;
@@ -1030,15 +675,15 @@ static const char *const instance_keys[] = {"block", "name", "args", NULL};
  */
 static const YNode *block_layers(const Ctx *c, const YNode *def) {
     const YNode *layers = NULL;
-    return as_seq(c, NULL, map_find(def, "layers"), "layers", &layers) ? NULL : layers;
+    return as_seq(c, NULL, ynode_find(def, "layers"), "layers", &layers) ? NULL : layers;
 }
 
 static int expand_block(Ctx *c, const Scope *s, const YNode *inst, const char *prefix, int depth) {
-    const YNode *def, *args = NULL, *raw_name = map_find(inst, "name");
+    const YNode *def, *args = NULL, *raw_name = ynode_find(inst, "name");
     const char *block, *name = "";
     if (check_keys(c, inst, "block instance", instance_keys) ||
-        as_string(c, NULL, map_find(inst, "block"), "block", &block) ||
-        find_block(c, map_find(inst, "block"), block, &def))
+        as_string(c, NULL, ynode_find(inst, "block"), "block", &block) ||
+        find_block(c, ynode_find(inst, "block"), block, &def))
         return -1;
     if (depth + 1 > SPEC_MAX_BLOCK_DEPTH)
         return maml_fail_at(c->err, inst->loc, "blocks nested deeper than %d levels",
@@ -1047,7 +692,8 @@ static int expand_block(Ctx *c, const Scope *s, const YNode *inst, const char *p
     if (raw_name && !is_identifier(name))
         return maml_fail_at(c->err, raw_name->loc, "block instance name '%s' must be an identifier",
                             name);
-    if (map_find(inst, "args") && as_map(c, s, map_find(inst, "args"), "args", &args)) return -1;
+    if (ynode_find(inst, "args") && as_map(c, s, ynode_find(inst, "args"), "args", &args))
+        return -1;
     char path[SPEC_NAME_MAX], inner[SPEC_NAME_MAX]; /* "conv1" and the prefix "conv1." */
     if (!concat3(path, sizeof path, prefix, name, "") ||
         !concat3(inner, sizeof inner, prefix, name, *name ? "." : ""))
@@ -1072,7 +718,7 @@ static int expand_item(Ctx *c, const Scope *s, const YNode *item, const char *pr
     if (item->kind != Y_MAP || item->n == 0)
         return maml_fail_at(c->err, item->loc,
                             "a layer must be a kind name, {KIND: {settings}} or {block: NAME}");
-    if (map_index(item, "block") >= 0) return expand_block(c, s, item, prefix, depth);
+    if (ynode_index(item, "block") >= 0) return expand_block(c, s, item, prefix, depth);
     int kind = find_kind(item->keys[0]->text);
     if (kind < 0) return unknown_kind(c, item->keys[0], item->keys[0]->text);
     if (item->n > 1)
@@ -1081,7 +727,7 @@ static int expand_item(Ctx *c, const Scope *s, const YNode *item, const char *pr
             "unexpected key '%s': a layer is {%s: {settings}} with the settings inside",
             item->keys[1]->text, kind_names[kind]);
     const YNode *set = item->items[0];
-    if (set->kind == Y_SCALAR && scalar_type(set) == S_NULL)
+    if (set->kind == Y_SCALAR && ynode_scalar_type(set) == S_NULL)
         set = NULL;
     else if (set->kind != Y_MAP)
         return type_error(c, set, set, kind_names[kind], "a mapping of settings");
@@ -1110,7 +756,7 @@ static int check_block_def(const Ctx *c, const YNode *name, const YNode *def) {
         return -1;
     if (layers->n == 0)
         return maml_fail_at(c->err, layers->loc, "block '%s' has no layers", name->text);
-    if ((args = map_find(def, "args")) && args->kind != Y_MAP)
+    if ((args = ynode_find(def, "args")) && args->kind != Y_MAP)
         return type_error(c, args, args, "args", "a mapping");
     for (int i = 0; args && i < args->n; i++)
         if (!is_identifier(args->keys[i]->text))
@@ -1139,11 +785,11 @@ static int visit_block(const Ctx *c, int b, int *state, const char **path, int d
                             SPEC_MAX_BLOCK_DEPTH);
     state[b] = 1;
     for (int i = 0; i < layers->n; i++) {
-        const YNode *use = map_find(layers->items[i], "block");
+        const YNode *use = ynode_find(layers->items[i], "block");
         if (!use) continue;
-        if (use->kind != Y_SCALAR || scalar_type(use) != S_STR)
+        if (use->kind != Y_SCALAR || ynode_scalar_type(use) != S_STR)
             return type_error(c, use, use, "block", "a block name");
-        int j = map_index(c->blocks, use->text);
+        int j = ynode_index(c->blocks, use->text);
         if (j < 0) return maml_fail_at(c->err, use->loc, "unknown block '%s'", use->text);
         if (state[j] == 1) return cycle_error(c, use, path, depth);
         if (state[j] == 0 && visit_block(c, j, state, path, depth + 1)) return -1;
@@ -1153,7 +799,7 @@ static int visit_block(const Ctx *c, int b, int *state, const char **path, int d
 }
 
 static int check_blocks(Ctx *c, const YNode *model) {
-    const YNode *raw = map_find(model, "blocks");
+    const YNode *raw = ynode_find(model, "blocks");
     if (!raw) return 0;
     if (as_map(c, NULL, raw, "blocks", &c->blocks)) return -1;
     for (int i = 0; i < c->blocks->n; i++)
@@ -1195,7 +841,7 @@ static int read_model(Ctx *c) {
         as_seq(c, NULL, raw, "layers", &layers))
         return -1;
     c->spec->loss = (LossKind)loss;
-    c->loss = map_find(model, "loss");
+    c->loss = ynode_find(model, "loss");
     if (layers->n == 0) return maml_fail_at(c->err, layers->loc, "'layers' is empty");
     c->spec->layers = maml_calloc(SPEC_MAX_LAYERS, sizeof *c->spec->layers, c->err);
     if (!c->spec->layers) return -1;
@@ -1224,7 +870,7 @@ static int section(const Ctx *c, const YNode *parent, const char *pwhere, const 
 /* inner.lr: a positive number, or `learnable` with the initial value in lr_init. */
 static int read_inner_lr(Ctx *c, const YNode *inner) {
     MamlSettings *m = &c->spec->maml;
-    const YNode *raw, *v, *init = map_find(inner, "lr_init");
+    const YNode *raw, *v, *init = ynode_find(inner, "lr_init");
     if (require(c, inner, "maml.inner", "lr", &raw) || deref(c, NULL, raw, "lr", &v)) return -1;
     m->inner.lr_learnable = v->kind == Y_SCALAR && !v->quoted && !strcmp(v->text, "learnable");
     if (!m->inner.lr_learnable) {
@@ -1242,7 +888,7 @@ static int read_inner_lr(Ctx *c, const YNode *inner) {
 /* inner.adapt: `all`, or a non-empty list of fnmatch globs over parameter names. */
 static int read_adapt(Ctx *c, const YNode *inner) {
     MamlSettings *m = &c->spec->maml;
-    const YNode *raw = map_find(inner, "adapt"), *v = NULL;
+    const YNode *raw = ynode_find(inner, "adapt"), *v = NULL;
     if (!raw || deref(c, NULL, raw, "adapt", &v)) return raw ? -1 : 0;
     if (v->kind == Y_SCALAR && !v->quoted && !strcmp(v->text, "all")) return 0;
     if (v->kind != Y_SEQ || v->n == 0)
@@ -1286,7 +932,7 @@ static int read_outer(Ctx *c, const YNode *maml) {
         return -1;
     m->outer.optimizer = (OptimizerKind)opt;
     for (int i = 2; m->outer.optimizer == OPT_SGD && outer_keys[i]; i++)
-        if (map_find(outer, outer_keys[i]))
+        if (ynode_find(outer, outer_keys[i]))
             return maml_fail_at(c->err, key_loc(outer, outer_keys[i]),
                                 "'%s' applies only to optimizer adam", outer_keys[i]);
     if (get_number(c, NULL, outer, "maml.outer", "beta1", NUM_FRACTION, true, &m->outer.beta1) ||
@@ -1318,8 +964,8 @@ static int read_maml(Ctx *c) {
         get_int(c, NULL, maml, "maml", "meta_batch", 1, false, &m->meta_batch) ||
         read_inner(c, maml) || read_outer(c, maml) || read_eval(c, maml))
         return -1;
-    c->n_way = map_find(maml, "n_way");
-    c->q_query = map_find(maml, "q_query");
+    c->n_way = ynode_find(maml, "n_way");
+    c->q_query = ynode_find(maml, "q_query");
     return 0;
 }
 
@@ -1337,7 +983,7 @@ static const char *const sinusoid_keys[] = {"dataset", "seed",    "amplitude",
 
 static int read_rotations(Ctx *c, const YNode *data) {
     DataSettings *d = &c->spec->data;
-    const YNode *raw = map_find(data, "rotations"), *seq = NULL;
+    const YNode *raw = ynode_find(data, "rotations"), *seq = NULL;
     d->n_rotations = 1, d->rotations[0] = 0; /* no augmentation unless asked */
     if (!raw) return 0;
     if (as_seq(c, NULL, raw, "rotations", &seq)) return -1;
@@ -1363,7 +1009,7 @@ static int read_omniglot(Ctx *c, const YNode *data) {
     DataSettings *d = &c->spec->data;
     int split, resize = RESIZE_NEAREST; /* what the MAML paper's 1-bit PNG resize amounted to */
     d->image_size = 28;
-    const YNode *tc = map_find(data, "train_characters");
+    const YNode *tc = ynode_find(data, "train_characters");
     if (check_keys(c, data, "data (omniglot)", omniglot_keys) ||
         get_enum(c, data, "data", "split", split_names, 2, false, &split) ||
         get_int(c, NULL, data, "data", "image_size", 1, true, &d->image_size) ||
@@ -1373,7 +1019,7 @@ static int read_omniglot(Ctx *c, const YNode *data) {
     d->split = (SplitKind)split;
     d->resize = (ResizeFilter)resize;
     if (d->image_size > OMNIGLOT_PNG_SIZE)
-        return maml_fail_at(c->err, map_find(data, "image_size")->loc,
+        return maml_fail_at(c->err, ynode_find(data, "image_size")->loc,
                             "'image_size' %d is larger than the %dx%d Omniglot images",
                             d->image_size, OMNIGLOT_PNG_SIZE, OMNIGLOT_PNG_SIZE);
     if (d->split == SPLIT_BACKGROUND_EVALUATION && tc)
@@ -1391,7 +1037,7 @@ static int read_omniglot(Ctx *c, const YNode *data) {
 
 /* [lo, hi] with lo <= hi. */
 static int read_range(Ctx *c, const YNode *data, const char *key, bool nonneg, double out[2]) {
-    const YNode *raw = map_find(data, key), *seq = NULL;
+    const YNode *raw = ynode_find(data, key), *seq = NULL;
     if (!raw) return 0;
     if (as_seq(c, NULL, raw, key, &seq)) return -1;
     if (seq->n != 2) return maml_fail_at(c->err, seq->loc, "'%s' must be [low, high]", key);
@@ -1519,8 +1165,8 @@ static int load(Ctx *c, const char *path, const char *const *overrides, int n_ov
     size_t len = 0;
     int rc = !labels || make_labels(spec, path, overrides, n_overrides, labels, c->err) ? -1 : 0;
     c->file = spec->path;
-    if (!rc) rc = read_file(path, &text, &len, c->err);
-    if (!rc) rc = parse_yaml(text, len, c->file, false, &c->root, c->err);
+    if (!rc) rc = ynode_read_file(path, &text, &len, c->err);
+    if (!rc) rc = ynode_parse(text, len, c->file, false, &c->root, c->err);
     free(text);
     if (!rc && !c->root)
         rc = maml_fail_at(c->err, (SourceLoc){c->file, 1, 1}, "the graph file is empty");

@@ -260,7 +260,7 @@ namespace emu {
 /* Each warp's operands of its current mma, as dense tiles: A[16][8] and B transposed, Bt[8][8]
  * (column n of B is Bt[n]), so that a lane's results read rows of both. */
 static float mma_A[MAX_THREADS / 32][16][8], mma_Bt[MAX_THREADS / 32][8][8];
-}
+} // namespace emu
 
 /* The float nearest to x toward zero. */
 static inline float emu_round_toward_zero(double x) {

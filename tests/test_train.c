@@ -485,6 +485,39 @@ Test(train, checkpoint_names_and_layouts_match_the_pytorch_state_dict) {
     spec_free(&spec);
 }
 
+/* results/omniglot_20w1s holds the 20-way protocol run that goes on session by session (README):
+ * a change to the graph file or to the checkpoint format must not strand it, so its checkpoint
+ * loads for resuming with the shipped graph, its metadata is complete and its log reaches its
+ * step. */
+Test(train, committed_20_way_run_still_resumes_with_the_shipped_graph) {
+    const char *ckpt = "results/omniglot_20w1s/checkpoint.safetensors";
+    GraphSpec spec = {0};
+    Graph g;
+    graph_init(&g);
+    MamlError err = {{0}};
+    TensorSet state;
+    tensorset_init(&state);
+    cr_assert_eq(spec_load("graphs/omniglot_20w1s.yaml", NULL, 0, &spec, &err), 0, "%s",
+                 err.message);
+    cr_assert_eq(maml_build(&spec, MAML_TRAIN_STEP, spec.maml.meta_batch, &g, NULL, &err), 0, "%s",
+                 err.message);
+    CheckpointMeta meta;
+    cr_assert_eq(checkpoint_load(ckpt, &g, CHECKPOINT_TRAIN, &state, &meta, &err), 0, "%s",
+                 err.message);
+    cr_assert(meta.complete && meta.step > 0 && meta.seed == spec.data.seed, "%s: step %ld", ckpt,
+              meta.step);
+    cr_assert_eq(state.n, 3 * spec.n_params);
+    char *log = slurp("results/omniglot_20w1s/log.csv", NULL);
+    char row[64];
+    snprintf(row, sizeof row, "\n%ld,", meta.step);
+    cr_assert(strstr(log, row), "the log has no row for the checkpoint's step %ld", meta.step);
+    cr_log_info("%s: step %ld, %.1f h of training", ckpt, meta.step, meta.seconds / 3600);
+    free(log);
+    tensorset_free(&state);
+    graph_free(&g);
+    spec_free(&spec);
+}
+
 /* A Python interpreter with PyTorch ($PYTHON, python3, or Debian's /usr/bin/python3), or NULL. */
 static const char *python_with_torch(void) {
     static const char *candidates[] = {NULL, "python3", "/usr/bin/python3"};
