@@ -1343,8 +1343,7 @@ static void emu_build(const Rendered *r, char *so, size_t size) {
 /* The heaviest emulation runs repeat host code the lighter ones cover; under sanitizers
  * (MAMLC_SANITIZED=1, set by `make test-asan`) they are left to the plain run. */
 static void skip_under_sanitizers(void) {
-    const char *s = getenv("MAMLC_SANITIZED");
-    if (s && *s == '1') cr_skip_test("covered by the plain run (MAMLC_SANITIZED=1)");
+    if (sanitized_run()) cr_skip_test("covered by the plain run (MAMLC_SANITIZED=1)");
 }
 
 /* Kernels whose threads never wait for one another run without coroutines (much faster). */

@@ -318,8 +318,7 @@ static void add_offsets(const GraphSpec *spec, const Graph *eval, TensorSet *in)
  * `make test-asan`, where the interpreter runs several times slower) every fourth tensor. The
  * plain run covers all of them. */
 static int fd_tensor_stride(void) {
-    const char *s = getenv("MAMLC_SANITIZED");
-    return s && *s == '1' ? 4 : 1;
+    return sanitized_run() ? 4 : 1;
 }
 
 /* |central difference - analytic| at coordinate k of parameter t, step 1e-6 (the fixtures'

@@ -3,6 +3,7 @@
 #define MAMLC_TEST_UTIL_H
 
 #include <ftw.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,14 @@ static inline const char *temp_dir(int slot) {
         snprintf(temp_dirs_made[n_temp_dirs_made++], sizeof temp_dirs_made[0], "%s", d);
     }
     return d;
+}
+
+/* Whether the suite runs under AddressSanitizer and UBSan (`make test-asan` sets
+ * MAMLC_SANITIZED=1), where the interpreter runs several times slower: the heaviest checks then
+ * shrink or are left to the plain run, which makes them in full. */
+static inline bool sanitized_run(void) {
+    const char *s = getenv("MAMLC_SANITIZED");
+    return s && *s && strcmp(s, "0") != 0;
 }
 
 /* Reads the file at path into buf (at most size - 1 bytes), NUL-terminated; returns the bytes
