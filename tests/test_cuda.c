@@ -2588,6 +2588,40 @@ Test(fake_driver, auto_without_cudnn_picks_between_the_two_forms_and_each_mix_ma
     rendered_free(&gen), rendered_free(&ten);
 }
 
+/* --conv auto on a device without TF32 tensor cores (sm_75) and without cuDNN: no kernel gets a
+ * tensor-core form, so nothing is measured or remembered, and the generated kernels run. */
+Test(fake_driver, auto_below_sm80_without_cudnn_keeps_the_generated_kernels, .timeout = 900) {
+    Rendered gen;
+    TensorSet in, got;
+    render_conv_settings(&gen, CUDA_CONV_GENERATED);
+    primitive_inputs(&gen.raw, &in);
+    Rendered *rs[1] = {&gen};
+    use_fake_driver(rs, 1);
+    setenv("MAMLC_CUDNN", "/nonexistent/libcudnn.so.9", 1);
+    setenv("MAMLC_FAKE_CUDA_ARCH", "75", 1);
+    const char *dir = temp_dir(0);
+    cr_assert(dir);
+    CudaBackendInfo info;
+    Backend *b = fake_auto_open(&gen.raw, dir, &info);
+    int forms, pairs;
+    count_forms(cuda_backend_code(b), &forms, &pairs);
+    cr_assert_eq(forms, 0, "sm_75 got %d tensor-core forms", forms);
+    cr_assert_eq(info.tensor_kernels, 0);
+    cr_assert_eq(info.cudnn_kernels, 0);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", dir, CONV_CHOICES_FILE);
+    cr_assert_neq(access(path, F_OK), 0, "a choice was remembered where there was none to make");
+    fake_run(b, &in, &got);
+    expect_matches_ref(&gen, &in, &got, "--conv auto on sm_75 without cuDNN, on the fake driver");
+    tensorset_free(&got);
+    backend_close(b);
+    unsetenv("MAMLC_FAKE_CUDA_ARCH");
+    unsetenv("MAMLC_CUDNN");
+    remove_dir(dir);
+    tensorset_free(&in);
+    rendered_free(&gen);
+}
+
 Test(nvrtc, transpose_template_compiles_for_sm90_and_sm80_without_warnings) {
     Nvrtc *n = open_nvrtc();
     char *src = template_section("templates/cuda/transpose.cu.tmpl", "transpose");
