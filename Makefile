@@ -152,7 +152,7 @@ bench-cpu: all
 # its dependencies, in gpucheck/testlib: only the tests see them) into build/gpucheck/, for a GPU machine
 # that has neither the build dependencies nor ../shared (carry mamlc, build/gpu_compare and
 # build/gpucheck, build/tests/test_cuda and build/tests/test_faults there and run scripts/gpu_check.sh).
-# It also copies the two Omniglot archives there, for scripts/gpu_protocol.sh (the 20-way run).
+# It also copies the two Omniglot archives there, for scripts/protocol_20w1s.sh (the 20-way run).
 SHARED ?= ../shared
 $(BUILD)/gpu_compare: scripts/gpu_compare.c $(BUILD)/libmamlc.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmamlc.a $(STATIC_LIBS) $(LDLIBS)

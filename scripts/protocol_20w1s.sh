@@ -1,34 +1,35 @@
 #!/usr/bin/env bash
 # Continues the MAML paper's 20-way 1-shot run (results/omniglot_20w1s, README: "The MAML paper's
-# 20-way 1-shot protocol") on a GPU for a while, so that a short lease of a GPU machine moves
-# the run that the CPU advances session by session. Usage:
-#   scripts/gpu_protocol.sh [SECONDS] [OUT_DIR]
+# 20-way 1-shot protocol") for a while on the best backend: the run outlasts any one session, so
+# each session (or a short lease of a GPU machine) moves it on and commits where it got. Usage:
+#   scripts/protocol_20w1s.sh [SECONDS] [OUT_DIR]
 # SECONDS (default 300) is the training time limit; OUT_DIR (default $OUT when set, else
-# build/gpu-protocol) receives omniglot_20w1s/ (the run directory: checkpoint.safetensors and
-# log.csv, to be copied back into results/ and committed) and gpu_protocol.log. When the run
-# reaches its 60,000 steps, the script also evaluates it on 600 test tasks (eval.txt).
+# build/protocol) receives omniglot_20w1s/ (the run directory: checkpoint.safetensors and
+# log.csv, to be copied back into results/ and committed) and protocol.log. When the run reaches
+# its 60,000 steps, the script also evaluates it on 600 test tasks (eval.txt).
 # The run starts from results/omniglot_20w1s (the committed checkpoint), or from OUT_DIR's copy
-# when that one is further along (a second call in one lease). Omniglot comes from $OMNIGLOT,
+# when that one is further along (a second call). Omniglot comes from $OMNIGLOT,
 # ../shared/data/omniglot or build/gpucheck/shared/data/omniglot (`make gpu-check-prep` puts the
-# two archives there for a machine without ../shared). PROTOCOL_BACKEND (default cuda) and
-# PROTOCOL_CONV (default generated) pick the backend and the convolution lowering; with
-# PROTOCOL_BACKEND=cpu the script runs here as a dry run of itself.
+# two archives there for a GPU machine without ../shared). PROTOCOL_BACKEND (default auto: cuda
+# where a GPU is, else cpu) and PROTOCOL_CONV (default generated, applied on cuda) pick the
+# backend and the convolution lowering. On the CPU, run it niced in the background:
+#   nohup nice -n 10 scripts/protocol_20w1s.sh 9000 /work/protocol >/dev/null 2>&1 &
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 SECONDS_LIMIT=${1:-300}
-OUT_DIR=${2:-${OUT:-build/gpu-protocol}}
-BACKEND=${PROTOCOL_BACKEND:-cuda}
+OUT_DIR=${2:-${OUT:-build/protocol}}
+BACKEND=${PROTOCOL_BACKEND:-auto}
 CONV=${PROTOCOL_CONV:-generated}
 GRAPH=graphs/omniglot_20w1s.yaml
 SOURCE=results/omniglot_20w1s
 RUN=$OUT_DIR/omniglot_20w1s
 STEPS=60000
 mkdir -p "$OUT_DIR"
-exec > >(tee "$OUT_DIR/gpu_protocol.log") 2>&1
+exec > >(tee -a "$OUT_DIR/protocol.log") 2>&1
 [ -d build/gpucheck/lib ] && export LD_LIBRARY_PATH="$PWD/build/gpucheck/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 fail() {
-    echo "gpu-protocol: $*"
+    echo "protocol: $*"
     exit 1
 }
 
@@ -52,15 +53,15 @@ if [ "$(checkpoint_step "$RUN")" -lt "$from" ]; then
         fail "cannot copy $SOURCE to $RUN"
     fi
 fi
-echo "gpu-protocol: $GRAPH from step $(checkpoint_step "$RUN") for up to ${SECONDS_LIMIT} s on $BACKEND (--conv $CONV), data $DATA"
+echo "protocol: $(date -u +%FT%TZ) $GRAPH from step $(checkpoint_step "$RUN") for up to ${SECONDS_LIMIT} s on $BACKEND (--conv $CONV), data $DATA"
 conv_flag=()
-[ "$BACKEND" = cuda ] && conv_flag=(--conv "$CONV")
+[ "$BACKEND" != cpu ] && [ "$BACKEND" != ref ] && conv_flag=(--conv "$CONV")
 ./mamlc train "$GRAPH" --data "$DATA" --steps "$STEPS" --backend "$BACKEND" "${conv_flag[@]}" \
     --out "$RUN" --resume --val-every 2000 --val-tasks 200 --ckpt-every 250 \
     --time-limit "$SECONDS_LIMIT" --progress lines
 rc=$?
 reached=$(checkpoint_step "$RUN")
-echo "gpu-protocol: train exited $rc; checkpoint at step $reached of $STEPS in $RUN"
+echo "protocol: train exited $rc; checkpoint at step $reached of $STEPS in $RUN"
 if [ "$rc" = 0 ] && [ "$reached" -ge "$STEPS" ]; then
     ./mamlc eval "$GRAPH" --data "$DATA" --checkpoint "$RUN/checkpoint.safetensors" --tasks 600 \
         --backend "$BACKEND" "${conv_flag[@]}" | tee "$OUT_DIR/eval.txt"
