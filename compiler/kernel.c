@@ -341,7 +341,7 @@ typedef struct {
     MamlError *err;
 } Builder;
 
-bool kop_equal(const KOp *a, const KOp *b, int rank) {
+static bool kop_equal(const KOp *a, const KOp *b, int rank) {
     if (a->op != b->op || a->phase != b->phase) return false;
     for (int i = 0; i < 3; i++)
         if (a->src[i] != b->src[i]) return false;
@@ -355,22 +355,23 @@ bool kop_equal(const KOp *a, const KOp *b, int rank) {
     return true;
 }
 
-/* Appends op (or finds an identical one: local CSE) and returns its index, -1 on failure. */
-static int emit(Builder *B, KOp op) {
-    Kernel *k = B->k;
-    for (int i = 0; i < k->n_ops; i++)
-        if (op.op != KOP_REDUCE_SUM && op.op != KOP_REDUCE_MAX &&
-            kop_equal(&k->ops[i], &op, k->rank))
-            return i;
+int kernel_append_op(Kernel *k, KOp op, MamlError *err) {
+    bool reduce = op.op == KOP_REDUCE_SUM || op.op == KOP_REDUCE_MAX;
+    for (int i = 0; i < k->n_ops && !reduce; i++)
+        if (kop_equal(&k->ops[i], &op, k->rank)) return i;
     if (k->n_ops == k->cap_ops) {
         int cap = k->cap_ops ? 2 * k->cap_ops : 16;
-        KOp *ops = maml_realloc(k->ops, (size_t)cap, sizeof *ops, B->err);
+        KOp *ops = maml_realloc(k->ops, (size_t)cap, sizeof *ops, err);
         if (!ops) return -1;
         k->ops = ops;
         k->cap_ops = cap;
     }
     k->ops[k->n_ops] = op;
     return k->n_ops++;
+}
+
+static int emit(Builder *B, KOp op) {
+    return kernel_append_op(B->k, op, B->err);
 }
 
 static int emit_simple(Builder *B, KOpKind kind, KPhase phase, int a, int b, int c) {

@@ -5,8 +5,9 @@
 
 #include "kernel.h"
 
-/* Whether two ops of a kernel of the given rank compute the same value (local CSE). */
-bool kop_equal(const KOp *a, const KOp *b, int rank);
+/* Appends op to k, or finds an identical op already there (local CSE; reductions are never
+ * shared), and returns its index; -1 on failure. */
+int kernel_append_op(Kernel *k, KOp op, MamlError *err);
 
 /* k's store to buffer buf, or NULL. */
 const KStore *kernel_store_of(const Kernel *k, int buf);

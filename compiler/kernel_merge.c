@@ -84,21 +84,6 @@ static int merge_target(const KernelProgram *p, int j) {
     return -1;
 }
 
-static int append_op(Kernel *k, KOp op, MamlError *err) {
-    bool reduce = op.op == KOP_REDUCE_SUM || op.op == KOP_REDUCE_MAX;
-    for (int i = 0; i < k->n_ops && !reduce; i++)
-        if (kop_equal(&k->ops[i], &op, k->rank)) return i;
-    if (k->n_ops == k->cap_ops) {
-        int cap = 2 * k->cap_ops + 16;
-        KOp *ops = maml_realloc(k->ops, (size_t)cap, sizeof *ops, err);
-        if (!ops) return -1;
-        k->ops = ops;
-        k->cap_ops = cap;
-    }
-    k->ops[k->n_ops] = op;
-    return k->n_ops++;
-}
-
 /* src's stores go before dst's root store, which stays last (kernel_stores). */
 static int merge_stores(Kernel *dst, const Kernel *src, const int *map, MamlError *err) {
     int n = dst->n_stores + src->n_stores;
@@ -133,7 +118,7 @@ static int merge_into(Kernel *dst, const Kernel *src, MamlError *err) {
         KOp op = src->ops[o];
         for (int q = 0; q < 3; q++)
             if (op.src[q] >= 0) op.src[q] = map[op.src[q]];
-        map[o] = append_op(dst, op, err);
+        map[o] = kernel_append_op(dst, op, err);
         if (map[o] < 0) rc = -1;
     }
     if (rc == 0) rc = merge_stores(dst, src, map, err);
@@ -207,7 +192,7 @@ static int take_in_map(Kernel *j, const Kernel *i, MamlError *err) {
         if (o < i->n_ops) op.phase = KPHASE_INNER;
         for (int q = 0; q < 3; q++)
             if (op.src[q] >= 0) op.src[q] = map[op.src[q] + shift];
-        map[o] = append_op(&m, op, err);
+        map[o] = kernel_append_op(&m, op, err);
         if (map[o] < 0) rc = -1;
     }
     for (int s = 0; rc == 0 && s < i->n_stores + j->n_stores; s++) {
